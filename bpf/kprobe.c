@@ -1,0 +1,647 @@
+/* uffdtrace kprobe mode (DESIGN.md §3.1), compiled by bcc.
+ *
+ * Never dereferences a kernel struct through a header type: every member
+ * offset (OFF_*) is passed in by uffdtrace/offsets.py from the running
+ * kernel's BTF, and all reads go through read_*() below. Which probes get
+ * attached (and to which symbol) is decided in uffdtrace/probes.py.
+ *
+ * Compile-time knobs (-D): FILTER (only followed processes), SPAWN_PARENT
+ * (tgid whose children are followed), USE_RINGBUF, RINGBUF_PAGES,
+ * HAVE_* for optional members, UFFD_FOPS / FLAVR_START / FLAVR_END addresses.
+ */
+#include <uapi/linux/ptrace.h>
+#include "events.h"
+
+#ifdef USE_RINGBUF
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+#else
+BPF_PERF_OUTPUT(events);
+#endif
+BPF_PERCPU_ARRAY(lost, u64, 1);
+
+/* Processes being traced (FILTER), and uffd contexts / aio requests that
+ * belong to them, so that handlers in other processes are seen too. */
+BPF_HASH(follow, u32, u8, 65536);
+BPF_HASH(follow_ctx, u64, u8, 65536);
+BPF_HASH(uffd_users, u32, u8, 65536);
+BPF_HASH(poll_iocbs, u64, u8, 65536);
+
+struct fault_entry { u64 ts; u64 ctx; u64 addr; };
+struct read_entry { u64 ctx; u64 buf; };
+struct ioctl_entry { u64 ctx; u64 cmd; u64 arg; u64 in[5]; };
+struct wake_entry { u64 ctx; u64 addr; u64 start; u64 len; u32 pid; u32 tgid; };
+struct aio_entry { u64 iocb; u64 obj; u64 data; u32 mask; u32 events; u8 scheduled; };
+struct flavr_entry { u64 ts; u64 folio; u32 trylocks; };
+
+BPF_HASH(faulting, u32, struct fault_entry, 65536);
+BPF_HASH(reading, u32, struct read_entry, 65536);
+BPF_HASH(in_ioctl, u32, struct ioctl_entry, 65536);
+BPF_HASH(ioctl_fd, u32, u64, 65536);
+BPF_HASH(waking, u32, struct wake_entry, 4096);
+BPF_HASH(aio_waking, u32, struct aio_entry, 4096);
+BPF_HASH(locking, u32, struct flavr_entry, 65536);
+
+#define MAX_MSGS_PER_READ 32
+#define UFFD_MSG_SIZE 32
+
+static __always_inline u64 read_u64(u64 addr)
+{
+	u64 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+	return v;
+}
+
+static __always_inline u32 read_u32(u64 addr)
+{
+	u32 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+	return v;
+}
+
+static __always_inline u8 read_u8(u64 addr)
+{
+	u8 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+	return v;
+}
+
+static __always_inline u64 read_user_u64(u64 addr)
+{
+	u64 v = 0;
+	bpf_probe_read_user(&v, sizeof(v), (void *)addr);
+	return v;
+}
+
+static __always_inline void count_lost(u64 n)
+{
+	int zero = 0;
+	u64 *v = lost.lookup(&zero);
+	if (v)
+		*v += n;
+}
+
+static __always_inline void init_event(struct uffdtrace_event *e, u32 kind)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	e->ts_ns = bpf_ktime_get_ns();
+	e->kind = kind;
+	e->cpu = bpf_get_smp_processor_id();
+	e->tgid = id >> 32;
+	e->tid = (u32)id;
+	bpf_get_current_comm(&e->comm, sizeof(e->comm));
+}
+
+static __always_inline void emit(void *ctx, struct uffdtrace_event *e)
+{
+#ifdef USE_RINGBUF
+	if (events.ringbuf_output(e, sizeof(*e), 0) < 0)
+		count_lost(1);
+#else
+	if (events.perf_submit(ctx, e, sizeof(*e)) < 0)
+		count_lost(1);
+#endif
+}
+
+static __always_inline bool followed(u32 tgid)
+{
+#ifdef FILTER
+	return follow.lookup(&tgid) != NULL;
+#else
+	return true;
+#endif
+}
+
+static __always_inline bool ctx_followed(u64 uctx)
+{
+#ifdef FILTER
+	return follow_ctx.lookup(&uctx) != NULL;
+#else
+	return true;
+#endif
+}
+
+static __always_inline void mark_user(u32 tgid, u64 uctx)
+{
+	u8 one = 1;
+	uffd_users.update(&tgid, &one);
+	if (uctx)
+		follow_ctx.update(&uctx, &one);
+}
+
+static __always_inline u32 current_tgid(void)
+{
+	return bpf_get_current_pid_tgid() >> 32;
+}
+
+static __always_inline u32 current_tid(void)
+{
+	return (u32)bpf_get_current_pid_tgid();
+}
+
+/* ---- process following ---------------------------------------------- */
+
+#ifdef FILTER
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+	u32 parent = current_tgid();
+	u32 child = args->child_pid;
+	u8 one = 1;
+
+	if (parent == SPAWN_PARENT || follow.lookup(&parent))
+		follow.update(&child, &one);
+	return 0;
+}
+#endif
+
+/* ---- handle_userfault: raised / returned ---------------------------- */
+
+int kp_handle_userfault(struct pt_regs *ctx)
+{
+	struct uffdtrace_event e = {};
+	struct fault_entry fe = {};
+	u64 vmf = PT_REGS_PARM1(ctx);
+	u32 tid = current_tid();
+
+	init_event(&e, UT_FAULT);
+	if (!followed(e.tgid))
+		return 0;
+	e.ctx = read_u64(read_u64(vmf + OFF_VM_FAULT_VMA) + OFF_VMA_UFFD_CTX);
+	e.addr = read_u64(vmf + OFF_VM_FAULT_ADDRESS);
+#ifdef OFF_VM_FAULT_REAL_ADDRESS
+	e.aux = read_u64(vmf + OFF_VM_FAULT_REAL_ADDRESS);
+#else
+	e.aux = e.addr;
+#endif
+	e.flags = read_u32(vmf + OFF_VM_FAULT_FLAGS);
+	e.mode = PT_REGS_PARM2(ctx);
+	fe.ts = e.ts_ns;
+	fe.ctx = e.ctx;
+	fe.addr = e.addr;
+	faulting.update(&tid, &fe);
+	mark_user(e.tgid, e.ctx);
+	emit(ctx, &e);
+	return 0;
+}
+
+int kr_handle_userfault(struct pt_regs *ctx)
+{
+	struct uffdtrace_event e = {};
+	u32 tid = current_tid();
+	struct fault_entry *fe = faulting.lookup(&tid);
+
+	if (!fe)
+		return 0;
+	init_event(&e, UT_FAULT_RET);
+	e.ctx = fe->ctx;
+	e.addr = fe->addr;
+	e.ret = (u32)PT_REGS_RC(ctx);
+	e.aux = e.ts_ns - fe->ts;
+	faulting.delete(&tid);
+	emit(ctx, &e);
+	return 0;
+}
+
+/* ---- message read ---------------------------------------------------- */
+
+static __always_inline void read_enter(u64 file, u64 buf)
+{
+	struct read_entry re = {};
+	u32 tid = current_tid();
+
+	re.ctx = read_u64(file + OFF_FILE_PRIVATE_DATA);
+	re.buf = buf;
+	if (!followed(current_tgid()) && !ctx_followed(re.ctx))
+		return;
+	reading.update(&tid, &re);
+}
+
+/* userfaultfd_read(file, buf, count, ppos): kernels up to 6.9. */
+int kp_userfaultfd_read(struct pt_regs *ctx)
+{
+	read_enter(PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx));
+	return 0;
+}
+
+#if defined(OFF_IOV_ITER_TYPE) && defined(OFF_IOV_ITER_UBUF) && defined(OFF_IOV_ITER_IOV) && \
+    defined(OFF_IOV_ITER_IOV_OFFSET) && defined(OFF_KIOCB_FILP) && defined(ITER_UBUF_VALUE) && \
+    defined(ITER_IOVEC_VALUE)
+/* userfaultfd_read_iter(iocb, to): 6.10+ (Jens Axboe, "userfaultfd:
+ * convert to ->read_iter()"). The user buffer is the iov_iter's ubuf
+ * (read) or its first iovec (readv). */
+int kp_userfaultfd_read_iter(struct pt_regs *ctx)
+{
+	u64 iocb = PT_REGS_PARM1(ctx), to = PT_REGS_PARM2(ctx);
+	u8 type = read_u8(to + OFF_IOV_ITER_TYPE);
+	u64 buf = 0;
+
+	if (type == ITER_UBUF_VALUE)
+		buf = read_u64(to + OFF_IOV_ITER_UBUF);
+	else if (type == ITER_IOVEC_VALUE)
+		buf = read_user_u64(read_u64(to + OFF_IOV_ITER_IOV));
+	else
+		return 0;
+	buf += read_u64(to + OFF_IOV_ITER_IOV_OFFSET);
+	read_enter(read_u64(iocb + OFF_KIOCB_FILP), buf);
+	return 0;
+}
+#endif
+
+int kr_userfaultfd_read(struct pt_regs *ctx)
+{
+	struct uffdtrace_event e = {};
+	u32 tid = current_tid();
+	struct read_entry *re = reading.lookup(&tid);
+	s64 ret = PT_REGS_RC(ctx);
+	u64 nmsgs, buf, uctx;
+
+	if (!re)
+		return 0;
+	buf = re->buf;
+	uctx = re->ctx;
+	reading.delete(&tid);
+	if (ret < UFFD_MSG_SIZE)
+		return 0;
+	nmsgs = ret / UFFD_MSG_SIZE;
+	if (nmsgs > MAX_MSGS_PER_READ)
+		count_lost(nmsgs - MAX_MSGS_PER_READ);
+	init_event(&e, UT_READ_MSG);
+	e.ctx = uctx;
+	e.ret = ret;
+	for (int i = 0; i < MAX_MSGS_PER_READ; i++) {
+		u64 msg[4] = {};
+
+		if (i >= nmsgs)
+			break;
+		bpf_probe_read_user(msg, sizeof(msg), (void *)(buf + i * UFFD_MSG_SIZE));
+		e.mode = msg[0] & 0xff;      /* event: 0x12 = PAGEFAULT */
+		e.flags = msg[1];            /* arg.pagefault.flags */
+		e.addr = msg[2];             /* arg.pagefault.address */
+		e.peer_tid = (u32)msg[3];    /* arg.pagefault.feat.ptid */
+		e.aux = i;
+		emit(ctx, &e);
+	}
+	return 0;
+}
+
+/* ---- resolving ioctls ------------------------------------------------- */
+
+#define UFFDIO 0xAA
+#define USERFAULTFD_IOC_NEW 0xAA00
+
+TRACEPOINT_PROBE(syscalls, sys_enter_ioctl)
+{
+	u32 tid = current_tid();
+	u64 fd = args->fd;
+
+	if (((args->cmd >> 8) & 0xff) != UFFDIO)
+		return 0;
+	fd |= (u64)args->cmd << 32;
+	ioctl_fd.update(&tid, &fd);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
+{
+	struct uffdtrace_event e = {};
+	u32 tid = current_tid();
+	u64 *fd = ioctl_fd.lookup(&tid);
+	u64 cmd;
+
+	if (!fd)
+		return 0;
+	cmd = *fd >> 32;
+	ioctl_fd.delete(&tid);
+	/* /dev/userfaultfd USERFAULTFD_IOC_NEW (6.1+) returns a new uffd. */
+	if (cmd != USERFAULTFD_IOC_NEW || args->ret < 0)
+		return 0;
+	init_event(&e, UT_UFFD_NEW);
+	if (!followed(e.tgid))
+		return 0;
+	e.aux = args->ret;
+	e.flags = 1;
+	mark_user(e.tgid, 0);
+	emit(args, &e);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_userfaultfd)
+{
+	struct uffdtrace_event e = {};
+
+	if (args->ret < 0)
+		return 0;
+	init_event(&e, UT_UFFD_NEW);
+	if (!followed(e.tgid))
+		return 0;
+	e.aux = args->ret;
+	mark_user(e.tgid, 0);
+	emit(args, &e);
+	return 0;
+}
+
+int kp_userfaultfd_ioctl(struct pt_regs *ctx)
+{
+	struct ioctl_entry ie = {};
+	u32 tid = current_tid();
+
+	ie.ctx = read_u64(PT_REGS_PARM1(ctx) + OFF_FILE_PRIVATE_DATA);
+	if (!followed(current_tgid()) && !ctx_followed(ie.ctx))
+		return 0;
+	ie.cmd = PT_REGS_PARM2(ctx);
+	ie.arg = PT_REGS_PARM3(ctx);
+	bpf_probe_read_user(ie.in, sizeof(ie.in), (void *)ie.arg);
+	in_ioctl.update(&tid, &ie);
+	return 0;
+}
+
+int kr_userfaultfd_ioctl(struct pt_regs *ctx)
+{
+	struct uffdtrace_event e = {};
+	u32 tid = current_tid();
+	struct ioctl_entry *ie = in_ioctl.lookup(&tid);
+	u64 *fd = ioctl_fd.lookup(&tid);
+	u32 nr;
+
+	if (!ie)
+		return 0;
+	nr = ie->cmd & 0xff;
+	init_event(&e, UT_RESOLVE);
+	e.ctx = ie->ctx;
+	e.op = nr;
+	e.ret = PT_REGS_RC(ctx);
+	e.addr = ie->in[0];
+	e.len = ie->in[1];
+	e.mode = ie->in[2];
+	switch (nr) {
+	case UT_OP_API:
+		e.kind = UT_UFFD_API;
+		e.addr = 0;
+		e.len = 0;
+		e.mode = 0;
+		e.flags = read_user_u64(ie->arg + 8);   /* features granted */
+		e.aux = fd ? (u32)*fd : -1;
+		mark_user(e.tgid, e.ctx);
+		break;
+	case UT_OP_REGISTER:
+		e.kind = UT_UFFD_REGISTER;
+		e.aux = read_user_u64(ie->arg + 24);   /* ioctls granted */
+		mark_user(e.tgid, e.ctx);
+		break;
+	case UT_OP_UNREGISTER:
+		e.kind = UT_UFFD_REGISTER;
+		e.mode = 0;
+		break;
+	case UT_OP_WAKE:
+		e.mode = 0;
+		break;
+	case UT_OP_COPY:
+	case UT_OP_MOVE:
+		/* {dst, src, len, mode, result} */
+		e.len = ie->in[2];
+		e.mode = ie->in[3];
+		e.flags = ie->in[1];
+		e.aux = read_user_u64(ie->arg + 32);
+		break;
+	case UT_OP_ZEROPAGE:
+	case UT_OP_CONTINUE:
+	case UT_OP_POISON:
+		/* {range, mode, result} */
+		e.aux = read_user_u64(ie->arg + 24);
+		break;
+	default:
+		break;
+	}
+	in_ioctl.delete(&tid);
+	emit(ctx, &e);
+	return 0;
+}
+
+/* ---- wake-ups ---------------------------------------------------------- */
+
+int kp___wake_userfault(struct pt_regs *ctx)
+{
+	struct uffdtrace_event e = {};
+	u64 range = PT_REGS_PARM2(ctx);
+
+	init_event(&e, UT_WAKE_RANGE);
+	e.ctx = PT_REGS_PARM1(ctx);
+	if (!followed(e.tgid) && !ctx_followed(e.ctx))
+		return 0;
+	e.addr = read_u64(range);
+	e.len = read_u64(range + 8);
+	emit(ctx, &e);
+	return 0;
+}
+
+/* userfaultfd_wake_function(wq, mode, wake_flags, key): wq is inside the
+ * faulting thread's on-stack struct userfaultfd_wait_queue. */
+int kp_userfaultfd_wake_function(struct pt_regs *ctx)
+{
+	struct wake_entry we = {};
+	u64 wq = PT_REGS_PARM1(ctx), key = PT_REGS_PARM4(ctx);
+	u64 uwq = wq - OFF_UWQ_WQ;
+	u64 task = read_u64(wq + OFF_WQE_PRIVATE);
+	u32 tid = current_tid();
+
+	we.ctx = read_u64(uwq + OFF_UWQ_CTX);
+	we.addr = read_u64(uwq + OFF_UWQ_MSG + OFF_MSG_ADDRESS);
+	we.pid = read_u32(task + OFF_TASK_PID);
+	we.tgid = read_u32(task + OFF_TASK_TGID);
+	if (!followed(current_tgid()) && !followed(we.tgid) && !ctx_followed(we.ctx))
+		return 0;
+	if (key) {
+		we.start = read_u64(key);
+		we.len = read_u64(key + 8);
+	}
+	waking.update(&tid, &we);
+	return 0;
+}
+
+int kr_userfaultfd_wake_function(struct pt_regs *ctx)
+{
+	struct uffdtrace_event e = {};
+	u32 tid = current_tid();
+	struct wake_entry *we = waking.lookup(&tid);
+
+	if (!we)
+		return 0;
+	init_event(&e, UT_WAKE_TASK);
+	e.ctx = we->ctx;
+	e.addr = we->addr;
+	e.peer_tid = we->pid;
+	e.flags = we->tgid;
+	e.aux = we->start;
+	e.len = we->len;
+	e.ret = (int)PT_REGS_RC(ctx);
+	waking.delete(&tid);
+	emit(ctx, &e);
+	return 0;
+}
+
+/* ---- aio IOCB_CMD_POLL ------------------------------------------------- */
+
+static __always_inline u64 iocb_of_poll(u64 req)
+{
+	return req - OFF_KIOCB_POLL;
+}
+
+static __always_inline void fill_aio(struct uffdtrace_event *e, u64 iocb)
+{
+	e->ctx = iocb;
+	e->addr = read_u64(iocb + OFF_KIOCB_RES_OBJ);   /* user iocb pointer */
+	e->aux = read_u64(iocb + OFF_KIOCB_RES_DATA);   /* aio_data cookie */
+}
+
+/* aio_poll_wake(wait, mode, sync, key) */
+int kp_aio_poll_wake(struct pt_regs *ctx)
+{
+	struct aio_entry ae = {};
+	u64 req = PT_REGS_PARM1(ctx) - OFF_POLL_WAIT;
+	u32 tid = current_tid();
+	u8 one = 1;
+
+#ifdef UFFD_FOPS
+	/* Only polls on a userfaultfd. */
+	if (read_u64(read_u64(req + OFF_POLL_FILE) + OFF_FILE_F_OP) != UFFD_FOPS)
+		return 0;
+#endif
+	ae.iocb = iocb_of_poll(req);
+	if (!followed(current_tgid()) && !poll_iocbs.lookup(&ae.iocb))
+		return 0;
+	ae.obj = read_u64(ae.iocb + OFF_KIOCB_RES_OBJ);
+	ae.data = read_u64(ae.iocb + OFF_KIOCB_RES_DATA);
+	ae.mask = (u32)PT_REGS_PARM4(ctx);
+	ae.events = read_u32(req + OFF_POLL_EVENTS);
+#ifdef OFF_POLL_WORK_SCHEDULED
+	ae.scheduled = read_u8(req + OFF_POLL_WORK_SCHEDULED);
+#endif
+	poll_iocbs.update(&ae.iocb, &one);
+	aio_waking.update(&tid, &ae);
+	return 0;
+}
+
+int kr_aio_poll_wake(struct pt_regs *ctx)
+{
+	struct uffdtrace_event e = {};
+	u32 tid = current_tid();
+	struct aio_entry *ae = aio_waking.lookup(&tid);
+
+	if (!ae)
+		return 0;
+	init_event(&e, UT_AIO_POLL_WAKE);
+	/* The request may be completed (freed) by now: use what entry read. */
+	e.ctx = ae->iocb;
+	e.addr = ae->obj;
+	e.aux = ae->data;
+	e.mode = ae->mask;
+	e.flags = ae->events;
+	e.len = ae->scheduled;
+	e.ret = (int)PT_REGS_RC(ctx);
+	aio_waking.delete(&tid);
+	emit(ctx, &e);
+	return 0;
+}
+
+/* aio_poll_complete_work(work) */
+int kp_aio_poll_complete_work(struct pt_regs *ctx)
+{
+	struct uffdtrace_event e = {};
+	u64 iocb = iocb_of_poll(PT_REGS_PARM1(ctx) - OFF_POLL_WORK);
+
+	if (!poll_iocbs.lookup(&iocb))
+		return 0;
+	init_event(&e, UT_AIO_POLL_WORK);
+	fill_aio(&e, iocb);
+	emit(ctx, &e);
+	return 0;
+}
+
+/* aio_complete(iocb): only for poll requests seen above. */
+int kp_aio_complete(struct pt_regs *ctx)
+{
+	struct uffdtrace_event e = {};
+	u64 iocb = PT_REGS_PARM1(ctx);
+
+	if (!poll_iocbs.lookup(&iocb))
+		return 0;
+	poll_iocbs.delete(&iocb);
+	init_event(&e, UT_AIO_COMPLETE);
+	fill_aio(&e, iocb);
+	e.ret = read_u64(iocb + OFF_KIOCB_RES_RES);
+	emit(ctx, &e);
+	return 0;
+}
+
+/* ---- rmap: folio_lock_anon_vma_read ------------------------------------ */
+
+int kp_anon_vma_read(struct pt_regs *ctx)
+{
+	struct flavr_entry fl = {};
+	u32 tid = current_tid();
+
+	fl.ts = bpf_ktime_get_ns();
+	fl.folio = PT_REGS_PARM1(ctx);
+	locking.update(&tid, &fl);
+	return 0;
+}
+
+/* Every pass through the recheck loop takes exactly one trylock of the
+ * root anon_vma rwsem, so retries = trylocks - 1. Only calls made from
+ * inside the lock function count (return address in its range). */
+int kp_down_read_trylock(struct pt_regs *ctx)
+{
+	u32 tid = current_tid();
+	struct flavr_entry *fl = locking.lookup(&tid);
+	u64 ra = 0;
+
+	if (!fl)
+		return 0;
+	bpf_probe_read_kernel(&ra, sizeof(ra), (void *)PT_REGS_SP(ctx));
+	if (ra >= FLAVR_START && ra < FLAVR_END)
+		fl->trylocks++;
+	return 0;
+}
+
+int kr_anon_vma_read(struct pt_regs *ctx)
+{
+	struct uffdtrace_event e = {};
+	u32 tid = current_tid();
+	struct flavr_entry *fl = locking.lookup(&tid);
+	u32 retries;
+	u8 *wanted;
+
+	if (!fl)
+		return 0;
+	init_event(&e, UT_ANON_VMA_LOCK);
+	retries = fl->trylocks > 1 ? fl->trylocks - 1 : 0;
+	e.ctx = fl->folio;
+	e.len = e.ts_ns - fl->ts;
+	e.flags = fl->trylocks;
+	e.aux = retries;
+	e.ret = PT_REGS_RC(ctx) != 0;
+	locking.delete(&tid);
+#ifdef FILTER
+	wanted = follow.lookup(&e.tgid);
+#else
+	wanted = uffd_users.lookup(&e.tgid);
+#endif
+	if (retries || wanted)
+		emit(ctx, &e);
+	return 0;
+}
+
+/* ---- uffd close --------------------------------------------------------- */
+
+/* userfaultfd_release(inode, file) */
+int kp_userfaultfd_release(struct pt_regs *ctx)
+{
+	struct uffdtrace_event e = {};
+
+	init_event(&e, UT_UFFD_CLOSE);
+	e.ctx = read_u64(PT_REGS_PARM2(ctx) + OFF_FILE_PRIVATE_DATA);
+	if (!followed(e.tgid) && !ctx_followed(e.ctx))
+		return 0;
+	follow_ctx.delete(&e.ctx);
+	emit(ctx, &e);
+	return 0;
+}

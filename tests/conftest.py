@@ -1,0 +1,35 @@
+"""Shared test helpers: live prerequisites fail loudly under CI, and the C
+workloads are built once per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / ".build"
+WORKLOAD_SRC = ROOT / "tests" / "workloads"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip on a developer machine; under CI=true a missing prerequisite fails."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"live tier cannot run under CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def workloads() -> Path:
+    """Compile every tests/workloads/*.c into .build/wl/."""
+    out = BUILD / "wl"
+    out.mkdir(parents=True, exist_ok=True)
+    for src in sorted(WORKLOAD_SRC.glob("*.c")):
+        subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-o", str(out / src.stem),
+                        str(src)], check=True)
+    return out

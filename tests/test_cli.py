@@ -1,0 +1,75 @@
+"""CLI contract without a kernel: bad input is one line on stderr, exit 1."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from uffdtrace import kernel
+from uffdtrace.cli import main
+
+GOOD = kernel.Features(release="6.12.0-test", root=True, btf=True, kprobes=True, tracefs=Path("/sys/kernel/tracing"),
+                       headers=Path("/lib/modules/x/build"), headers_target="/usr/src/linux-headers-6.12.0-test",
+                       bcc_version="0.26.0", bcc_error=None)
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.output
+
+
+def one_line_error(output: str, needle: str) -> None:
+    lines = output.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], output
+    assert "Traceback" not in output
+
+
+@pytest.mark.parametrize(("change", "needle"), [
+    ({"root": False}, "must run as root"),
+    ({"bcc_version": None, "bcc_error": "No module named 'bcc'"}, "install python3-bpfcc"),
+    ({"btf": False}, "no BTF"),
+    ({"kprobes": False}, "kprobes are unavailable"),
+    ({"headers": None, "headers_target": None}, "no kernel headers"),
+])
+def test_environment_problems_are_one_line(monkeypatch: pytest.MonkeyPatch, change: dict[str, object],
+                                           needle: str) -> None:
+    monkeypatch.setattr(kernel, "probe", lambda: dataclasses.replace(GOOD, **change))
+    code, out = run("--mode", "kprobe", "trace", "--events", "--duration", "1")
+    assert code == 1
+    one_line_error(out, needle)
+
+
+def test_unknown_pid() -> None:
+    code, out = run("trace", "--events", "-p", "999999999")
+    assert code == 1
+    one_line_error(out, "no such process: 999999999")
+
+
+def test_missing_command() -> None:
+    code, out = run("trace", "--events", "--", "/no/such/uffd-program", "--flag")
+    assert code == 1
+    one_line_error(out, "command not found")
+
+
+@pytest.mark.parametrize("args", [["trace", "--events", "--duration", "-3"], ["trace", "--events", "-p", "0"],
+                                  ["--mode", "bogus", "doctor"], ["no-such-command"]])
+def test_usage_errors_exit_1(args: list[str]) -> None:
+    code, out = run(*args)
+    assert code == 1
+    assert "Traceback" not in out and "Error" in out
+
+
+def test_tracepoint_mode_is_refused_until_it_exists() -> None:
+    code, out = run("--mode", "tracepoint", "trace", "--events")
+    assert code == 1
+    one_line_error(out, "tracepoint mode is not implemented")
+
+
+def test_help_and_version() -> None:
+    assert run("--help")[0] == 0
+    code, out = run("--version")
+    assert code == 0 and "uffdtrace" in out

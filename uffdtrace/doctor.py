@@ -1,0 +1,78 @@
+"""`uffdtrace doctor`: what this host offers and what each mode would attach."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import kernel, offsets, probes, source
+from .btf import BtfError
+from .errors import UffdtraceError
+from .kallsyms import Kallsyms
+
+
+@dataclass
+class Report:
+    lines: list[tuple[str, str]] = field(default_factory=list)
+    modes: dict[str, str | None] = field(default_factory=dict)  # mode -> None if usable, else why not
+    probes: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, key: str, value: str) -> None:
+        self.lines.append((key, value))
+
+    @property
+    def usable(self) -> list[str]:
+        return [m for m, why in self.modes.items() if why is None]
+
+
+def run() -> Report:
+    rep = Report()
+    feats = kernel.probe()
+    rep.add("kernel", feats.release)
+    rep.add("root", "yes" if feats.root else "no")
+    rep.add("BTF", "yes (/sys/kernel/btf/vmlinux)" if feats.btf else "no")
+    rep.add("kprobes", "yes" if feats.kprobes else "no (no kprobe PMU / kprobe_events)")
+    rep.add("fentry", "not used (kprobes are; fentry needs a trampoline some kernels forbid)")
+    rep.add("tracepoints", f"yes ({feats.tracefs})" if feats.tracefs else "no tracefs mounted")
+    if feats.headers is None:
+        rep.add("headers", "missing: run scripts/setup.sh")
+    else:
+        match = "match the kernel" if feats.headers_match else "DO NOT match the kernel (struct reads come from BTF)"
+        rep.add("headers", f"{feats.headers_target} ({match})")
+    rep.add("bcc", feats.bcc_version or f"missing ({feats.bcc_error})")
+
+    try:
+        source.check_environment(feats, "kprobe")
+        kprobe_why: str | None = None
+    except UffdtraceError as exc:
+        kprobe_why = str(exc)
+    try:
+        kallsyms = Kallsyms.load()
+        member_offsets = offsets.load() if feats.btf else {}
+    except (OSError, BtfError) as exc:
+        kprobe_why = kprobe_why or f"cannot read kallsyms/BTF: {exc}"
+    else:
+        if not kallsyms.readable:
+            kprobe_why = kprobe_why or "kallsyms addresses hidden: run as root"
+        the_plan = probes.plan(kallsyms, member_offsets)
+        rep.probes = [s.to_json() for s in the_plan.status]
+        if "fault" not in the_plan.chosen:
+            kprobe_why = kprobe_why or "handle_userfault not in kallsyms (CONFIG_USERFAULTFD off?)"
+        rep.add("transport", "ringbuf" if "bpf_ringbuf_output" in kallsyms else "perf buffer")
+    rep.modes["kprobe"] = kprobe_why
+    rep.modes["tracepoint"] = "not implemented yet"
+    return rep
+
+
+def render(rep: Report) -> str:
+    width = max(len(k) for k, _ in rep.lines)
+    out = [f"{k:<{width}}  {v}" for k, v in rep.lines]
+    out.append("")
+    out.append("kprobe-mode attach points:")
+    for p in rep.probes:
+        state = "ok  " if p["symbol"] else "MISS"
+        out.append(f"  {state} {p['probe']:<14} {p['symbol'] or '-':<28} {p['detail']}")
+    out.append("")
+    for mode, why in rep.modes.items():
+        out.append(f"mode {mode}: {'usable' if why is None else 'unusable: ' + why}")
+    return "\n".join(out)

@@ -1,0 +1,154 @@
+"""The event ABI: the one Python mirror of ``bpf/events.h``.
+
+Records arrive from the kernel as raw bytes; :func:`decode` turns one into an
+:class:`Event`. Kernel pointers (uffd contexts, folios, kiocbs) never leave
+this module as they are: :class:`PointerIds` maps them to small stable ids so
+that no output leaks KASLR.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+
+class Kind(enum.IntEnum):
+    FAULT = 1
+    FAULT_RET = 2
+    BLOCK = 3
+    READ_MSG = 4
+    RESOLVE = 5
+    WAKE_RANGE = 6
+    WAKE_TASK = 7
+    AIO_POLL_SUBMIT = 8
+    AIO_POLL_WAKE = 9
+    AIO_POLL_WORK = 10
+    AIO_COMPLETE = 11
+    ANON_VMA_LOCK = 12
+    UFFD_NEW = 13
+    UFFD_API = 14
+    UFFD_REGISTER = 15
+    UFFD_CLOSE = 16
+    LOST = 17
+
+
+class Op(enum.IntEnum):
+    """Userfaultfd ioctl request numbers (_IOC_NR of UFFDIO_*)."""
+
+    REGISTER = 0x00
+    UNREGISTER = 0x01
+    WAKE = 0x02
+    COPY = 0x03
+    ZEROPAGE = 0x04
+    MOVE = 0x05
+    WRITEPROTECT = 0x06
+    CONTINUE = 0x07
+    POISON = 0x08
+    API = 0x3F
+
+
+# Mode bits that mean "do not wake", per op (include/uapi/linux/userfaultfd.h).
+DONTWAKE_BIT = {
+    Op.COPY: 1 << 0,
+    Op.ZEROPAGE: 1 << 0,
+    Op.CONTINUE: 1 << 0,
+    Op.POISON: 1 << 0,
+    Op.MOVE: 1 << 0,
+    Op.WRITEPROTECT: 1 << 1,
+}
+
+
+class RawEvent(ctypes.Structure):
+    """Byte-for-byte mirror of ``struct uffdtrace_event``."""
+
+    _pack_ = 8
+    _fields_ = [
+        ("ts_ns", ctypes.c_uint64),
+        ("kind", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("tgid", ctypes.c_uint32),
+        ("tid", ctypes.c_uint32),
+        ("comm", ctypes.c_char * 16),
+        ("ctx", ctypes.c_uint64),
+        ("addr", ctypes.c_uint64),
+        ("len", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+        ("mode", ctypes.c_uint64),
+        ("ret", ctypes.c_int64),
+        ("peer_tid", ctypes.c_uint32),
+        ("op", ctypes.c_uint32),
+        ("aux", ctypes.c_uint64),
+    ]
+
+
+RECORD_SIZE = ctypes.sizeof(RawEvent)
+FIELD_NAMES = tuple(field[0] for field in RawEvent._fields_)
+
+# Kinds whose ``ctx`` field carries a kernel pointer to be replaced by an id.
+POINTER_FIELDS = ("ctx",)
+
+
+@dataclass(frozen=True)
+class Event:
+    ts_ns: int
+    kind: Kind
+    cpu: int
+    tgid: int
+    tid: int
+    comm: str
+    ctx: int
+    addr: int
+    len: int
+    flags: int
+    mode: int
+    ret: int
+    peer_tid: int
+    op: int
+    aux: int
+
+    @property
+    def dontwake(self) -> bool:
+        bit = DONTWAKE_BIT.get(Op(self.op)) if self.op in Op._value2member_map_ else None
+        return bool(bit and self.mode & bit)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "event", "kind": self.kind.name.lower()}
+        for name in FIELD_NAMES:
+            if name != "kind":
+                out[name] = getattr(self, name)
+        if self.kind in (Kind.RESOLVE, Kind.UFFD_REGISTER, Kind.UFFD_API):
+            out["op"] = op_name(self.op)
+            out["dontwake"] = self.dontwake
+        return out
+
+
+def op_name(op: int) -> str:
+    try:
+        return Op(op).name.lower()
+    except ValueError:
+        return f"ioctl_{op:#x}"
+
+
+class PointerIds:
+    """Replaces kernel pointers by small ids, in order of first sighting."""
+
+    def __init__(self) -> None:
+        self._ids: dict[int, int] = {}
+
+    def __call__(self, pointer: int) -> int:
+        if pointer == 0:
+            return 0
+        return self._ids.setdefault(pointer, len(self._ids) + 1)
+
+
+def decode(data: bytes, ids: PointerIds) -> Event:
+    """Decode one record; ``ids`` hides kernel pointers."""
+    raw = RawEvent.from_buffer_copy(data[:RECORD_SIZE])
+    values = {name: getattr(raw, name) for name in FIELD_NAMES}
+    values["kind"] = Kind(raw.kind)
+    values["comm"] = raw.comm.decode("utf-8", "replace")
+    for name in POINTER_FIELDS:
+        values[name] = ids(values[name])
+    return Event(**values)

@@ -1,0 +1,71 @@
+"""What the running kernel and host offer: probed from files, never from versions."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from .btf import VMLINUX_BTF
+
+TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+
+
+@dataclass(frozen=True)
+class Features:
+    release: str
+    root: bool
+    btf: bool
+    kprobes: bool
+    tracefs: Path | None
+    headers: Path | None
+    headers_target: str | None
+    bcc_version: str | None
+    bcc_error: str | None
+
+    @property
+    def headers_match(self) -> bool:
+        """Whether the headers bcc will use were built for this very kernel."""
+        return self.headers_target is not None and self.release in self.headers_target
+
+
+def tracefs() -> Path | None:
+    for path in TRACEFS_CANDIDATES:
+        if (path / "events").is_dir():
+            return path
+    return None
+
+
+def kprobes_available(trace_dir: Path | None) -> bool:
+    # The perf 'kprobe' PMU (what bcc uses) or tracefs kprobe_events exist
+    # only with CONFIG_KPROBE_EVENTS, which needs CONFIG_KPROBES.
+    if Path("/sys/bus/event_source/devices/kprobe").is_dir():
+        return True
+    return trace_dir is not None and (trace_dir / "kprobe_events").exists()
+
+
+def bcc_version() -> tuple[str | None, str | None]:
+    try:
+        import bcc
+    except ImportError as exc:
+        return None, str(exc)
+    return getattr(bcc, "__version__", "unknown"), None
+
+
+def probe() -> Features:
+    release = platform.release()
+    build = Path("/lib/modules") / release / "build"
+    trace_dir = tracefs()
+    version, error = bcc_version()
+    return Features(
+        release=release,
+        root=os.geteuid() == 0,
+        btf=VMLINUX_BTF.exists(),
+        kprobes=kprobes_available(trace_dir),
+        tracefs=trace_dir,
+        headers=build if build.exists() else None,
+        headers_target=os.path.realpath(build) if build.exists() else None,
+        bcc_version=version,
+        bcc_error=error,
+    )

@@ -1,0 +1,225 @@
+"""Live event source: compiles and attaches the probes with bcc, follows the
+chosen processes, and yields decoded events until told to stop.
+
+Everything downstream (printers, correlator) consumes the same EventSource
+protocol, whether events come from here or from a capture file.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from . import kernel, offsets, probes
+from .btf import BtfError
+from .errors import UffdtraceError
+from .events import Event, PointerIds, decode
+from .kallsyms import Kallsyms
+
+POLL_MS = 100
+
+
+class EventSource(Protocol):
+    def __iter__(self) -> Iterator[Event]: ...
+
+    @property
+    def lost(self) -> int: ...
+
+
+@dataclass
+class Options:
+    pids: Sequence[int] = ()
+    command: Sequence[str] = ()
+    duration: float | None = None
+    transport: str = "auto"  # auto | ringbuf | perf
+
+
+@dataclass
+class RunInfo:
+    """What the session knows about itself, for headers and summaries."""
+
+    mode: str = "kprobe"
+    transport: str = ""
+    probes: list[probes.ProbeStatus] = field(default_factory=list)
+    command_pid: int | None = None
+    command_status: int | None = None
+
+
+def check_environment(features: kernel.Features, mode: str) -> None:
+    """Fail early with one clear line naming the cause and the remedy."""
+    if not features.root:
+        raise UffdtraceError("must run as root (loading BPF programs needs CAP_BPF/CAP_SYS_ADMIN): try sudo")
+    if features.bcc_version is None:
+        raise UffdtraceError(
+            f"bcc is not importable ({features.bcc_error}): install python3-bpfcc (scripts/setup.sh does)")
+    if not features.btf:
+        raise UffdtraceError("kernel has no BTF (/sys/kernel/btf/vmlinux): it needs CONFIG_DEBUG_INFO_BTF=y")
+    if mode == "kprobe" and not features.kprobes:
+        raise UffdtraceError(
+            "kprobes are unavailable on this kernel (no CONFIG_KPROBE_EVENTS): use --mode tracepoint")
+    if features.headers is None:
+        raise UffdtraceError(
+            f"no kernel headers at /lib/modules/{features.release}/build (bcc needs them): run scripts/setup.sh")
+
+
+def choose_transport(kallsyms: Kallsyms, wanted: str) -> str:
+    # The BPF ring buffer arrived in 5.8 (457f44363a88, "bpf: Implement BPF
+    # ring buffer and verifier support for it"); older kernels get perf.
+    has_ringbuf = "bpf_ringbuf_output" in kallsyms
+    if wanted == "auto":
+        return "ringbuf" if has_ringbuf else "perf"
+    if wanted == "ringbuf" and not has_ringbuf:
+        raise UffdtraceError("this kernel has no BPF ring buffer: use --transport perf")
+    return wanted
+
+
+def check_pids(pids: Sequence[int]) -> None:
+    for pid in pids:
+        if not os.path.isdir(f"/proc/{pid}"):
+            raise UffdtraceError(f"no such process: {pid}")
+
+
+def resolve_command(command: Sequence[str]) -> list[str]:
+    import shutil
+
+    path = command[0] if "/" in command[0] else shutil.which(command[0])
+    if path is None or not os.path.isfile(path):
+        raise UffdtraceError(f"command not found: {command[0]}")
+    if not os.access(path, os.X_OK):
+        raise UffdtraceError(f"command is not executable: {command[0]}")
+    return [path, *command[1:]]
+
+
+class Stopper:
+    """SIGINT/SIGTERM end the session cleanly (probes detached, summary printed)."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+
+    def _stop(self, _signum: int, _frame: Any) -> None:
+        self.stopped = True
+
+
+class LiveSource:
+    """Kprobe-mode live source."""
+
+    def __init__(self, opts: Options, mode: str = "kprobe") -> None:
+        self.opts = opts
+        self.info = RunInfo(mode=mode)
+        self.ids = PointerIds()
+        self._pending: collections.deque[Event] = collections.deque()
+        self._bpf: Any = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lost_at_close = 0
+        self.stopper = Stopper()
+        self._command = resolve_command(opts.command) if opts.command else []
+        check_pids(opts.pids)
+
+    # -- setup -------------------------------------------------------------
+    def start(self) -> None:
+        features = kernel.probe()
+        check_environment(features, self.info.mode)
+        from bcc import BPF
+
+        kallsyms = Kallsyms.load()
+        if not kallsyms.readable:
+            raise UffdtraceError("/proc/kallsyms shows no addresses (kptr_restrict): run as root")
+        try:
+            member_offsets = offsets.load()
+        except BtfError as exc:
+            raise UffdtraceError(f"cannot read kernel BTF: {exc}") from exc
+        the_plan = probes.plan(kallsyms, member_offsets)
+        self.info.probes = the_plan.status
+        if "fault" not in the_plan.chosen:
+            raise UffdtraceError("handle_userfault is not in kallsyms: is CONFIG_USERFAULTFD enabled?")
+        self.info.transport = choose_transport(kallsyms, self.opts.transport)
+        defines: dict[str, int | None] = dict(the_plan.defines)
+        if self.info.transport == "ringbuf":
+            defines["USE_RINGBUF"] = None
+            defines["RINGBUF_PAGES"] = probes.RINGBUF_PAGES
+        if self.opts.pids or self._command:
+            defines["FILTER"] = None
+            defines["SPAWN_PARENT"] = os.getpid() if self._command else 0
+        try:
+            self._bpf = BPF(text=probes.source_text(), cflags=probes.cflags(defines))
+        except Exception as exc:  # bcc raises bare Exception for compile/load errors
+            raise UffdtraceError(f"bcc could not compile/load the probes: {exc}") from exc
+        probes.attach(self._bpf, the_plan)
+        if not any(s.attached for s in the_plan.status):
+            raise UffdtraceError("no probe could be attached: see 'uffdtrace doctor'")
+        follow = self._bpf["follow"]
+        for pid in self.opts.pids:
+            follow[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+        if self.info.transport == "ringbuf":
+            self._bpf["events"].open_ring_buffer(self._on_record)
+        else:
+            self._bpf["events"].open_perf_buffer(self._on_perf_record, page_cnt=256,
+                                                 lost_cb=lambda _n: None)  # counted in-kernel
+        self.stopper.install()
+        if self._command:
+            self._proc = subprocess.Popen(self._command)
+            self.info.command_pid = self._proc.pid
+
+    def _on_record(self, _ctx: Any, data: Any, size: int) -> None:
+        self._pending.append(decode(ctypes.string_at(data, size), self.ids))
+
+    def _on_perf_record(self, _cpu: int, data: Any, size: int) -> None:
+        self._on_record(None, data, size)
+
+    # -- running -------------------------------------------------------------
+    def _poll(self, timeout_ms: int) -> None:
+        if self.info.transport == "ringbuf":
+            self._bpf.ring_buffer_poll(timeout_ms)
+        else:
+            self._bpf.perf_buffer_poll(timeout_ms)
+
+    def _finished(self, deadline: float | None) -> bool:
+        if self.stopper.stopped:
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return True
+        if self._proc is not None and self._proc.poll() is not None:
+            self.info.command_status = self._proc.returncode
+            return True
+        return False
+
+    def __iter__(self) -> Iterator[Event]:
+        deadline = time.monotonic() + self.opts.duration if self.opts.duration else None
+        while True:
+            done = self._finished(deadline)
+            self._poll(0 if done else POLL_MS)
+            while self._pending:
+                yield self._pending.popleft()
+            if done:
+                return
+
+    @property
+    def lost(self) -> int:
+        if self._bpf is None:
+            return self._lost_at_close
+        return int(sum(self._bpf["lost"][ctypes.c_int(0)]))
+
+    def close(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self.info.command_status = self._proc.returncode
+        if self._bpf is not None:
+            self._lost_at_close = self.lost
+            self._bpf.cleanup()
+            self._bpf = None
