@@ -9,26 +9,10 @@
  * (tgid whose children are followed), USE_RINGBUF, RINGBUF_PAGES,
  * HAVE_* for optional members, UFFD_FOPS / FLAVR_START / FLAVR_END addresses.
  */
-#include <uapi/linux/ptrace.h>
-#include "events.h"
+#include "common.h"
 
-#ifdef USE_RINGBUF
-BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
-#else
-BPF_PERF_OUTPUT(events);
-#endif
-BPF_PERCPU_ARRAY(lost, u64, 1);
-
-/* Processes being traced (FILTER), and uffd contexts / aio requests that
- * belong to them, so that handlers in other processes are seen too. */
-BPF_HASH(follow, u32, u8, 65536);
-BPF_HASH(follow_ctx, u64, u8, 65536);
-BPF_HASH(uffd_users, u32, u8, 65536);
 BPF_HASH(poll_iocbs, u64, u8, 65536);
 
-struct fault_entry { u64 ts; u64 ctx; u64 addr; };
-struct read_entry { u64 ctx; u64 buf; };
-struct ioctl_entry { u64 ctx; u64 cmd; u64 arg; u64 in[5]; };
 struct wake_entry { u64 ctx; u64 addr; u64 start; u64 len; u32 pid; u32 tgid; };
 struct aio_entry { u64 iocb; u64 obj; u64 data; u32 mask; u32 events; u8 scheduled; };
 struct flavr_entry { u64 ts; u64 folio; u32 trylocks; };
@@ -40,118 +24,6 @@ BPF_HASH(ioctl_fd, u32, u64, 65536);
 BPF_HASH(waking, u32, struct wake_entry, 4096);
 BPF_HASH(aio_waking, u32, struct aio_entry, 4096);
 BPF_HASH(locking, u32, struct flavr_entry, 65536);
-
-#define MAX_MSGS_PER_READ 32
-#define UFFD_MSG_SIZE 32
-
-static __always_inline u64 read_u64(u64 addr)
-{
-	u64 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
-	return v;
-}
-
-static __always_inline u32 read_u32(u64 addr)
-{
-	u32 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
-	return v;
-}
-
-static __always_inline u8 read_u8(u64 addr)
-{
-	u8 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
-	return v;
-}
-
-static __always_inline u64 read_user_u64(u64 addr)
-{
-	u64 v = 0;
-	bpf_probe_read_user(&v, sizeof(v), (void *)addr);
-	return v;
-}
-
-static __always_inline void count_lost(u64 n)
-{
-	int zero = 0;
-	u64 *v = lost.lookup(&zero);
-	if (v)
-		*v += n;
-}
-
-static __always_inline void init_event(struct uffdtrace_event *e, u32 kind)
-{
-	u64 id = bpf_get_current_pid_tgid();
-	e->ts_ns = bpf_ktime_get_ns();
-	e->kind = kind;
-	e->cpu = bpf_get_smp_processor_id();
-	e->tgid = id >> 32;
-	e->tid = (u32)id;
-	bpf_get_current_comm(&e->comm, sizeof(e->comm));
-}
-
-static __always_inline void emit(void *ctx, struct uffdtrace_event *e)
-{
-#ifdef USE_RINGBUF
-	if (events.ringbuf_output(e, sizeof(*e), 0) < 0)
-		count_lost(1);
-#else
-	if (events.perf_submit(ctx, e, sizeof(*e)) < 0)
-		count_lost(1);
-#endif
-}
-
-static __always_inline bool followed(u32 tgid)
-{
-#ifdef FILTER
-	return follow.lookup(&tgid) != NULL;
-#else
-	return true;
-#endif
-}
-
-static __always_inline bool ctx_followed(u64 uctx)
-{
-#ifdef FILTER
-	return follow_ctx.lookup(&uctx) != NULL;
-#else
-	return true;
-#endif
-}
-
-static __always_inline void mark_user(u32 tgid, u64 uctx)
-{
-	u8 one = 1;
-	uffd_users.update(&tgid, &one);
-	if (uctx)
-		follow_ctx.update(&uctx, &one);
-}
-
-static __always_inline u32 current_tgid(void)
-{
-	return bpf_get_current_pid_tgid() >> 32;
-}
-
-static __always_inline u32 current_tid(void)
-{
-	return (u32)bpf_get_current_pid_tgid();
-}
-
-/* ---- process following ---------------------------------------------- */
-
-#ifdef FILTER
-TRACEPOINT_PROBE(sched, sched_process_fork)
-{
-	u32 parent = current_tgid();
-	u32 child = args->child_pid;
-	u8 one = 1;
-
-	if (parent == SPAWN_PARENT || follow.lookup(&parent))
-		follow.update(&child, &one);
-	return 0;
-}
-#endif
 
 /* ---- handle_userfault: raised / returned ---------------------------- */
 
@@ -248,45 +120,19 @@ int kp_userfaultfd_read_iter(struct pt_regs *ctx)
 
 int kr_userfaultfd_read(struct pt_regs *ctx)
 {
-	struct uffdtrace_event e = {};
 	u32 tid = current_tid();
 	struct read_entry *re = reading.lookup(&tid);
-	s64 ret = PT_REGS_RC(ctx);
-	u64 nmsgs, buf, uctx;
+	struct read_entry copy;
 
 	if (!re)
 		return 0;
-	buf = re->buf;
-	uctx = re->ctx;
+	copy = *re;
 	reading.delete(&tid);
-	if (ret < UFFD_MSG_SIZE)
-		return 0;
-	nmsgs = ret / UFFD_MSG_SIZE;
-	if (nmsgs > MAX_MSGS_PER_READ)
-		count_lost(nmsgs - MAX_MSGS_PER_READ);
-	init_event(&e, UT_READ_MSG);
-	e.ctx = uctx;
-	e.ret = ret;
-	for (int i = 0; i < MAX_MSGS_PER_READ; i++) {
-		u64 msg[4] = {};
-
-		if (i >= nmsgs)
-			break;
-		bpf_probe_read_user(msg, sizeof(msg), (void *)(buf + i * UFFD_MSG_SIZE));
-		e.mode = msg[0] & 0xff;      /* event: 0x12 = PAGEFAULT */
-		e.flags = msg[1];            /* arg.pagefault.flags */
-		e.addr = msg[2];             /* arg.pagefault.address */
-		e.peer_tid = (u32)msg[3];    /* arg.pagefault.feat.ptid */
-		e.aux = i;
-		emit(ctx, &e);
-	}
+	emit_messages(ctx, copy.ctx, copy.buf, PT_REGS_RC(ctx));
 	return 0;
 }
 
 /* ---- resolving ioctls ------------------------------------------------- */
-
-#define UFFDIO 0xAA
-#define USERFAULTFD_IOC_NEW 0xAA00
 
 TRACEPOINT_PROBE(syscalls, sys_enter_ioctl)
 {
@@ -311,16 +157,8 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 		return 0;
 	cmd = *fd >> 32;
 	ioctl_fd.delete(&tid);
-	/* /dev/userfaultfd USERFAULTFD_IOC_NEW (6.1+) returns a new uffd. */
-	if (cmd != USERFAULTFD_IOC_NEW || args->ret < 0)
-		return 0;
-	init_event(&e, UT_UFFD_NEW);
-	if (!followed(e.tgid))
-		return 0;
-	e.aux = args->ret;
-	e.flags = 1;
-	mark_user(e.tgid, 0);
-	emit(args, &e);
+	if (cmd == USERFAULTFD_IOC_NEW && args->ret >= 0)
+		emit_uffd_new(args, args->ret, 1, &e);
 	return 0;
 }
 
@@ -328,14 +166,8 @@ TRACEPOINT_PROBE(syscalls, sys_exit_userfaultfd)
 {
 	struct uffdtrace_event e = {};
 
-	if (args->ret < 0)
-		return 0;
-	init_event(&e, UT_UFFD_NEW);
-	if (!followed(e.tgid))
-		return 0;
-	e.aux = args->ret;
-	mark_user(e.tgid, 0);
-	emit(args, &e);
+	if (args->ret >= 0)
+		emit_uffd_new(args, args->ret, 0, &e);
 	return 0;
 }
 
@@ -360,57 +192,10 @@ int kr_userfaultfd_ioctl(struct pt_regs *ctx)
 	u32 tid = current_tid();
 	struct ioctl_entry *ie = in_ioctl.lookup(&tid);
 	u64 *fd = ioctl_fd.lookup(&tid);
-	u32 nr;
 
 	if (!ie)
 		return 0;
-	nr = ie->cmd & 0xff;
-	init_event(&e, UT_RESOLVE);
-	e.ctx = ie->ctx;
-	e.op = nr;
-	e.ret = PT_REGS_RC(ctx);
-	e.addr = ie->in[0];
-	e.len = ie->in[1];
-	e.mode = ie->in[2];
-	switch (nr) {
-	case UT_OP_API:
-		e.kind = UT_UFFD_API;
-		e.addr = 0;
-		e.len = 0;
-		e.mode = 0;
-		e.flags = read_user_u64(ie->arg + 8);   /* features granted */
-		e.aux = fd ? (u32)*fd : -1;
-		mark_user(e.tgid, e.ctx);
-		break;
-	case UT_OP_REGISTER:
-		e.kind = UT_UFFD_REGISTER;
-		e.aux = read_user_u64(ie->arg + 24);   /* ioctls granted */
-		mark_user(e.tgid, e.ctx);
-		break;
-	case UT_OP_UNREGISTER:
-		e.kind = UT_UFFD_REGISTER;
-		e.mode = 0;
-		break;
-	case UT_OP_WAKE:
-		e.mode = 0;
-		break;
-	case UT_OP_COPY:
-	case UT_OP_MOVE:
-		/* {dst, src, len, mode, result} */
-		e.len = ie->in[2];
-		e.mode = ie->in[3];
-		e.flags = ie->in[1];
-		e.aux = read_user_u64(ie->arg + 32);
-		break;
-	case UT_OP_ZEROPAGE:
-	case UT_OP_CONTINUE:
-	case UT_OP_POISON:
-		/* {range, mode, result} */
-		e.aux = read_user_u64(ie->arg + 24);
-		break;
-	default:
-		break;
-	}
+	fill_ioctl_event(&e, ie, PT_REGS_RC(ctx), fd ? (s64)(u32)*fd : -1);
 	in_ioctl.delete(&tid);
 	emit(ctx, &e);
 	return 0;

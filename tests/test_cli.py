@@ -37,6 +37,7 @@ def one_line_error(output: str, needle: str) -> None:
 ])
 def test_environment_problems_are_one_line(monkeypatch: pytest.MonkeyPatch, change: dict[str, object],
                                            needle: str) -> None:
+    monkeypatch.setattr(kernel, "ensure_tracefs", lambda: None)
     monkeypatch.setattr(kernel, "probe", lambda: dataclasses.replace(GOOD, **change))
     code, out = run("--mode", "kprobe", "trace", "--events", "--duration", "1")
     assert code == 1
@@ -63,10 +64,20 @@ def test_usage_errors_exit_1(args: list[str]) -> None:
     assert "Traceback" not in out and "Error" in out
 
 
-def test_tracepoint_mode_is_refused_until_it_exists() -> None:
-    code, out = run("--mode", "tracepoint", "trace", "--events")
+def test_tracepoint_mode_without_tracefs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernel, "ensure_tracefs", lambda: None)
+    monkeypatch.setattr(kernel, "probe", lambda: dataclasses.replace(GOOD, tracefs=None))
+    code, out = run("--mode", "tracepoint", "trace", "--events", "--duration", "1")
     assert code == 1
-    one_line_error(out, "tracepoint mode is not implemented")
+    one_line_error(out, "no tracefs")
+
+
+def test_auto_mode_picks_tracepoint_without_kprobes() -> None:
+    from uffdtrace.source import resolve_mode
+
+    assert resolve_mode(dataclasses.replace(GOOD, kprobes=False), "auto") == "tracepoint"
+    assert resolve_mode(GOOD, "auto") == "kprobe"
+    assert resolve_mode(GOOD, "tracepoint") == "tracepoint"
 
 
 def test_help_and_version() -> None:

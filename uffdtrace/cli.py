@@ -13,6 +13,7 @@ import click
 from . import __version__, doctor
 from .errors import UffdtraceError
 from .output import Printer
+from .probes import TRACEPOINT_DEGRADED
 from .source import LiveSource, Options
 
 LOST_CHECK_EVERY = 1024  # events between reads of the in-kernel lost counter
@@ -44,7 +45,7 @@ class Group(click.Group):
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="uffdtrace")
 @click.option("--mode", type=click.Choice(["auto", "kprobe", "tracepoint"]), default="auto", show_default=True,
-              help="Probe set: kprobe (primary), tracepoint (kernels without kprobes), auto picks.")
+              help="Probe set: kprobe (primary), tracepoint (kernels without kprobes); auto picks kprobe where it works.")
 @click.pass_context
 def main(ctx: click.Context, mode: str) -> None:
     """Live tracer and race detector for userfaultfd."""
@@ -57,16 +58,11 @@ def doctor_cmd(as_json: bool) -> None:
     """Check kernel, BTF, probes, headers and bcc; exit 0 when a mode works."""
     rep = doctor.run()
     if as_json:
-        click.echo(json.dumps({"checks": dict(rep.lines), "probes": rep.probes, "modes": rep.modes}))
+        click.echo(json.dumps({"checks": dict(rep.lines), "probes": rep.probes,
+                               "tracepoint_capabilities": rep.tracepoint_caps, "modes": rep.modes}))
     else:
         click.echo(doctor.render(rep))
     sys.exit(0 if rep.usable else 1)
-
-
-def resolve_mode(requested: str) -> str:
-    if requested == "tracepoint":
-        raise UffdtraceError("tracepoint mode is not implemented yet: use --mode kprobe on a kernel with kprobes")
-    return "kprobe"
 
 
 @main.command("trace", context_settings={"ignore_unknown_options": False})
@@ -86,8 +82,7 @@ def trace_cmd(ctx: click.Context, pids: tuple[int, ...], tids: tuple[int, ...], 
     """Trace userfaultfd events live; with -- CMD, run CMD and follow it."""
     if not raw_events:
         raise click.UsageError("per-fault lifecycle output is not available yet: use --events")
-    mode = resolve_mode(ctx.obj["mode"])
-    src = LiveSource(Options(pids=pids, command=command, duration=duration, transport=transport), mode)
+    src = LiveSource(Options(pids=pids, command=command, duration=duration, transport=transport), ctx.obj["mode"])
     printer = Printer(as_json)
     by_kind: collections.Counter[str] = collections.Counter()
     lost_seen = 0
@@ -97,6 +92,8 @@ def trace_cmd(ctx: click.Context, pids: tuple[int, ...], tids: tuple[int, ...], 
             "version": __version__, "mode": src.info.mode, "transport": src.info.transport,
             "kernel": platform.release(), "probes": [p.to_json() for p in src.info.probes],
             "command": list(command), "command_pid": src.info.command_pid, "pids": list(pids),
+            "degraded": list(TRACEPOINT_DEGRADED) if src.info.mode == "tracepoint" else [],
+            "existing_uffd_pids": src.info.existing,
         })
         for n, ev in enumerate(src, 1):
             if tids and ev.tid not in tids and ev.peer_tid not in tids:

@@ -16,6 +16,7 @@ class Report:
     lines: list[tuple[str, str]] = field(default_factory=list)
     modes: dict[str, str | None] = field(default_factory=dict)  # mode -> None if usable, else why not
     probes: list[dict[str, Any]] = field(default_factory=list)
+    tracepoint_caps: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, key: str, value: str) -> None:
         self.lines.append((key, value))
@@ -27,6 +28,7 @@ class Report:
 
 def run() -> Report:
     rep = Report()
+    kernel.ensure_tracefs()
     feats = kernel.probe()
     rep.add("kernel", feats.release)
     rep.add("root", "yes" if feats.root else "no")
@@ -60,8 +62,24 @@ def run() -> Report:
             kprobe_why = kprobe_why or "handle_userfault not in kallsyms (CONFIG_USERFAULTFD off?)"
         rep.add("transport", "ringbuf" if "bpf_ringbuf_output" in kallsyms else "perf buffer")
     rep.modes["kprobe"] = kprobe_why
-    rep.modes["tracepoint"] = "not implemented yet"
+    rep.modes["tracepoint"] = _tracepoint_mode(rep, feats)
     return rep
+
+
+def _tracepoint_mode(rep: Report, feats: kernel.Features) -> str | None:
+    try:
+        source.check_environment(feats, "tracepoint")
+        why: str | None = None
+    except UffdtraceError as exc:
+        why = str(exc)
+    if feats.tracefs is None:
+        return why
+    try:
+        the_plan = probes.tracepoint_plan(Kallsyms.load(), feats.tracefs)
+    except OSError as exc:
+        return why or f"cannot read kallsyms: {exc}"
+    rep.tracepoint_caps = [s.to_json() for s in the_plan.status]
+    return why or probes.tracepoint_mode_unusable(the_plan)
 
 
 def render(rep: Report) -> str:
@@ -72,6 +90,12 @@ def render(rep: Report) -> str:
     for p in rep.probes:
         state = "ok  " if p["symbol"] else "MISS"
         out.append(f"  {state} {p['probe']:<14} {p['symbol'] or '-':<28} {p['detail']}")
+    if rep.tracepoint_caps:
+        out.append("")
+        out.append("tracepoint-mode capabilities:")
+        for p in rep.tracepoint_caps:
+            out.append(f"  {'ok  ' if p['attached'] else 'MISS'} {p['probe']:<14} {p['detail']}")
+        out.append(f"  not visible in this mode: {', '.join(probes.TRACEPOINT_DEGRADED)}")
     out.append("")
     for mode, why in rep.modes.items():
         out.append(f"mode {mode}: {'usable' if why is None else 'unusable: ' + why}")

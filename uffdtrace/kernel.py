@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,18 @@ def tracefs() -> Path | None:
         if (path / "events").is_dir():
             return path
     return None
+
+
+def ensure_tracefs() -> Path | None:
+    """Mount tracefs if nothing is mounted yet (bcc reads tracepoint formats
+    from it); returns where it is, or None if it cannot be had."""
+    found = tracefs()
+    if found is not None:
+        return found
+    target = TRACEFS_CANDIDATES[0]
+    if target.is_dir() and os.geteuid() == 0:
+        subprocess.run(["mount", "-t", "tracefs", "nodev", str(target)], check=False, capture_output=True)
+    return tracefs()
 
 
 def kprobes_available(trace_dir: Path | None) -> bool:

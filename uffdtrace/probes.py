@@ -96,11 +96,11 @@ class Plan:
 
     chosen: dict[str, Candidate] = field(default_factory=dict)
     status: list[ProbeStatus] = field(default_factory=list)
-    defines: dict[str, int] = field(default_factory=dict)
+    defines: dict[str, int | None] = field(default_factory=dict)
 
 
 def plan(kallsyms: Kallsyms, offsets: dict[str, int]) -> Plan:
-    result = Plan(defines=dict(offsets))
+    result = Plan(defines={k: v for k, v in offsets.items()})
     for spec in PROBES:
         reasons = []
         for cand in spec.candidates:
@@ -132,11 +132,79 @@ def plan(kallsyms: Kallsyms, offsets: dict[str, int]) -> Plan:
     return result
 
 
+# Tracepoint mode (DESIGN §3.2): each capability, the tracepoints it needs
+# and the kallsyms functions whose address ranges attribute stacks to it.
+@dataclass(frozen=True)
+class TracepointCapability:
+    name: str
+    tracepoints: tuple[str, ...]
+    symbols: tuple[str, ...]
+    what: str
+    define: str | None = None  # -D set when the tracepoints exist (else the code is left out)
+
+
+TRACEPOINT_CAPS: tuple[TracepointCapability, ...] = (
+    TracepointCapability("fault", ("exceptions/page_fault_user", "exceptions/page_fault_kernel"), (),
+                         "page faults inside registered ranges", "HAVE_PF_TRACEPOINTS"),
+    TracepointCapability("block", ("sched/sched_switch",), ("handle_userfault",),
+                         "sleeps whose kernel stack holds handle_userfault"),
+    TracepointCapability("wake_task", ("sched/sched_waking",), ("userfaultfd_wake_function", "__wake_up"),
+                         "wake-ups whose waker stack holds userfaultfd_wake_function"),
+    TracepointCapability("read", ("syscalls/sys_enter_read", "syscalls/sys_enter_readv"), (),
+                         "read/readv on a known uffd fd"),
+    TracepointCapability("resolve", ("syscalls/sys_enter_ioctl",), (), "ioctls on a known uffd fd"),
+    TracepointCapability("close", ("syscalls/sys_enter_close",), (), "close of a known uffd fd"),
+    TracepointCapability("aio_poll", ("syscalls/sys_enter_io_submit", "syscalls/sys_enter_io_getevents"), (),
+                         "IOCB_CMD_POLL submitted on a uffd and collected"),
+    TracepointCapability("aio_pgetevents", ("syscalls/sys_enter_io_pgetevents",), (),
+                         "completions collected by io_pgetevents (4.18+)", "HAVE_IO_PGETEVENTS"),
+    TracepointCapability("aio_poll_work", ("workqueue/workqueue_queue_work",), ("aio_poll_complete_work",),
+                         "poll wake-ups deferred to the workqueue"),
+    # lock:contention_begin arrived in 5.19 (f4aed1b1a8f3, "locking: Add lock contention tracepoints").
+    TracepointCapability("anon_vma_lock", ("lock/contention_begin",), ("folio_lock_anon_vma_read",),
+                         "contended anon_vma locks in folio_lock_anon_vma_read (no retry count)",
+                         "HAVE_LOCK_CONTENTION"),
+)
+
+# What tracepoint mode cannot see at all (recorded in headers and doctor).
+TRACEPOINT_DEGRADED = ("fault_ret", "wake_range", "aio_poll_wake", "ctx is (tgid, fd), not the kernel object",
+                       "fault reason (inferred from error_code)", "anon_vma retries")
+
+# -D name pairs for the stack-attribution ranges.
+_RANGE_DEFINES = {"handle_userfault": "HU", "userfaultfd_wake_function": "UWF", "__wake_up": "WU",
+                  "folio_lock_anon_vma_read": "FLAVR"}
+_REQUIRED_TRACEPOINT_CAPS = ("block", "wake_task", "read", "resolve")
+
+
+def tracepoint_plan(kallsyms: Kallsyms, tracefs: Path) -> Plan:
+    result = Plan()
+    for name, prefix in _RANGE_DEFINES.items():
+        sym = kallsyms.symbol(name)
+        result.defines[f"{prefix}_START"] = sym.start if sym else 0
+        result.defines[f"{prefix}_END"] = sym.end if sym else 0
+    result.defines["APCW"] = kallsyms.address("aio_poll_complete_work") or 0
+    for cap in TRACEPOINT_CAPS:
+        missing_tp = [tp for tp in cap.tracepoints if not (tracefs / "events" / tp).is_dir()]
+        missing_sym = [s for s in cap.symbols if s not in kallsyms]
+        ok = not missing_tp and not missing_sym
+        detail = cap.what if ok else "; ".join(
+            [f"no tracepoint {tp}" for tp in missing_tp] + [f"{s} not in kallsyms" for s in missing_sym])
+        result.status.append(ProbeStatus(cap.name, ",".join(cap.tracepoints), ok, detail))
+        if cap.define and not missing_tp:
+            result.defines[cap.define] = None
+    return result
+
+
+def tracepoint_mode_unusable(the_plan: Plan) -> str | None:
+    """Why tracepoint mode cannot work here, or None."""
+    bad = [s for s in the_plan.status if s.name in _REQUIRED_TRACEPOINT_CAPS and not s.attached]
+    return "; ".join(f"{s.name}: {s.detail}" for s in bad) or None
+
+
 def cflags(defines: dict[str, int | None]) -> list[str]:
     flags = [f"-I{BPF_DIR}", "-Wno-macro-redefined"]
     for name, value in sorted(defines.items()):
-        flags.append(f"-D{name}" if value is None else f"-D{name}={value:#x}ULL" if value > 0xFFFFFFFF
-                     else f"-D{name}={value}")
+        flags.append(f"-D{name}" if value is None else f"-D{name}={value}ULL")
     return flags
 
 
@@ -159,8 +227,11 @@ def attach(bpf: Any, the_plan: Plan) -> None:
         status.attached = True
 
 
-def source_text() -> str:
+def source_text(program: str) -> str:
+    """The program with common.h pasted in: bcc generates tracepoint argument
+    structs only for TRACEPOINT_PROBEs in the main file, not in headers."""
     try:
-        return (BPF_DIR / "kprobe.c").read_text()
+        text = (BPF_DIR / program).read_text()
+        return text.replace('#include "common.h"', (BPF_DIR / "common.h").read_text(), 1)
     except OSError as exc:
         raise UffdtraceError(f"BPF source missing ({exc.filename}): reinstall uffdtrace") from exc

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import kernel, offsets, probes
+from . import kernel, offsets, probes, procscan
 from .btf import BtfError
 from .errors import UffdtraceError
 from .events import Event, PointerIds, decode
@@ -49,7 +49,15 @@ class RunInfo:
     transport: str = ""
     probes: list[probes.ProbeStatus] = field(default_factory=list)
     command_pid: int | None = None
+    existing: list[int] = field(default_factory=list)  # tracepoint mode: uffd users found in /proc
     command_status: int | None = None
+
+
+def resolve_mode(features: kernel.Features, requested: str) -> str:
+    """`auto` is kprobe mode where kprobes exist, tracepoint mode elsewhere."""
+    if requested == "auto":
+        return "kprobe" if features.kprobes else "tracepoint"
+    return requested
 
 
 def check_environment(features: kernel.Features, mode: str) -> None:
@@ -64,6 +72,8 @@ def check_environment(features: kernel.Features, mode: str) -> None:
     if mode == "kprobe" and not features.kprobes:
         raise UffdtraceError(
             "kprobes are unavailable on this kernel (no CONFIG_KPROBE_EVENTS): use --mode tracepoint")
+    if mode == "tracepoint" and features.tracefs is None:
+        raise UffdtraceError("no tracefs at /sys/kernel/tracing and it cannot be mounted: tracepoint mode needs it")
     if features.headers is None:
         raise UffdtraceError(
             f"no kernel headers at /lib/modules/{features.release}/build (bcc needs them): run scripts/setup.sh")
@@ -112,9 +122,9 @@ class Stopper:
 
 
 class LiveSource:
-    """Kprobe-mode live source."""
+    """Live source in kprobe or tracepoint mode (``auto`` picks at start)."""
 
-    def __init__(self, opts: Options, mode: str = "kprobe") -> None:
+    def __init__(self, opts: Options, mode: str = "auto") -> None:
         self.opts = opts
         self.info = RunInfo(mode=mode)
         self.ids = PointerIds()
@@ -128,21 +138,17 @@ class LiveSource:
 
     # -- setup -------------------------------------------------------------
     def start(self) -> None:
+        kernel.ensure_tracefs()
         features = kernel.probe()
+        self.info.mode = resolve_mode(features, self.info.mode)
         check_environment(features, self.info.mode)
-        from bcc import BPF
+        from bcc import BPF  # noqa: PLC0415  (system package, root only)
 
         kallsyms = Kallsyms.load()
         if not kallsyms.readable:
             raise UffdtraceError("/proc/kallsyms shows no addresses (kptr_restrict): run as root")
-        try:
-            member_offsets = offsets.load()
-        except BtfError as exc:
-            raise UffdtraceError(f"cannot read kernel BTF: {exc}") from exc
-        the_plan = probes.plan(kallsyms, member_offsets)
+        the_plan = self._plan(kallsyms, features)
         self.info.probes = the_plan.status
-        if "fault" not in the_plan.chosen:
-            raise UffdtraceError("handle_userfault is not in kallsyms: is CONFIG_USERFAULTFD enabled?")
         self.info.transport = choose_transport(kallsyms, self.opts.transport)
         defines: dict[str, int | None] = dict(the_plan.defines)
         if self.info.transport == "ringbuf":
@@ -151,16 +157,20 @@ class LiveSource:
         if self.opts.pids or self._command:
             defines["FILTER"] = None
             defines["SPAWN_PARENT"] = os.getpid() if self._command else 0
+        program = "kprobe.c" if self.info.mode == "kprobe" else "tracepoint.c"
         try:
-            self._bpf = BPF(text=probes.source_text(), cflags=probes.cflags(defines))
+            self._bpf = BPF(text=probes.source_text(program), cflags=probes.cflags(defines))
         except Exception as exc:  # bcc raises bare Exception for compile/load errors
             raise UffdtraceError(f"bcc could not compile/load the probes: {exc}") from exc
-        probes.attach(self._bpf, the_plan)
-        if not any(s.attached for s in the_plan.status):
-            raise UffdtraceError("no probe could be attached: see 'uffdtrace doctor'")
+        if self.info.mode == "kprobe":
+            probes.attach(self._bpf, the_plan)
+            if not any(s.attached for s in the_plan.status):
+                raise UffdtraceError("no probe could be attached: see 'uffdtrace doctor'")
         follow = self._bpf["follow"]
         for pid in self.opts.pids:
             follow[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+        if self.info.mode == "tracepoint":
+            self._learn_existing_uffds()
         if self.info.transport == "ringbuf":
             self._bpf["events"].open_ring_buffer(self._on_record)
         else:
@@ -170,6 +180,40 @@ class LiveSource:
         if self._command:
             self._proc = subprocess.Popen(self._command)
             self.info.command_pid = self._proc.pid
+
+    def _plan(self, kallsyms: Kallsyms, features: kernel.Features) -> probes.Plan:
+        if self.info.mode == "tracepoint":
+            assert features.tracefs is not None  # check_environment made sure
+            the_plan = probes.tracepoint_plan(kallsyms, features.tracefs)
+            why = probes.tracepoint_mode_unusable(the_plan)
+            if why:
+                raise UffdtraceError(f"tracepoint mode cannot work on this kernel: {why}")
+            return the_plan
+        try:
+            member_offsets = offsets.load()
+        except BtfError as exc:
+            raise UffdtraceError(f"cannot read kernel BTF: {exc}") from exc
+        the_plan = probes.plan(kallsyms, member_offsets)
+        if "fault" not in the_plan.chosen:
+            raise UffdtraceError("handle_userfault is not in kallsyms: is CONFIG_USERFAULTFD enabled?")
+        return the_plan
+
+    def _learn_existing_uffds(self) -> None:
+        """Tracepoint mode sees uffds created from now on; the ones that
+        already exist, and their registered ranges, come from /proc."""
+        found = procscan.scan()
+        self.info.existing = [p.pid for p in found]
+        users, fds, ranges = self._bpf["uffd_users"], self._bpf["uffd_fds"], self._bpf["ranges"]
+        for proc in found:
+            users[ctypes.c_uint32(proc.pid)] = ctypes.c_uint8(1)
+            for ufd in proc.fds:
+                fds[ctypes.c_uint64(proc.pid << 32 | ufd.fd)] = ctypes.c_uint8(1)
+            # /proc does not say which uffd a range belongs to: the first one.
+            owner = proc.pid << 32 | proc.fds[0].fd
+            rs = ranges.Leaf()
+            for i, (start, end) in enumerate(proc.ranges[: len(rs.start)]):
+                rs.start[i], rs.end[i], rs.ctx[i] = start, end, owner
+            ranges[ctypes.c_uint32(proc.pid)] = rs
 
     def _on_record(self, _ctx: Any, data: Any, size: int) -> None:
         self._pending.append(decode(ctypes.string_at(data, size), self.ids))

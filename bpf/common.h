@@ -1,0 +1,240 @@
+/* Code shared by the kprobe-mode (kprobe.c) and tracepoint-mode
+ * (tracepoint.c) programs: output, lost counting, process following, and
+ * the decoding of what user space reads from and passes to a uffd. */
+#ifndef UFFDTRACE_COMMON_H
+#define UFFDTRACE_COMMON_H
+#include <uapi/linux/ptrace.h>
+#include "events.h"
+
+#ifndef SPAWN_PARENT
+#define SPAWN_PARENT 0
+#endif
+
+#ifdef USE_RINGBUF
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+#else
+BPF_PERF_OUTPUT(events);
+#endif
+BPF_PERCPU_ARRAY(lost, u64, 1);
+
+/* Processes being traced (FILTER), and uffd contexts / aio requests that
+ * belong to them, so that handlers in other processes are seen too. */
+BPF_HASH(follow, u32, u8, 65536);
+BPF_HASH(follow_ctx, u64, u8, 65536);
+BPF_HASH(uffd_users, u32, u8, 65536);
+
+struct fault_entry { u64 ts; u64 ctx; u64 addr; };
+struct read_entry { u64 ctx; u64 buf; };
+struct ioctl_entry { u64 ctx; u64 cmd; u64 arg; u64 in[5]; };
+
+#define MAX_MSGS_PER_READ 32
+#define UFFD_MSG_SIZE 32
+
+static __always_inline u64 read_u64(u64 addr)
+{
+	u64 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+	return v;
+}
+
+static __always_inline u32 read_u32(u64 addr)
+{
+	u32 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+	return v;
+}
+
+static __always_inline u8 read_u8(u64 addr)
+{
+	u8 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+	return v;
+}
+
+static __always_inline u64 read_user_u64(u64 addr)
+{
+	u64 v = 0;
+	bpf_probe_read_user(&v, sizeof(v), (void *)addr);
+	return v;
+}
+
+static __always_inline void count_lost(u64 n)
+{
+	int zero = 0;
+	u64 *v = lost.lookup(&zero);
+	if (v)
+		*v += n;
+}
+
+static __always_inline void init_event(struct uffdtrace_event *e, u32 kind)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	e->ts_ns = bpf_ktime_get_ns();
+	e->kind = kind;
+	e->cpu = bpf_get_smp_processor_id();
+	e->tgid = id >> 32;
+	e->tid = (u32)id;
+	bpf_get_current_comm(&e->comm, sizeof(e->comm));
+}
+
+static __always_inline void emit(void *ctx, struct uffdtrace_event *e)
+{
+#ifdef USE_RINGBUF
+	if (events.ringbuf_output(e, sizeof(*e), 0) < 0)
+		count_lost(1);
+#else
+	if (events.perf_submit(ctx, e, sizeof(*e)) < 0)
+		count_lost(1);
+#endif
+}
+
+static __always_inline bool followed(u32 tgid)
+{
+#ifdef FILTER
+	return follow.lookup(&tgid) != NULL;
+#else
+	return true;
+#endif
+}
+
+static __always_inline bool ctx_followed(u64 uctx)
+{
+#ifdef FILTER
+	return follow_ctx.lookup(&uctx) != NULL;
+#else
+	return true;
+#endif
+}
+
+static __always_inline void mark_user(u32 tgid, u64 uctx)
+{
+	u8 one = 1;
+	uffd_users.update(&tgid, &one);
+	if (uctx)
+		follow_ctx.update(&uctx, &one);
+}
+
+static __always_inline u32 current_tgid(void)
+{
+	return bpf_get_current_pid_tgid() >> 32;
+}
+
+static __always_inline u32 current_tid(void)
+{
+	return (u32)bpf_get_current_pid_tgid();
+}
+
+/* ---- process following ---------------------------------------------- */
+
+#ifdef FILTER
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+	u32 parent = current_tgid();
+	u32 child = args->child_pid;
+	u8 one = 1;
+
+	if (parent == SPAWN_PARENT || follow.lookup(&parent))
+		follow.update(&child, &one);
+	return 0;
+}
+#endif
+
+#define UFFDIO 0xAA
+#define USERFAULTFD_IOC_NEW 0xAA00
+
+/* One READ_MSG per uffd_msg the reader got (ret bytes at user buf). */
+static __always_inline void emit_messages(void *ctx, u64 uctx, u64 buf, s64 ret)
+{
+	struct uffdtrace_event e = {};
+	u64 nmsgs;
+
+	if (ret < UFFD_MSG_SIZE)
+		return;
+	nmsgs = ret / UFFD_MSG_SIZE;
+	if (nmsgs > MAX_MSGS_PER_READ)
+		count_lost(nmsgs - MAX_MSGS_PER_READ);
+	init_event(&e, UT_READ_MSG);
+	e.ctx = uctx;
+	e.ret = ret;
+	for (int i = 0; i < MAX_MSGS_PER_READ; i++) {
+		u64 msg[4] = {};
+
+		if (i >= nmsgs)
+			break;
+		bpf_probe_read_user(msg, sizeof(msg), (void *)(buf + i * UFFD_MSG_SIZE));
+		e.mode = msg[0] & 0xff;      /* event: 0x12 = PAGEFAULT */
+		e.flags = msg[1];            /* arg.pagefault.flags */
+		e.addr = msg[2];             /* arg.pagefault.address */
+		e.peer_tid = (u32)msg[3];    /* arg.pagefault.feat.ptid */
+		e.aux = i;
+		emit(ctx, &e);
+	}
+}
+
+/* The event for a returned uffd ioctl: ie holds the request and the user
+ * struct as it was on entry; the output field is re-read now. fd < 0 when
+ * unknown. */
+static __always_inline void fill_ioctl_event(struct uffdtrace_event *e, struct ioctl_entry *ie, s64 ret, s64 fd)
+{
+	u32 nr = ie->cmd & 0xff;
+
+	init_event(e, UT_RESOLVE);
+	e->ctx = ie->ctx;
+	e->op = nr;
+	e->ret = ret;
+	e->addr = ie->in[0];
+	e->len = ie->in[1];
+	e->mode = ie->in[2];
+	switch (nr) {
+	case UT_OP_API:
+		e->kind = UT_UFFD_API;
+		e->addr = 0;
+		e->len = 0;
+		e->mode = 0;
+		e->flags = read_user_u64(ie->arg + 8);   /* features granted */
+		e->aux = fd;
+		mark_user(e->tgid, e->ctx);
+		break;
+	case UT_OP_REGISTER:
+		e->kind = UT_UFFD_REGISTER;
+		e->aux = read_user_u64(ie->arg + 24);   /* ioctls granted */
+		mark_user(e->tgid, e->ctx);
+		break;
+	case UT_OP_UNREGISTER:
+		e->kind = UT_UFFD_REGISTER;
+		e->mode = 0;
+		break;
+	case UT_OP_WAKE:
+		e->mode = 0;
+		break;
+	case UT_OP_COPY:
+	case UT_OP_MOVE:
+		/* {dst, src, len, mode, result} */
+		e->len = ie->in[2];
+		e->mode = ie->in[3];
+		e->flags = ie->in[1];
+		e->aux = read_user_u64(ie->arg + 32);
+		break;
+	case UT_OP_ZEROPAGE:
+	case UT_OP_CONTINUE:
+	case UT_OP_POISON:
+		/* {range, mode, result} */
+		e->aux = read_user_u64(ie->arg + 24);
+		break;
+	default:
+		break;
+	}
+}
+
+/* UFFD_NEW from userfaultfd(2) or /dev/userfaultfd USERFAULTFD_IOC_NEW (6.1+). */
+static __always_inline void emit_uffd_new(void *ctx, s64 fd, u64 from_dev, struct uffdtrace_event *e)
+{
+	init_event(e, UT_UFFD_NEW);
+	if (!followed(e->tgid))
+		return;
+	e->aux = fd;
+	e->flags = from_dev;
+	mark_user(e->tgid, 0);
+	emit(ctx, e);
+}
+#endif
