@@ -45,7 +45,7 @@ class Group(click.Group):
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="uffdtrace")
 @click.option("--mode", type=click.Choice(["auto", "kprobe", "tracepoint"]), default="auto", show_default=True,
-              help="Probe set: kprobe (primary), tracepoint (kernels without kprobes); auto picks kprobe where it works.")
+              help="Probe set: kprobe, or tracepoint for kernels without kprobes; auto picks kprobe where it works.")
 @click.pass_context
 def main(ctx: click.Context, mode: str) -> None:
     """Live tracer and race detector for userfaultfd."""

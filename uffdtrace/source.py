@@ -142,7 +142,7 @@ class LiveSource:
         features = kernel.probe()
         self.info.mode = resolve_mode(features, self.info.mode)
         check_environment(features, self.info.mode)
-        from bcc import BPF  # noqa: PLC0415  (system package, root only)
+        from bcc import BPF  # system package, imported only once root is checked
 
         kallsyms = Kallsyms.load()
         if not kallsyms.readable:
