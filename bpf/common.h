@@ -30,33 +30,18 @@ struct ioctl_entry { u64 ctx; u64 cmd; u64 arg; u64 in[5]; };
 #define MAX_MSGS_PER_READ 32
 #define UFFD_MSG_SIZE 32
 
-static __always_inline u64 read_u64(u64 addr)
-{
-	u64 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
-	return v;
-}
-
-static __always_inline u32 read_u32(u64 addr)
-{
-	u32 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
-	return v;
-}
-
-static __always_inline u8 read_u8(u64 addr)
-{
-	u8 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
-	return v;
-}
-
-static __always_inline u64 read_user_u64(u64 addr)
-{
-	u64 v = 0;
-	bpf_probe_read_user(&v, sizeof(v), (void *)addr);
-	return v;
-}
+/* read_u64(addr) etc.: one value from kernel or user memory, 0 if unreadable. */
+#define DEFINE_READER(name, type, helper)				\
+	static __always_inline type name(u64 addr)			\
+	{								\
+		type v = 0;						\
+		helper(&v, sizeof(v), (void *)addr);			\
+		return v;						\
+	}
+DEFINE_READER(read_u64, u64, bpf_probe_read_kernel)
+DEFINE_READER(read_u32, u32, bpf_probe_read_kernel)
+DEFINE_READER(read_u8, u8, bpf_probe_read_kernel)
+DEFINE_READER(read_user_u64, u64, bpf_probe_read_user)
 
 static __always_inline void count_lost(u64 n)
 {

@@ -7,45 +7,38 @@ reports having done."""
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from ..conftest import BUILD, ROOT, require
+from ..scenarios import (
+    CLEAN_PAGES,
+    DONTWAKE_STALL_S,
+    Scenario,
+    assert_clean_run,
+    check_aio_poll,
+    check_clean_faults,
+    check_dontwake,
+)
 
 VM_TIMEOUT_S = 1500
-CLEAN_PAGES = 11  # prime, so that no accidental power-of-two batching can match it
 MOVE_PAGES = 64
-DONTWAKE_STALL_S = 2
-SCENARIOS = [f"clean:clean_faults:{CLEAN_PAGES}", f"dontwake:dontwake:{DONTWAKE_STALL_S}", "aio:aio_poll",
-             f"move_pageout:move_pageout:{MOVE_PAGES}"]
+SCENARIOS = [f"clean:clean_faults:{CLEAN_PAGES}", f"dontwake:dontwake:{DONTWAKE_STALL_S}", "aio:aio_poll:",
+             f"move_pageout:move_pageout:{MOVE_PAGES}",
+             # The same clean workload once more in tracepoint mode, for parity.
+             f"tp_clean:clean_faults:{CLEAN_PAGES}:tracepoint"]
 KERNEL_GLOBS = {"6.1": "/boot/vmlinuz-6.1.0-*-amd64", "6.12": "/boot/vmlinuz-6.12.*+deb12-amd64"}
-VM_FAULT_RETRY = 0x400
-POLLIN = 0x1
 
 
 def newest_kernel(pattern: str) -> str | None:
     found = sorted(glob.glob(pattern), key=lambda p: [int(x) for x in re.findall(r"\d+", p)])
     return found[-1] if found else None
-
-
-@dataclass
-class Scenario:
-    rc: int
-    workload: dict[str, Any]
-    events: list[dict[str, Any]]
-    summary: dict[str, Any]
-    stderr: str
-
-    def of(self, kind: str, **match: Any) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["kind"] == kind and all(e[k] == v for k, v in match.items())]
 
 
 @dataclass
@@ -56,12 +49,7 @@ class VmRun:
         return (self.out / name).read_text()
 
     def scenario(self, name: str) -> Scenario:
-        rc = int(self.text(f"{name}.rc"))
-        lines = [json.loads(line) for line in self.text(f"{name}.jsonl").splitlines() if line.startswith("{")]
-        workload = next((x for x in lines if "workload" in x or "skip" in x), {})
-        events = [x for x in lines if x.get("type") == "event"]
-        summary = next((x for x in lines if x.get("type") == "summary"), {})
-        return Scenario(rc, workload, events, summary, self.text(f"{name}.err"))
+        return Scenario.parse(self.text(f"{name}.jsonl"), int(self.text(f"{name}.rc")), self.text(f"{name}.err"))
 
 
 _runs: dict[str, VmRun] = {}
@@ -96,13 +84,6 @@ def vm(request: pytest.FixtureRequest, workloads: Path) -> VmRun:
     return _runs[version]
 
 
-def assert_clean_run(s: Scenario) -> None:
-    assert s.rc == 0, s.stderr
-    assert "Traceback" not in s.stderr
-    assert s.summary["lost"] == 0
-    assert s.summary["command_status"] == 0
-
-
 def test_doctor_says_kprobe_mode_works(vm: VmRun) -> None:
     assert int(vm.text("doctor.rc")) == 0, vm.text("doctor.txt")
     report = vm.text("doctor.txt")
@@ -113,57 +94,26 @@ def test_doctor_says_kprobe_mode_works(vm: VmRun) -> None:
 
 def test_clean_faults_counted_exactly(vm: VmRun) -> None:
     s = vm.scenario("clean")
-    assert_clean_run(s)
-    w = s.workload
-    n, faulter, handler = w["pages"], w["faulter_tid"], w["handler_tid"]
-    assert n == CLEAN_PAGES and w["msgs_read"] == n
-    pages = {w["base"] + i * w["page_size"] for i in range(n)}
-
-    faults = s.of("fault", tid=faulter, tgid=w["pid"])
-    assert len(faults) == n and {e["addr"] for e in faults} == pages
-    rets = s.of("fault_ret", tid=faulter)
-    assert len(rets) == n and all(e["ret"] & VM_FAULT_RETRY for e in rets)
-    reads = s.of("read_msg", tid=handler, peer_tid=faulter)
-    assert len(reads) == n and {e["addr"] for e in reads} == pages
-    copies = s.of("resolve", op="copy", tid=handler, ret=0, aux=w["page_size"], dontwake=False)
-    assert len(copies) == n and {e["addr"] for e in copies} == pages
-    woken = s.of("wake_task", peer_tid=faulter, ret=1)
-    assert len(woken) == n and {e["addr"] for e in woken} == pages
-    # One uffd, created, set up and closed; all events carry its id.
-    assert len(s.of("uffd_new")) == len(s.of("uffd_api")) == len(s.of("uffd_register")) == 1
-    assert len(s.of("uffd_close")) == 1
-    assert {e["ctx"] for e in faults + reads + copies + woken} == {s.of("uffd_api")[0]["ctx"]}
+    assert s.mode == "kprobe"
+    check_clean_faults(s)
 
 
 def test_dontwake_fault_woken_only_by_uffdio_wake(vm: VmRun) -> None:
-    s = vm.scenario("dontwake")
-    assert_clean_run(s)
-    w = s.workload
-    faulter, addr = w["faulter_tid"], w["addr"]
-    [copy] = s.of("resolve", op="copy", addr=addr)
-    assert copy["dontwake"] is True and copy["mode"] & 1 and copy["ret"] == 0
-    [wake] = s.of("resolve", op="wake", addr=addr)
-    [woken] = s.of("wake_task", peer_tid=faulter, ret=1)
-    [fault_ret] = s.of("fault_ret", tid=faulter)
-    # The copy did not wake anyone: the one wake-up happened inside UFFDIO_WAKE.
-    assert copy["ts_ns"] < woken["ts_ns"] <= wake["ts_ns"] <= fault_ret["ts_ns"]
-    [wake_range] = s.of("wake_range")
-    assert copy["ts_ns"] < wake_range["ts_ns"] <= woken["ts_ns"]
-    assert fault_ret["aux"] > copy["ts_ns"] - s.of("fault", tid=faulter)[0]["ts_ns"]
+    check_dontwake(vm.scenario("dontwake"))
 
 
 def test_aio_poll_on_the_uffd_woken_and_completed(vm: VmRun) -> None:
-    s = vm.scenario("aio")
-    assert_clean_run(s)
-    w = s.workload
-    assert w["event_res"] == POLLIN and w["event_obj"] == w["iocb"]
-    wakes = s.of("aio_poll_wake", addr=w["iocb"], aux=w["aio_data"], ret=1)
-    assert wakes and all(e["mode"] & POLLIN for e in wakes)
-    [done] = s.of("aio_complete", addr=w["iocb"], aux=w["aio_data"])
-    assert done["ret"] == POLLIN
-    # The poll was woken from the faulting thread (handle_userfault's wake_up_poll).
-    assert wakes[0]["tid"] == w["faulter_tid"]
-    assert len(s.of("fault", tid=w["faulter_tid"])) == 1
+    check_aio_poll(vm.scenario("aio"))
+
+
+def test_tracepoint_mode_parity_with_kprobe_mode(vm: VmRun) -> None:
+    """One workload, once per mode: the same faults, reads, resolves and
+    wake-ups per thread role and page."""
+    kp, tp = vm.scenario("clean"), vm.scenario("tp_clean")
+    assert tp.mode == "tracepoint"
+    check_clean_faults(tp)
+    assert kp.role_counts() == tp.role_counts()
+    assert sum(kp.role_counts().values()) == 4 * CLEAN_PAGES
 
 
 def test_uffdio_move_with_pageout_shows_anon_vma_locks(vm: VmRun) -> None:

@@ -1,0 +1,102 @@
+"""Live host tier: tracepoint mode on this machine's own kernel (no kprobes),
+driving `uffdtrace trace --events -j` exactly as a user would, against real
+userfaultfd workloads."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ..conftest import ROOT, require
+from ..scenarios import (
+    CLEAN_PAGES,
+    DONTWAKE_STALL_S,
+    Scenario,
+    check_aio_poll,
+    check_clean_faults,
+    check_dontwake,
+)
+
+UFFDTRACE = ROOT / ".venv" / "bin" / "uffdtrace"
+TIMEOUT_S = 300
+
+
+@pytest.fixture(scope="module", autouse=True)
+def live_host() -> None:
+    require(os.geteuid() == 0, "the host tier needs root")
+    require(UFFDTRACE.exists(), "no .venv: run scripts/setup.sh")
+    doctor = subprocess.run([str(UFFDTRACE), "doctor"], capture_output=True, text=True, check=False)
+    require("mode tracepoint: usable" in doctor.stdout, f"tracepoint mode unusable here:\n{doctor.stdout}")
+
+
+def trace(*args: str) -> Scenario:
+    proc = subprocess.run([str(UFFDTRACE), "--mode", "tracepoint", "trace", "--events", "-j", *args],
+                          capture_output=True, text=True, timeout=TIMEOUT_S, stdin=subprocess.DEVNULL, check=False)
+    return Scenario.parse(proc.stdout, proc.returncode, proc.stderr)
+
+
+def test_clean_faults(workloads: Path) -> None:
+    check_clean_faults(trace("--", str(workloads / "clean_faults"), str(CLEAN_PAGES)))
+
+
+def test_dontwake_stall(workloads: Path) -> None:
+    check_dontwake(trace("--", str(workloads / "dontwake"), str(DONTWAKE_STALL_S)))
+
+
+def test_aio_poll(workloads: Path) -> None:
+    check_aio_poll(trace("--", str(workloads / "aio_poll")))
+
+
+def test_uffd_created_before_tracing_started(workloads: Path) -> None:
+    """The uffd and its registration predate the tracer: /proc tells it."""
+    wl = subprocess.Popen([str(workloads / "clean_faults"), str(CLEAN_PAGES), "wait"], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True)
+    assert wl.stdout is not None and wl.stdin is not None
+    try:
+        ready = json.loads(wl.stdout.readline())
+        tracer = subprocess.Popen([str(UFFDTRACE), "--mode", "tracepoint", "trace", "--events", "-j",
+                                   "-p", str(ready["ready"])], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+        assert tracer.stdout is not None
+        header = json.loads(tracer.stdout.readline())  # printed once the probes are live
+        assert header["type"] == "header" and ready["ready"] in header["existing_uffd_pids"]
+        wl.stdin.write("go\n")
+        wl.stdin.flush()
+        result = wl.stdout.read()
+        assert wl.wait(timeout=TIMEOUT_S) == 0
+        tracer.send_signal(signal.SIGTERM)  # a clean stop: probes detached, summary printed
+        out, err = tracer.communicate(timeout=TIMEOUT_S)
+    finally:
+        wl.kill()
+    s = Scenario.parse(json.dumps(header) + "\n" + result + out, tracer.returncode, err)
+    assert s.rc == 0, err
+    assert s.summary["lost"] == 0
+    w = s.workload
+    pages = {w["base"] + i * w["page_size"] for i in range(CLEAN_PAGES)}
+    assert not s.of("uffd_new")  # created before tracing started
+    assert {e["addr"] for e in s.of("fault", tid=w["faulter_tid"])} == pages
+    assert len(s.of("fault", tid=w["faulter_tid"])) == CLEAN_PAGES
+    assert len(s.of("read_msg", peer_tid=w["faulter_tid"])) == CLEAN_PAGES
+    assert len(s.of("resolve", op="copy", ret=0)) == CLEAN_PAGES
+    assert len(s.of("wake_task", peer_tid=w["faulter_tid"], ret=1)) == CLEAN_PAGES
+
+
+def test_unrelated_processes_are_not_reported(workloads: Path) -> None:
+    """Following one command, another process's uffd traffic stays out."""
+    other = subprocess.Popen([str(workloads / "clean_faults"), "5", "wait"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout is not None and other.stdin is not None
+        json.loads(other.stdout.readline())
+        other.stdin.write("go\n")
+        other.stdin.flush()
+        s = trace("--", str(workloads / "clean_faults"), str(CLEAN_PAGES))
+    finally:
+        other.wait(timeout=TIMEOUT_S)
+    check_clean_faults(s)
+    assert {e["tgid"] for e in s.events} == {s.workload["pid"]}
