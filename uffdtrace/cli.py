@@ -13,7 +13,6 @@ import click
 from . import __version__, doctor
 from .errors import UffdtraceError
 from .output import Printer
-from .probes import TRACEPOINT_DEGRADED
 from .source import LiveSource, Options
 
 LOST_CHECK_EVERY = 1024  # events between reads of the in-kernel lost counter
@@ -92,7 +91,7 @@ def trace_cmd(ctx: click.Context, pids: tuple[int, ...], tids: tuple[int, ...], 
             "version": __version__, "mode": src.info.mode, "transport": src.info.transport,
             "kernel": platform.release(), "probes": [p.to_json() for p in src.info.probes],
             "command": list(command), "command_pid": src.info.command_pid, "pids": list(pids),
-            "degraded": list(TRACEPOINT_DEGRADED) if src.info.mode == "tracepoint" else [],
+            "degraded": src.info.degraded,
             "existing_uffd_pids": src.info.existing,
         })
         for n, ev in enumerate(src, 1):

@@ -196,9 +196,16 @@ def tracepoint_plan(kallsyms: Kallsyms, tracefs: Path) -> Plan:
 
 
 def tracepoint_mode_unusable(the_plan: Plan) -> str | None:
-    """Why tracepoint mode cannot work here, or None."""
-    bad = [s for s in the_plan.status if s.name in _REQUIRED_TRACEPOINT_CAPS and not s.attached]
+    """Why tracepoint mode cannot work here, or None. Missing tracepoints are
+    fatal; missing kallsyms symbols only degrade the events that need them."""
+    bad = [s for s in the_plan.status if s.name in _REQUIRED_TRACEPOINT_CAPS and "no tracepoint" in s.detail]
     return "; ".join(f"{s.name}: {s.detail}" for s in bad) or None
+
+
+def degraded(the_plan: Plan) -> list[str]:
+    """What the session cannot see: the mode's blind spots and missing capabilities."""
+    missing = [f"{s.name} ({s.detail})" for s in the_plan.status if not s.attached]
+    return list(TRACEPOINT_DEGRADED) + missing
 
 
 def cflags(defines: dict[str, int | None]) -> list[str]:

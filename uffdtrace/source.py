@@ -50,6 +50,7 @@ class RunInfo:
     probes: list[probes.ProbeStatus] = field(default_factory=list)
     command_pid: int | None = None
     existing: list[int] = field(default_factory=list)  # tracepoint mode: uffd users found in /proc
+    degraded: list[str] = field(default_factory=list)  # what this session cannot see
     command_status: int | None = None
 
 
@@ -188,6 +189,7 @@ class LiveSource:
             why = probes.tracepoint_mode_unusable(the_plan)
             if why:
                 raise UffdtraceError(f"tracepoint mode cannot work on this kernel: {why}")
+            self.info.degraded = probes.degraded(the_plan)
             return the_plan
         try:
             member_offsets = offsets.load()
@@ -196,6 +198,7 @@ class LiveSource:
         the_plan = probes.plan(kallsyms, member_offsets)
         if "fault" not in the_plan.chosen:
             raise UffdtraceError("handle_userfault is not in kallsyms: is CONFIG_USERFAULTFD enabled?")
+        self.info.degraded = [f"{s.name} ({s.detail})" for s in the_plan.status if s.symbol is None]
         return the_plan
 
     def _learn_existing_uffds(self) -> None:
