@@ -52,19 +52,20 @@ def test_aio_poll(workloads: Path) -> None:
     check_aio_poll(trace("--", str(workloads / "aio_poll")))
 
 
-def test_uffd_created_before_tracing_started(workloads: Path) -> None:
-    """The uffd and its registration predate the tracer: /proc tells it."""
+def trace_running_workload(workloads: Path, *args: str) -> tuple[Scenario, list[int]]:
+    """Start clean_faults with its uffd set up but no fault yet, attach the
+    tracer to it with -p (plus args), let it fault, stop the tracer with
+    SIGTERM. Returns the scenario and the uffd pids the tracer found in /proc."""
     wl = subprocess.Popen([str(workloads / "clean_faults"), str(CLEAN_PAGES), "wait"], stdin=subprocess.PIPE,
                           stdout=subprocess.PIPE, text=True)
     assert wl.stdout is not None and wl.stdin is not None
     try:
-        ready = json.loads(wl.stdout.readline())
+        pid = json.loads(wl.stdout.readline())["ready"]
         tracer = subprocess.Popen([str(UFFDTRACE), "--mode", "tracepoint", "trace", "--events", "-j",
-                                   "-p", str(ready["ready"])], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True)
+                                   "-p", str(pid), *[a.replace("PID", str(pid)) for a in args]],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert tracer.stdout is not None
         header = json.loads(tracer.stdout.readline())  # printed once the probes are live
-        assert header["type"] == "header" and ready["ready"] in header["existing_uffd_pids"]
         wl.stdin.write("go\n")
         wl.stdin.flush()
         result = wl.stdout.read()
@@ -76,7 +77,14 @@ def test_uffd_created_before_tracing_started(workloads: Path) -> None:
     s = Scenario.parse(json.dumps(header) + "\n" + result + out, tracer.returncode, err)
     assert s.rc == 0, err
     assert s.summary["lost"] == 0
+    return s, header["existing_uffd_pids"]
+
+
+def test_uffd_created_before_tracing_started(workloads: Path) -> None:
+    """The uffd and its registration predate the tracer: /proc tells it."""
+    s, existing = trace_running_workload(workloads)
     w = s.workload
+    assert w["pid"] in existing
     pages = {w["base"] + i * w["page_size"] for i in range(CLEAN_PAGES)}
     assert not s.of("uffd_new")  # created before tracing started
     assert {e["addr"] for e in s.of("fault", tid=w["faulter_tid"])} == pages
@@ -100,3 +108,20 @@ def test_unrelated_processes_are_not_reported(workloads: Path) -> None:
         other.wait(timeout=TIMEOUT_S)
     check_clean_faults(s)
     assert {e["tgid"] for e in s.events} == {s.workload["pid"]}
+
+
+def test_perf_buffer_transport(workloads: Path) -> None:
+    """The fallback for kernels without a BPF ring buffer delivers the same events."""
+    s = trace("--transport", "perf", "--", str(workloads / "clean_faults"), str(CLEAN_PAGES))
+    assert s.header["transport"] == "perf"
+    check_clean_faults(s)
+
+
+def test_tid_filter_keeps_the_thread_and_its_peers(workloads: Path) -> None:
+    """-t HANDLER: only the handler's events (reads, resolves, the wake-ups it
+    issues), none of the faulter's own."""
+    s, _ = trace_running_workload(workloads, "-t", "PID")  # the handler is the main thread
+    w = s.workload
+    assert s.events and all(e["tid"] == w["handler_tid"] or e["peer_tid"] == w["handler_tid"] for e in s.events)
+    assert not s.of("fault") and not s.of("block")
+    assert len(s.of("read_msg")) == len(s.of("resolve", op="copy")) == len(s.of("wake_task")) == CLEAN_PAGES
