@@ -44,40 +44,46 @@ def run() -> Report:
     rep.add("bcc", feats.bcc_version or f"missing ({feats.bcc_error})")
 
     try:
-        source.check_environment(feats, "kprobe")
-        kprobe_why: str | None = None
-    except UffdtraceError as exc:
-        kprobe_why = str(exc)
-    try:
-        kallsyms = Kallsyms.load()
-        member_offsets = offsets.load() if feats.btf else {}
-    except (OSError, BtfError) as exc:
-        kprobe_why = kprobe_why or f"cannot read kallsyms/BTF: {exc}"
-    else:
-        if not kallsyms.readable:
-            kprobe_why = kprobe_why or "kallsyms addresses hidden: run as root"
-        the_plan = probes.plan(kallsyms, member_offsets)
-        rep.probes = [s.to_json() for s in the_plan.status]
-        if "fault" not in the_plan.chosen:
-            kprobe_why = kprobe_why or "handle_userfault not in kallsyms (CONFIG_USERFAULTFD off?)"
-        rep.add("transport", "ringbuf" if "bpf_ringbuf_output" in kallsyms else "perf buffer")
-    rep.modes["kprobe"] = kprobe_why
-    rep.modes["tracepoint"] = _tracepoint_mode(rep, feats)
+        kallsyms: Kallsyms | None = Kallsyms.load()
+    except OSError as exc:
+        kallsyms = None
+        rep.add("kallsyms", f"unreadable: {exc}")
+    rep.modes["kprobe"] = _kprobe_mode(rep, feats, kallsyms)
+    rep.modes["tracepoint"] = _tracepoint_mode(rep, feats, kallsyms)
     return rep
 
 
-def _tracepoint_mode(rep: Report, feats: kernel.Features) -> str | None:
+def _environment_problem(feats: kernel.Features, mode: str) -> str | None:
     try:
-        source.check_environment(feats, "tracepoint")
-        why: str | None = None
+        source.check_environment(feats, mode)
     except UffdtraceError as exc:
-        why = str(exc)
-    if feats.tracefs is None:
-        return why
+        return str(exc)
+    return None
+
+
+def _kprobe_mode(rep: Report, feats: kernel.Features, kallsyms: Kallsyms | None) -> str | None:
+    why = _environment_problem(feats, "kprobe")
+    if kallsyms is None:
+        return why or "cannot read /proc/kallsyms"
     try:
-        the_plan = probes.tracepoint_plan(Kallsyms.load(), feats.tracefs)
-    except OSError as exc:
-        return why or f"cannot read kallsyms: {exc}"
+        member_offsets = offsets.load() if feats.btf else {}
+    except BtfError as exc:
+        return why or f"cannot read BTF: {exc}"
+    if not kallsyms.readable:
+        why = why or "kallsyms addresses hidden: run as root"
+    the_plan = probes.plan(kallsyms, member_offsets)
+    rep.probes = [s.to_json() for s in the_plan.status]
+    if "fault" not in the_plan.chosen:
+        why = why or "handle_userfault not in kallsyms (CONFIG_USERFAULTFD off?)"
+    rep.add("transport", "ringbuf" if "bpf_ringbuf_output" in kallsyms else "perf buffer")
+    return why
+
+
+def _tracepoint_mode(rep: Report, feats: kernel.Features, kallsyms: Kallsyms | None) -> str | None:
+    why = _environment_problem(feats, "tracepoint")
+    if feats.tracefs is None or kallsyms is None:
+        return why or "cannot read /proc/kallsyms"
+    the_plan = probes.tracepoint_plan(kallsyms, feats.tracefs)
     rep.tracepoint_caps = [s.to_json() for s in the_plan.status]
     return why or probes.tracepoint_mode_unusable(the_plan)
 

@@ -97,6 +97,7 @@ class Plan:
     chosen: dict[str, Candidate] = field(default_factory=dict)
     status: list[ProbeStatus] = field(default_factory=list)
     defines: dict[str, int | None] = field(default_factory=dict)
+    fatal: list[str] = field(default_factory=list)  # why the mode cannot run at all
 
 
 def plan(kallsyms: Kallsyms, offsets: dict[str, int]) -> Plan:
@@ -190,6 +191,8 @@ def tracepoint_plan(kallsyms: Kallsyms, tracefs: Path) -> Plan:
         detail = cap.what if ok else "; ".join(
             [f"no tracepoint {tp}" for tp in missing_tp] + [f"{s} not in kallsyms" for s in missing_sym])
         result.status.append(ProbeStatus(cap.name, ",".join(cap.tracepoints), ok, detail))
+        if missing_tp and cap.name in _REQUIRED_TRACEPOINT_CAPS:
+            result.fatal.append(f"{cap.name}: {', '.join(f'no tracepoint {tp}' for tp in missing_tp)}")
         if cap.define and not missing_tp:
             result.defines[cap.define] = None
     return result
@@ -198,8 +201,7 @@ def tracepoint_plan(kallsyms: Kallsyms, tracefs: Path) -> Plan:
 def tracepoint_mode_unusable(the_plan: Plan) -> str | None:
     """Why tracepoint mode cannot work here, or None. Missing tracepoints are
     fatal; missing kallsyms symbols only degrade the events that need them."""
-    bad = [s for s in the_plan.status if s.name in _REQUIRED_TRACEPOINT_CAPS and "no tracepoint" in s.detail]
-    return "; ".join(f"{s.name}: {s.detail}" for s in bad) or None
+    return "; ".join(the_plan.fatal) or None
 
 
 def degraded(the_plan: Plan) -> list[str]:
