@@ -1,21 +1,20 @@
-"""Command line (DESIGN §6). Exit codes: 0 ok, 1 usage/environment error."""
+"""Command line (DESIGN §6). Exit codes: 0 ok, 1 usage/environment error, 3 flags found
+with --fail-on-flags."""
 
 from __future__ import annotations
 
-import collections
 import json
-import platform
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
 
-from . import __version__, doctor
+from . import __version__, doctor, procscan, session
 from .errors import UffdtraceError
 from .output import Printer
+from .rules import Thresholds
 from .source import LiveSource, Options
-
-LOST_CHECK_EVERY = 1024  # events between reads of the in-kernel lost counter
 
 
 class Group(click.Group):
@@ -64,47 +63,78 @@ def doctor_cmd(as_json: bool) -> None:
     sys.exit(0 if rep.usable else 1)
 
 
+def tracing_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Options shared by `trace` and `demo`: output and rule thresholds."""
+    for option in reversed([
+        click.option("-j", "--json", "as_json", is_flag=True, help="JSON lines instead of text."),
+        click.option("--events", "raw_events", is_flag=True, help="Also print every decoded event."),
+        click.option("--flagged", is_flag=True, help="Print only lifecycles that earned a flag (flags always print)."),
+        click.option("--stuck-ms", type=click.FloatRange(min=0), default=1000, show_default=True,
+                     help="never_woken / unread / aio_poll_stuck after this long."),
+        click.option("--wake-ms", type=click.FloatRange(min=0), default=100, show_default=True,
+                     help="A resolution must be followed by a wake-up within this long."),
+        click.option("--retry-threshold", type=click.IntRange(min=2), default=3, show_default=True,
+                     help="retry_loop when a fault enters handle_userfault this many times."),
+        click.option("--fail-on-flags", is_flag=True,
+                     help="Exit 3 when anything was flagged (sanitizer mode; sigbus is informational)."),
+        click.option("--transport", type=click.Choice(["auto", "ringbuf", "perf"]), default="auto",
+                     show_default=True, help="Kernel-to-user transport (perf buffer for kernels before 5.8)."),
+    ]):
+        f = option(f)
+    return f
+
+
 @main.command("trace", context_settings={"ignore_unknown_options": False})
 @click.option("-p", "--pid", "pids", type=click.IntRange(min=1), multiple=True,
               help="Trace only this process (repeatable); its children are followed.")
 @click.option("-t", "--tid", "tids", type=click.IntRange(min=1), multiple=True,
-              help="Show only events of this thread (or whose peer is this thread).")
+              help="Show only what concerns this thread (its faults, or the ones it read, resolved or woke).")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Stop after S seconds.")
-@click.option("-j", "--json", "as_json", is_flag=True, help="JSON lines instead of text.")
-@click.option("--events", "raw_events", is_flag=True, help="Print every decoded event.")
-@click.option("--transport", type=click.Choice(["auto", "ringbuf", "perf"]), default="auto", show_default=True,
-              help="Kernel-to-user transport (perf buffer for kernels before 5.8).")
+@tracing_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def trace_cmd(ctx: click.Context, pids: tuple[int, ...], tids: tuple[int, ...], duration: float | None,
-              as_json: bool, raw_events: bool, transport: str, command: tuple[str, ...]) -> None:
-    """Trace userfaultfd events live; with -- CMD, run CMD and follow it."""
-    if not raw_events:
-        raise click.UsageError("per-fault lifecycle output is not available yet: use --events")
-    src = LiveSource(Options(pids=pids, command=command, duration=duration, transport=transport), ctx.obj["mode"])
-    printer = Printer(as_json)
-    by_kind: collections.Counter[str] = collections.Counter()
-    lost_seen = 0
-    try:
-        src.start()
-        printer.header({
-            "version": __version__, "mode": src.info.mode, "transport": src.info.transport,
-            "kernel": platform.release(), "probes": [p.to_json() for p in src.info.probes],
-            "command": list(command), "command_pid": src.info.command_pid, "pids": list(pids),
-            "degraded": src.info.degraded,
-            "existing_uffd_pids": src.info.existing,
-        })
-        for n, ev in enumerate(src, 1):
-            if tids and ev.tid not in tids and ev.peer_tid not in tids:
-                continue
-            by_kind[ev.kind.name.lower()] += 1
-            printer.event(ev)
-            if n % LOST_CHECK_EVERY == 0 and src.lost > lost_seen:
-                lost_seen = src.lost
-                printer.lost(lost_seen)
-    finally:
-        src.close()
-    if src.lost > lost_seen:
-        printer.lost(src.lost)
-    printer.summary({"events": sum(by_kind.values()), "by_kind": dict(by_kind), "lost": src.lost,
-                     "command_status": src.info.command_status})
+def trace_cmd(ctx: click.Context, /, pids: tuple[int, ...], tids: tuple[int, ...], duration: float | None,
+              command: tuple[str, ...], **kw: Any) -> int:
+    """Per-fault lifecycles and race flags, live; with -- CMD, run CMD and follow it."""
+    src = LiveSource(Options(pids=pids, command=command, duration=duration, transport=kw["transport"]),
+                     ctx.obj["mode"])
+    printer = Printer(kw["as_json"], tids=tids, flagged_only=kw["flagged"])
+    summary = session.run(src, printer, thresholds(kw), raw_events=kw["raw_events"], command=command, pids=pids)
+    return 3 if kw["fail_on_flags"] and summary["failing_flags"] else 0
+
+
+def thresholds(kw: dict[str, Any]) -> Thresholds:
+    return Thresholds(stuck_ms=kw["stuck_ms"], wake_ms=kw["wake_ms"], retry_threshold=kw["retry_threshold"])
+
+
+@main.command("ps")
+@click.option("-j", "--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
+def ps_cmd(as_json: bool) -> None:
+    """Every userfaultfd on the host now, from /proc (no BPF): owners, pending
+    and total messages, threads blocked in handle_userfault."""
+    import time
+
+    now = time.monotonic_ns()
+    procs = procscan.scan(include_blocked_only=True)
+    if as_json:
+        for p in procs:
+            click.echo(json.dumps({
+                "type": "process", "pid": p.pid, "comm": p.comm,
+                "uffds": [{"fd": f.fd, "pending": f.pending, "total": f.total} for f in p.fds],
+                "registered_ranges": len(p.ranges),
+                "blocked": [{"tid": t.tid, "comm": t.comm,
+                             "asleep_ms": None if t.last_ran_ns is None else round((now - t.last_ran_ns) / 1e6, 1)}
+                            for t in p.blocked]}))
+        return
+    if not procs:
+        click.echo("no userfaultfd in use (and no thread blocked in handle_userfault)")
+        return
+    click.echo(f"{'PID':>7} {'COMM':<16} {'FD':>4} {'PENDING':>7} {'TOTAL':>9} {'RANGES':>6}  BLOCKED (tid asleep)")
+    for p in procs:
+        fds: list[procscan.UffdFd | None] = [*p.fds] or [None]
+        blocked = " ".join(f"{t.tid}:{'?' if t.last_ran_ns is None else f'{(now - t.last_ran_ns) / 1e9:.1f}s'}"
+                           for t in p.blocked) or "-"
+        for i, f in enumerate(fds):
+            cells = ["-", "-", "-"] if f is None else [str(f.fd), str(f.pending), str(f.total)]
+            click.echo(f"{p.pid:>7} {p.comm:<16} {cells[0]:>4} {cells[1]:>7} {cells[2]:>9} "
+                       f"{len(p.ranges) if i == 0 else '':>6}  {blocked if i == 0 else ''}")

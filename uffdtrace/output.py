@@ -1,4 +1,5 @@
-"""Printers: human text and JSON lines (field names are the ABI's, DESIGN §4)."""
+"""Printers: human text and JSON lines (field names are the ABI's, DESIGN §4,
+and the lifecycle/flag records of README "Output")."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import sys
 from typing import Any, TextIO
 
 from .events import Event, Kind, op_name
+from .lifecycle import Lifecycle
+from .rules import Flag
 
 # Per kind, the fields worth showing in text output (README "Event fields").
 TEXT_FIELDS: dict[Kind, tuple[str, ...]] = {
@@ -36,13 +39,76 @@ def _fmt(name: str, value: int) -> str:
     return f"{label}={value:#x}" if name in HEX_FIELDS else f"{label}={value}"
 
 
-class Printer:
-    """Writes events, lost-record notices and the closing summary."""
+def _duration(ns: int | None) -> str:
+    if ns is None:
+        return "-"
+    if ns < 10_000:
+        return f"{ns}ns"
+    if ns < 10_000_000:
+        return f"{ns / 1000:.0f}us"
+    return f"{ns / 1_000_000:.0f}ms"
 
-    def __init__(self, as_json: bool, out: TextIO = sys.stdout) -> None:
+
+def _addr(addr: int | None) -> str:
+    return "?" if addr is None else f"{addr:#x}"
+
+
+class Printer:
+    """Writes events, lifecycles, flags, lost-record notices and the closing
+    summary. ``tids`` keeps only what concerns those threads; ``flagged_only``
+    keeps only lifecycles that earned a flag."""
+
+    def __init__(self, as_json: bool, out: TextIO = sys.stdout, *, tids: tuple[int, ...] = (),
+                 flagged_only: bool = False) -> None:
         self.as_json = as_json
         self.out = out
+        self.tids = set(tids)
+        self.flagged_only = flagged_only
         self._t0: int | None = None
+
+    def _seconds(self, ts: int | None) -> str:
+        if ts is None:
+            return "?"
+        if self._t0 is None:
+            self._t0 = ts
+        return f"{(ts - self._t0) / 1e9:.6f}"
+
+    def lifecycle(self, lc: Lifecycle) -> None:
+        if self.tids and not self.tids & {lc.tid, lc.reader_tid, lc.resolver_tid, lc.waker_tid}:
+            return
+        if self.flagged_only and not lc.flags:
+            return
+        if self.as_json:
+            self._json(lc.to_json())
+            return
+        lat = lc.latencies()
+        res = lc.resolve
+        resolved = f"{res.op}{' DONTWAKE' if res.dontwake else ''}={res.ret}" if res else "unresolved"
+        parts = [f"{self._seconds(lc.t_raised or lc.ended_at):>12}", f"{lc.comm:<15}", f"{lc.tgid:>7}/{lc.tid:<7}",
+                 f"{lc.state:<10}", f"uffd={lc.ctx or '?'}", f"addr={_addr(lc.page)}", lc.reason_name or "-",
+                 f"rounds={lc.rounds}", f"reads={lc.reads}", resolved,
+                 *(f"{k}={_duration(v)}" for k, v in lat.items())]
+        if lc.flags:
+            parts.append("FLAGS=" + ",".join(lc.flags))
+        self.out.write(" ".join(parts) + "\n")
+        self.out.flush()
+
+    def flag(self, flag: Flag) -> None:
+        if self.tids and flag.tid not in self.tids:
+            return
+        if self.as_json:
+            self._json(flag.to_json())
+            self.out.flush()
+            return
+        blocked = "" if flag.blocked_ns is None else f" blocked={_duration(flag.blocked_ns)}"
+        head = "FLAG (final)" if flag.update else "FLAG"
+        self.out.write(f"{self._seconds(flag.ts_ns):>12} {head} {flag.name} {flag.comm} {flag.tgid}/{flag.tid} "
+                       f"addr={_addr(flag.addr)}{blocked} state={flag.state}\n")
+        if not flag.update:
+            for e in flag.evidence:
+                who = f" tid {e.tid}" if e.tid else ""
+                self.out.write(f"{'':>12}   {self._seconds(e.ts_ns) if e.ts_ns else '':>10}{who}: {e.what}\n")
+        self.out.flush()
 
     def _json(self, obj: dict[str, Any]) -> None:
         self.out.write(json.dumps(obj, separators=(",", ":")) + "\n")
@@ -60,12 +126,12 @@ class Printer:
         self.out.flush()
 
     def event(self, ev: Event) -> None:
+        if self.tids and ev.tid not in self.tids and ev.peer_tid not in self.tids:
+            return
         if self.as_json:
             self._json(ev.to_json())
             return
-        if self._t0 is None:
-            self._t0 = ev.ts_ns
-        parts = [f"{(ev.ts_ns - self._t0) / 1e9:12.6f}", f"{ev.comm:<15}", f"{ev.tgid:>7}/{ev.tid:<7}",
+        parts = [f"{self._seconds(ev.ts_ns):>12}", f"{ev.comm:<15}", f"{ev.tgid:>7}/{ev.tid:<7}",
                  f"{ev.kind.name.lower():<14}"]
         if ev.kind in (Kind.RESOLVE, Kind.UFFD_REGISTER):
             parts.append(f"op={op_name(ev.op)}" + (" DONTWAKE" if ev.dontwake else ""))
@@ -84,7 +150,11 @@ class Printer:
             self._json({"type": "summary", **summary})
         else:
             kinds = " ".join(f"{k}={v}" for k, v in sorted(summary["by_kind"].items()))
-            line = f"# summary: {summary['events']} events, {summary['lost']} lost"
+            flags = " ".join(f"{k}={v}" for k, v in sorted(summary["flags"].items())) or "none"
+            line = (f"# summary: {summary['lifecycles']} lifecycles, flags: {flags}; {summary['events']} events, "
+                    f"{summary['lost']} lost")
+            if summary["evicted"]:
+                line += f", {summary['evicted']} open lifecycles evicted (table full)"
             if summary.get("command_status") is not None:
                 line += f", command exited with status {summary['command_status']}"
             self.out.write(f"{line}\n# by kind: {kinds}\n")

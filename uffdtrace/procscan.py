@@ -1,20 +1,27 @@
 """Every userfaultfd on the host now, from /proc alone (no BPF).
 
-Used by tracepoint mode to learn the uffds and registered ranges of processes
-that were already running when tracing started.
+Used by `uffdtrace ps`, by `trace` at start to report faults that were already
+blocked (and, in tracepoint mode, to learn the uffds and registered ranges of
+processes already running), and by the watchdog to ask whether a thread still
+waits in handle_userfault.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
+
+TaskState = Literal["uffd", "other", "gone"]
 
 PROC = Path("/proc")
 UFFD_LINK = "anon_inode:[userfaultfd]"
 # smaps VmFlags of a range registered with a uffd: missing, write-protect, minor.
 UFFD_VMFLAGS = {"um", "uw", "ui"}
+WCHAN = "handle_userfault"  # where a thread waiting for its fault sleeps
 MAPS_LINE = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) ")
 
 
@@ -26,11 +33,21 @@ class UffdFd:
 
 
 @dataclass
+class BlockedTask:
+    """A thread sleeping in handle_userfault (its wchan says so)."""
+
+    tid: int
+    comm: str
+    last_ran_ns: int | None  # CLOCK_MONOTONIC of the last time it ran (sched exec_start), when the kernel tells
+
+
+@dataclass
 class UffdProcess:
     pid: int
     comm: str
     fds: list[UffdFd] = field(default_factory=list)
     ranges: list[tuple[int, int]] = field(default_factory=list)
+    blocked: list[BlockedTask] = field(default_factory=list)
 
 
 def _fdinfo(pid: int, fd: int) -> UffdFd:
@@ -65,7 +82,49 @@ def registered_ranges(pid: int) -> list[tuple[int, int]]:
     return out
 
 
-def scan_process(pid: int) -> UffdProcess | None:
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def thread_state(pid: int, tid: int) -> TaskState:
+    """``uffd`` when the thread waits in handle_userfault, ``gone`` when it
+    no longer exists (or is a zombie), ``other`` otherwise."""
+    task = PROC / str(pid) / "task" / str(tid)
+    stat = _read(task / "stat")
+    if stat is None or stat.rpartition(")")[2].split()[0] in ("Z", "X"):
+        return "gone"
+    return "uffd" if (_read(task / "wchan") or "").strip() == WCHAN else "other"
+
+
+def _last_ran_ns(task: Path) -> int | None:
+    """se.exec_start from /proc/.../sched: milliseconds of the scheduler clock,
+    which on these kernels counts like CLOCK_MONOTONIC."""
+    for line in (_read(task / "sched") or "").splitlines():
+        if line.startswith("se.exec_start"):
+            return int(float(line.split(":")[1]) * 1e6)
+    return None
+
+
+def blocked_tasks(pid: int) -> list[BlockedTask]:
+    out = []
+    try:
+        tids = sorted(int(t) for t in os.listdir(PROC / str(pid) / "task"))
+    except OSError:
+        return []
+    for tid in tids:
+        task = PROC / str(pid) / "task" / str(tid)
+        if (_read(task / "wchan") or "").strip() == WCHAN:
+            out.append(BlockedTask(tid, (_read(task / "comm") or "?").strip(), _last_ran_ns(task)))
+    return out
+
+
+def scan_process(pid: int, include_blocked_only: bool = False) -> UffdProcess | None:
+    """The process's uffds, ranges and blocked threads; None when it has no
+    uffd (and, with ``include_blocked_only``, no thread blocked on one: a
+    process can fault on a uffd whose fd lives in its handler process)."""
     fd_dir = PROC / str(pid) / "fd"
     try:
         names = os.listdir(fd_dir)
@@ -78,20 +137,15 @@ def scan_process(pid: int) -> UffdProcess | None:
                 fds.append(_fdinfo(pid, int(name)))
         except OSError:
             continue
-    if not fds:
+    blocked = blocked_tasks(pid) if fds or include_blocked_only else []
+    if not fds and not blocked:
         return None
-    try:
-        comm = (PROC / str(pid) / "comm").read_text().strip()
-    except OSError:
-        comm = "?"
-    return UffdProcess(pid, comm, sorted(fds, key=lambda f: f.fd), registered_ranges(pid))
+    comm = (_read(PROC / str(pid) / "comm") or "?").strip()
+    return UffdProcess(pid, comm, sorted(fds, key=lambda f: f.fd), registered_ranges(pid) if fds else [], blocked)
 
 
-def scan() -> list[UffdProcess]:
-    found = []
-    for entry in os.listdir(PROC):
-        if entry.isdigit():
-            proc = scan_process(int(entry))
-            if proc is not None:
-                found.append(proc)
+def scan(pids: Iterable[int] = (), include_blocked_only: bool = False) -> list[UffdProcess]:
+    """Every process with a uffd (or only ``pids``)."""
+    wanted = list(pids) or [int(e) for e in os.listdir(PROC) if e.isdigit()]
+    found = [p for pid in wanted if (p := scan_process(pid, include_blocked_only)) is not None]
     return sorted(found, key=lambda p: p.pid)

@@ -24,10 +24,16 @@ from .events import Event, PointerIds, decode
 from .kallsyms import Kallsyms
 
 POLL_MS = 100
+# Records reserved before a poll are committed within microseconds; events
+# older than (poll start - this) have all been delivered by the poll.
+DELIVERY_SLACK_NS = 5_000_000
 
 
 class EventSource(Protocol):
-    def __iter__(self) -> Iterator[Event]: ...
+    def batches(self) -> Iterator[tuple[list[Event], int]]:
+        """Events in delivery order, in batches; each batch comes with a
+        horizon: every event with an earlier timestamp has been delivered."""
+        ...
 
     @property
     def lost(self) -> int: ...
@@ -52,6 +58,7 @@ class RunInfo:
     existing: list[int] = field(default_factory=list)  # tracepoint mode: uffd users found in /proc
     degraded: list[str] = field(default_factory=list)  # what this session cannot see
     command_status: int | None = None
+    pids_exited: bool = False  # every -p process exited, which ended the trace
 
 
 def resolve_mode(features: kernel.Features, requested: str) -> str:
@@ -239,15 +246,20 @@ class LiveSource:
         if self._proc is not None and self._proc.poll() is not None:
             self.info.command_status = self._proc.returncode
             return True
+        if self.opts.pids and not any(os.path.isdir(f"/proc/{pid}") for pid in self.opts.pids):
+            self.info.pids_exited = True
+            return True
         return False
 
-    def __iter__(self) -> Iterator[Event]:
+    def batches(self) -> Iterator[tuple[list[Event], int]]:
         deadline = time.monotonic() + self.opts.duration if self.opts.duration else None
         while True:
             done = self._finished(deadline)
+            horizon = time.monotonic_ns() - DELIVERY_SLACK_NS
             self._poll(0 if done else POLL_MS)
-            while self._pending:
-                yield self._pending.popleft()
+            batch = list(self._pending)
+            self._pending.clear()
+            yield batch, horizon
             if done:
                 return
 

@@ -1,0 +1,419 @@
+"""Correlator and rules on synthetic event sequences (no kernel).
+
+Each sequence mirrors what the probes really record, in both modes: kprobe
+mode sees handle_userfault entry/return; tracepoint mode sees the exception,
+the sleep (block) and the wake-up. Resolving ioctls are recorded when they
+return, after the wake-ups they did. These tests complement the live tiers,
+which run the same scenarios on real kernels.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from uffdtrace.events import Event, Kind, Op
+from uffdtrace.lifecycle import BlockedThread, Correlator, Lifecycle
+from uffdtrace.procscan import TaskState
+from uffdtrace.rules import Flag, Thresholds
+
+MS = 1_000_000
+T0 = 1_000 * MS
+PAGE = 0x7F0000001000
+CTX = 1
+PID, FAULTER, HANDLER, OTHER = 100, 101, 100, 102
+RETRY, SIGBUS = 0x400, 0x2
+EEXIST = -17
+
+
+def ev(kind: Kind, at_ms: float, tid: int, **kw: Any) -> Event:
+    fields: dict[str, Any] = {"ts_ns": T0 + int(at_ms * MS), "kind": kind, "cpu": kw.pop("cpu", 0), "tgid": PID,
+                              "tid": tid, "comm": "wl", "ctx": CTX, "addr": PAGE, "len": 0, "flags": 0, "mode": 0,
+                              "ret": 0, "peer_tid": 0, "op": 0, "aux": 0}
+    fields.update(kw)
+    return Event(**fields)
+
+
+def fault(at: float, tid: int = FAULTER, page: int = PAGE) -> Event:
+    return ev(Kind.FAULT, at, tid, addr=page, mode=0x200)
+
+
+def fault_ret(at: float, tid: int = FAULTER, ret: int = RETRY, page: int = PAGE) -> Event:
+    return ev(Kind.FAULT_RET, at, tid, addr=page, ret=ret)
+
+
+def block(at: float, tid: int = FAULTER) -> Event:
+    return ev(Kind.BLOCK, at, tid)
+
+
+def read(at: float, peer: int = FAULTER, tid: int = HANDLER, page: int = PAGE) -> Event:
+    return ev(Kind.READ_MSG, at, tid, addr=page, mode=0x12, peer_tid=peer, ret=32)
+
+
+def copy(at: float, tid: int = HANDLER, ret: int = 0, dontwake: bool = False, page: int = PAGE) -> Event:
+    return ev(Kind.RESOLVE, at, tid, op=Op.COPY, addr=page, len=4096, mode=int(dontwake), ret=ret,
+              aux=4096 if ret == 0 else ret & (2**64 - 1))
+
+
+def uffdio_wake(at: float, tid: int = HANDLER) -> Event:
+    return ev(Kind.RESOLVE, at, tid, op=Op.WAKE, len=4096)
+
+
+def woken(at: float, waker: int = HANDLER, peer: int = FAULTER, page: int = PAGE) -> Event:
+    return ev(Kind.WAKE_TASK, at, waker, peer_tid=peer, addr=page, ret=1)
+
+
+def close(at: float, tid: int = HANDLER) -> Event:
+    return ev(Kind.UFFD_CLOSE, at, tid, addr=0)
+
+
+@dataclass
+class Out:
+    lifecycles: list[Lifecycle] = field(default_factory=list)
+    flags: list[Flag] = field(default_factory=list)
+
+    def lifecycle(self, lc: Lifecycle) -> None:
+        self.lifecycles.append(lc)
+
+    def flag(self, flag: Flag) -> None:
+        self.flags.append(flag)
+
+    def raised(self) -> list[str]:
+        return [f.name for f in self.flags if not f.update]
+
+
+def correlate(events: list[Event], mode: str, ticks: list[float] = (), end: float | None = None,
+              tasks: dict[int, TaskState] | None = None, **th: Any) -> tuple[Out, Correlator]:
+    """Feed the events (in the given delivery order), tick at ``ticks`` (ms),
+    and finish at ``end`` (ms, default: 1 s after the last event)."""
+    out = Out()
+    corr = Correlator(out, Thresholds(**th), sees_returns=mode == "kprobe",
+                      tasks=(lambda _p, t: tasks.get(t)) if tasks is not None else None)
+    for e in events:
+        corr.feed(e)
+    for at in ticks:
+        corr.advance(T0 + int(at * MS))
+    last = max(e.ts_ns for e in events) if events else T0
+    corr.finish(T0 + int(end * MS) if end is not None else last + 1000 * MS)
+    return out, corr
+
+
+def clean(mode: str, page: int = PAGE, at: float = 0.0, faulter: int = FAULTER) -> list[Event]:
+    """One fault resolved by UFFDIO_COPY, as each mode records it."""
+    seq = [fault(at, faulter, page)]
+    if mode == "tracepoint":
+        seq.append(block(at + 0.01, faulter))
+    seq += [read(at + 0.1, faulter, page=page), woken(at + 0.2, peer=faulter, page=page)]
+    if mode == "kprobe":
+        seq.append(fault_ret(at + 0.25, faulter, page=page))
+    seq.append(copy(at + 0.3, page=page))
+    return seq
+
+
+MODES = ["kprobe", "tracepoint"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_clean_fault_is_one_lifecycle_without_flags(mode: str) -> None:
+    out, corr = correlate(clean(mode), mode)
+    [lc] = out.lifecycles
+    assert not out.flags and lc.flags == {}
+    assert (lc.rounds, lc.reads, lc.page, lc.tid, lc.reader_tid, lc.waker_tid) == (1, 1, PAGE, FAULTER, HANDLER,
+                                                                                    HANDLER)
+    assert lc.resolve is not None and (lc.resolve.op, lc.resolve.ret, lc.resolve.dontwake) == ("copy", 0, False)
+    assert lc.state == ("returned" if mode == "kprobe" else "woken")
+    lat = lc.latencies()
+    assert lat["pickup"] == int(0.1 * MS) and lat["wake"] == 0  # woken inside the copy
+    assert (lat["resume"] == int(0.05 * MS)) if mode == "kprobe" else lat["resume"] is None
+    j = lc.to_json()
+    assert j["type"] == "lifecycle" and j["flags"] == [] and j["t_raised_ns"] == T0
+    assert j["reason"] == ("missing" if mode == "kprobe" else None)
+    assert corr.counters.lifecycles == 1 and not corr.open
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_many_faults_delivered_out_of_order_across_cpus(mode: str) -> None:
+    """Per-CPU buffers interleave: the correlator orders by timestamp."""
+    seq: list[Event] = []
+    for i in range(50):
+        for e in clean(mode, page=PAGE + i * 4096, at=i * 1.0, faulter=FAULTER + (i % 5) * 10):
+            seq.append(Event(**{**e.__dict__, "cpu": random.Random(i).randrange(4)}))
+    shuffled = sorted(seq, key=lambda e: (e.cpu, e.ts_ns))  # each CPU's records in order, CPUs one after another
+    out, _ = correlate(shuffled, mode)
+    assert len(out.lifecycles) == 50 and not out.flags
+    assert all(lc.rounds == 1 and lc.reads == 1 and lc.resolve for lc in out.lifecycles)
+
+
+def test_copy_record_after_the_return_still_resolves() -> None:
+    """kprobe: the woken thread can return before the handler's ioctl does."""
+    seq = [fault(0), read(0.1), woken(0.2), fault_ret(0.3), copy(0.4)]
+    out, _ = correlate(seq, "kprobe", ticks=[0.35, 0.45])
+    [lc] = out.lifecycles
+    assert lc.state == "returned" and lc.resolve is not None and not out.flags
+
+
+def dontwake_stall(mode: str, wake_at: float) -> list[Event]:
+    seq = [fault(0)] + ([block(0.01)] if mode == "tracepoint" else [])
+    seq += [read(0.1), copy(0.2, dontwake=True), woken(wake_at), uffdio_wake(wake_at + 0.1)]
+    return seq + ([fault_ret(wake_at + 0.05)] if mode == "kprobe" else [])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_dontwake_stall_is_flagged_while_blocked_then_closed(mode: str) -> None:
+    out, _ = correlate(dontwake_stall(mode, wake_at=2000), mode, ticks=[50, 150, 900, 1100, 1500, 2500])
+    # Raised live: before the wake-up at 2000 ms.
+    assert out.raised() == ["dontwake_without_wake", "never_woken"]
+    assert all(f.state == "blocked" and f.ts_ns < T0 + 2000 * MS for f in out.flags if not f.update)
+    assert out.flags[0].ts_ns == T0 + 150 * MS and out.flags[1].ts_ns == T0 + 1100 * MS
+    [update] = [f for f in out.flags if f.update]
+    assert update.name == "never_woken" and update.blocked_ns == 2000 * MS and update.state != "blocked"
+    [lc] = out.lifecycles
+    assert list(lc.flags) == ["dontwake_without_wake", "never_woken"] and lc.resolve and lc.resolve.dontwake
+    evidence = [e.what for e in out.flags[0].evidence]
+    assert any("DONTWAKE" in w for w in evidence) and "no UFFDIO_WAKE within 100 ms" in evidence[-1]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_dontwake_with_prompt_uffdio_wake_is_clean(mode: str) -> None:
+    out, _ = correlate(dontwake_stall(mode, wake_at=50), mode, ticks=[10, 100, 200, 1500])
+    assert not out.flags and len(out.lifecycles) == 1
+
+
+def eexist_race(mode: str, *, handler_wakes: bool, winner_wakes: bool = False) -> list[Event]:
+    seq = [fault(0)] + ([block(0.01)] if mode == "tracepoint" else [])
+    seq += [read(0.1), copy(0.2, tid=OTHER, dontwake=not winner_wakes)]
+    if winner_wakes:
+        seq.append(woken(0.15, waker=OTHER))
+    seq.append(copy(0.3, ret=EEXIST))
+    if handler_wakes:
+        seq += [woken(0.4), uffdio_wake(0.5)]
+    if handler_wakes or winner_wakes:
+        seq += [fault_ret(0.45)] if mode == "kprobe" else []
+    return seq
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_eexist_without_wake(mode: str) -> None:
+    out, _ = correlate(eexist_race(mode, handler_wakes=False), mode, ticks=[50, 200, 500], end=500)
+    # The handler owned the wake-up after EEXIST; the DONTWAKE fill is not blamed.
+    assert out.raised() == ["eexist_without_wake"]
+    [lc] = out.lifecycles
+    assert lc.state == "blocked" and lc.resolve is not None and lc.resolve.tid == OTHER
+    assert any("EEXIST" in e.what for e in out.flags[0].evidence)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("handler_wakes", "winner_wakes"), [(True, False), (False, True)])
+def test_eexist_followed_by_a_wake_is_clean(mode: str, handler_wakes: bool, winner_wakes: bool) -> None:
+    out, _ = correlate(eexist_race(mode, handler_wakes=handler_wakes, winner_wakes=winner_wakes), mode,
+                       ticks=[50, 200, 2000])
+    assert not out.flags and [lc.state for lc in out.lifecycles] == ["returned" if mode == "kprobe" else "woken"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_missed_wakeup(mode: str) -> None:
+    seq = [fault(0)] + ([block(0.01)] if mode == "tracepoint" else []) + [read(0.1), copy(0.2)]
+    out, _ = correlate(seq, mode, ticks=[50, 150], end=150)
+    assert out.raised() == ["missed_wakeup"]
+    assert "lost the wake-up" in out.flags[0].evidence[-1].what
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_unread_and_never_woken(mode: str) -> None:
+    seq = [fault(0)] + ([block(0.01)] if mode == "tracepoint" else [])
+    out, _ = correlate(seq, mode, ticks=[500, 1200], end=1200)
+    assert out.raised() == ["unread", "never_woken"]
+    assert {f.blocked_ns for f in out.flags if not f.update} == {1200 * MS}
+    [lc] = out.lifecycles
+    assert lc.state == "blocked" and lc.reads == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_read_but_not_yet_stuck_is_not_flagged(mode: str) -> None:
+    seq = [fault(0)] + ([block(0.01)] if mode == "tracepoint" else []) + [read(0.1)]
+    out, _ = correlate(seq, mode, ticks=[900], end=900)
+    assert not out.flags and [lc.state for lc in out.lifecycles] == ["blocked"]
+
+
+def retry(mode: str, wakes: int) -> list[Event]:
+    """UFFDIO_WAKE without resolving ``wakes`` times, then UFFDIO_COPY."""
+    seq: list[Event] = []
+    t = 0.0
+    for i in range(wakes + 1):
+        if mode == "kprobe" or i == 0:
+            seq.append(fault(t))
+        if mode == "tracepoint":
+            seq.append(block(t + 0.01))
+        seq.append(read(t + 0.1))
+        seq.append(woken(t + 0.2))
+        if i < wakes:
+            seq.append(uffdio_wake(t + 0.3))
+            seq += [fault_ret(t + 0.25)] if mode == "kprobe" else []
+        else:
+            seq.append(copy(t + 0.3))
+            seq += [fault_ret(t + 0.35)] if mode == "kprobe" else []
+        t += 1.0
+    return seq
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_retry_loop(mode: str) -> None:
+    out, _ = correlate(retry(mode, wakes=4), mode, ticks=[2.5, 10])
+    [lc] = out.lifecycles
+    assert (lc.rounds, lc.reads) == (5, 5)
+    assert out.raised() == ["retry_loop"] and list(lc.flags) == ["retry_loop"]
+    assert lc.round_causes == {"woken_unresolved": 4}
+    flag = out.flags[0]
+    assert flag.ts_ns < T0 + 3 * MS  # raised when the third round began
+    assert "3 times" in flag.evidence[-1].what and "woken_unresolved" in flag.evidence[-1].what
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_one_retry_is_below_the_threshold(mode: str) -> None:
+    out, _ = correlate(retry(mode, wakes=1), mode)
+    [lc] = out.lifecycles
+    assert lc.rounds == 2 and not out.flags
+
+
+def test_retry_threshold_is_configurable() -> None:
+    out, _ = correlate(retry("kprobe", wakes=1), "kprobe", retry_threshold=2)
+    assert out.raised() == ["retry_loop"]
+
+
+def test_released_with_waiters_kprobe() -> None:
+    seq = [fault(0), read(0.1), close(50), woken(50.1), fault_ret(50.2)]
+    out, _ = correlate(seq, "kprobe", ticks=[40, 100])
+    assert out.raised() == ["released_with_waiters"]
+    [lc] = out.lifecycles
+    assert lc.state == "released" and not lc.resolve
+
+
+def test_released_with_waiters_tracepoint_needs_the_closers_wake() -> None:
+    seq = [fault(0), block(0.01), read(0.1), close(50), woken(50.1)]
+    out, _ = correlate(seq, "tracepoint", ticks=[40, 100, 200])
+    assert out.raised() == ["released_with_waiters"]
+    assert [lc.state for lc in out.lifecycles] == ["released"]
+    # close(2) of one of several fds: nobody is woken, nothing released.
+    out, _ = correlate(seq[:-1], "tracepoint", ticks=[40, 100, 200], end=200)
+    assert not out.flags and [lc.state for lc in out.lifecycles] == ["blocked"]
+
+
+def test_close_after_the_fault_ended_is_clean() -> None:
+    out, _ = correlate([*clean("kprobe"), close(5)], "kprobe", ticks=[1, 10])
+    assert not out.flags
+
+
+def test_sigbus_is_informational() -> None:
+    out, corr = correlate([fault(0), fault_ret(0.1, ret=SIGBUS)], "kprobe")
+    assert out.raised() == ["sigbus"] and not out.flags[0].counts_as_failure
+    assert [lc.state for lc in out.lifecycles] == ["sigbus"]
+
+
+def aio_wake(at: float, ret: int = 1) -> Event:
+    return ev(Kind.AIO_POLL_WAKE, at, FAULTER, ctx=7, addr=0x5000, aux=0x1234, mode=1, flags=1, ret=ret)
+
+
+def aio_complete(at: float) -> Event:
+    return ev(Kind.AIO_COMPLETE, at, HANDLER, ctx=7, addr=0x5000, aux=0x1234, ret=1)
+
+
+def test_aio_poll_stuck_kprobe() -> None:
+    out, _ = correlate([aio_wake(0)], "kprobe", ticks=[500, 1500])
+    assert out.raised() == ["aio_poll_stuck"] and out.flags[0].addr == 0x5000
+    out, _ = correlate([aio_wake(0), aio_complete(2)], "kprobe", ticks=[500, 1500])
+    assert not out.flags
+    out, _ = correlate([aio_wake(0, ret=0)], "kprobe", ticks=[1500])
+    assert not out.flags  # a wake-up the request did not ask for
+
+
+def test_aio_poll_stuck_tracepoint_when_the_uffd_became_readable() -> None:
+    submit = ev(Kind.AIO_POLL_SUBMIT, 0, HANDLER, addr=0x5000, aux=0x1234, flags=1)
+    done = ev(Kind.AIO_COMPLETE, 3, HANDLER, ctx=CTX, addr=0x5000, aux=0x1234, ret=1)
+    out, _ = correlate([submit, fault(1), block(1.01)], "tracepoint", ticks=[1500])
+    assert "aio_poll_stuck" in out.raised()
+    out, _ = correlate([submit, fault(1), block(1.01), done, read(4), woken(5), copy(6)], "tracepoint",
+                       ticks=[1500])
+    assert not out.flags
+    out, _ = correlate([submit], "tracepoint", ticks=[1500])
+    assert not out.flags  # nothing to read: the poll rightly waits
+
+
+def anon_lock(at: float, retries: int) -> Event:
+    return ev(Kind.ANON_VMA_LOCK, at, OTHER, ctx=3, ret=1, flags=retries + 1, aux=retries, len=50_000)
+
+
+def test_anon_vma_retry_with_concurrent_move() -> None:
+    move = ev(Kind.RESOLVE, 0, HANDLER, op=Op.MOVE, len=4096, aux=4096)
+    out, _ = correlate([move, anon_lock(1, retries=2)], "kprobe")
+    assert out.raised() == ["anon_vma_retry"]
+    assert any("UFFDIO_MOVE" in e.what for e in out.flags[0].evidence)
+    out, _ = correlate([move, anon_lock(1, retries=0)], "kprobe")
+    assert not out.flags
+    contended = ev(Kind.ANON_VMA_LOCK, 1, OTHER, ctx=3, ret=-1)  # tracepoint mode: retries unknown
+    out, _ = correlate([contended], "tracepoint")
+    assert not out.flags
+
+
+def test_fault_blocked_before_tracing_began() -> None:
+    out = Out()
+    corr = Correlator(out, Thresholds(), sees_returns=True)
+    corr.add_blocked(BlockedThread(PID, FAULTER, "wl", since_ns=T0 - 5000 * MS))
+    corr.advance(T0)
+    assert out.raised() == ["never_woken"] and out.flags[0].addr is None
+    assert out.flags[0].blocked_ns == 5000 * MS
+    for e in [woken(10), copy(10.1)]:  # the wake-up tells the page
+        corr.feed(e)
+    corr.advance(T0 + 200 * MS)
+    corr.finish(T0 + 300 * MS)
+    [lc] = out.lifecycles
+    assert lc.page == PAGE and lc.t_raised is None and not lc.start_known and lc.state == "woken"
+    assert lc.to_json()["t_raised_ns"] is None
+
+
+def test_a_thread_that_exited_ends_cleanly() -> None:
+    seq = [fault(0), block(0.01), read(0.1)]
+    out, _ = correlate(seq, "tracepoint", ticks=[1500], tasks={FAULTER: "gone"})
+    assert not out.flags and [lc.state for lc in out.lifecycles] == ["exited"]
+
+
+def test_kernel_says_not_waiting_is_not_stuck() -> None:
+    """A wake-up we did not see (a signal): no never_woken, and it ends."""
+    seq = [fault(0), block(0.01), read(0.1)]
+    out, _ = correlate(seq, "tracepoint", ticks=[1500, 1700], end=1700, tasks={FAULTER: "other"})
+    assert not out.flags and [lc.state for lc in out.lifecycles] == ["returned"]
+
+
+def test_tracepoint_fault_that_never_waited_is_not_flagged() -> None:
+    """A fault in a registered range whose page arrived first never enters
+    handle_userfault's wait: no sleep, no message, no wake-up."""
+    out, _ = correlate([fault(0), copy(0.5, tid=OTHER)], "tracepoint", ticks=[200, 2000])
+    assert not out.flags and [lc.state for lc in out.lifecycles] == ["returned"]
+
+
+def test_late_read_record_still_counts() -> None:
+    """A reader preempted between copying the message out and returning is
+    recorded after the fault ended; it still belongs to it."""
+    seq = [fault(0), woken(0.2, waker=OTHER), fault_ret(0.25), copy(0.3, tid=OTHER), read(5, tid=HANDLER)]
+    out, corr = correlate(seq, "kprobe", ticks=[1, 10, 200])
+    [lc] = out.lifecycles
+    assert lc.reads == 1 and corr.counters.unmatched_reads == 0
+
+
+def test_open_lifecycles_are_bounded() -> None:
+    out = Out()
+    corr = Correlator(out, Thresholds(), sees_returns=True, max_open=10)
+    for i in range(25):
+        corr.feed(fault(i * 0.01, tid=1000 + i))
+    corr.advance(T0 + 1 * MS)
+    assert len(corr.open) == 10 and corr.counters.evicted == 15
+    assert {lc.tid for lc in corr.open.values()} == set(range(1015, 1025))
+
+
+def test_flag_json_shape() -> None:
+    out, _ = correlate([fault(0)], "kprobe", ticks=[1200], end=1200)
+    j = out.flags[0].to_json()
+    assert {"type", "flag", "tid", "addr", "blocked_ms", "evidence"} <= j.keys()
+    assert j["type"] == "flag" and j["blocked_ms"] == 1200.0 and j["evidence"][0]["ts_ns"] == T0

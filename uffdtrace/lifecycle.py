@@ -1,0 +1,578 @@
+"""Per-fault lifecycles (DESIGN §5): the correlator, pure Python.
+
+Events from any EventSource go in (``feed``); time moves forward with
+``advance(horizon)``; finished lifecycles and flags come out through a Sink.
+
+A lifecycle is one thread's wait for one page of one uffd, keyed by
+(ctx, tid, page): raised -> read -> resolved -> woken -> returned. A thread
+waits on at most one fault at a time, so open lifecycles are indexed by tid.
+
+Events are re-ordered by timestamp before use (per-CPU buffers deliver out of
+order), and the records are not all taken at the instant their step happened:
+a resolving ioctl is recorded when it returns, after the wake-up it caused.
+So a wake-up stays "pending" until the waker's own ioctl record says what it
+did (resolved the page, or only woke it: UFFDIO_WAKE), and a finished
+lifecycle waits one ``--wake-ms`` before it is emitted, so that a reader's
+late record still counts.
+
+The two modes see different things: kprobe mode sees every entry into and
+return from handle_userfault (``sees_returns``); tracepoint mode sees the
+page-fault exception, the sleep (BLOCK) and the wake-up, so a new round there
+starts when a wake-up did not resolve the page (the thread retries at once).
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .events import Event, Kind, Op, op_name
+from .procscan import TaskState
+from .rules import EEXIST, MS, WHILE_BLOCKED, Evidence, Flag, Thresholds, retry_cause, timed_flags
+
+VM_FAULT_SIGBUS = 0x2
+UFFD_EVENT_PAGEFAULT = 0x12
+PAGE_MASK = ~0xFFF
+REASONS = {0x200: "missing", 0x1000: "wp"}  # VM_UFFD_MISSING, VM_UFFD_WP; anything else is MINOR
+RESOLVING_OPS = frozenset({Op.COPY, Op.ZEROPAGE, Op.MOVE, Op.CONTINUE, Op.POISON, Op.WRITEPROTECT})
+WP_MODE_WP = 1  # UFFDIO_WRITEPROTECT_MODE_WP: protecting, not resolving
+MAX_HISTORY = 16
+MAX_ATTEMPTS = 16
+MAX_AIO = 4096
+MOVE_WINDOW_NS = 10 * MS
+
+# Asks the system (live) where a thread (tgid, tid) is now: waiting in
+# handle_userfault, elsewhere, or gone. None when it cannot tell.
+TaskProbe = Callable[[int, int], TaskState | None]
+
+
+class Sink(Protocol):
+    def lifecycle(self, lc: Lifecycle) -> None: ...
+
+    def flag(self, flag: Flag) -> None: ...
+
+
+@dataclass
+class Attempt:
+    """One resolving ioctl that covered the page."""
+
+    ts_ns: int
+    tid: int
+    op: str
+    ret: int
+    dontwake: bool
+    outcome: str  # ok | eexist | failed
+
+
+@dataclass
+class Lifecycle:
+    ctx: int
+    tgid: int
+    tid: int
+    comm: str
+    page: int | None
+    wait_since: int  # start of the current round's wait
+    last_ts: int
+    reason: int | None = None
+    t_raised: int | None = None
+    start_known: bool = True
+    rounds: int = 1
+    reads: int = 0
+    round_reads: int = 0
+    t_read: int | None = None
+    t_resolved: int | None = None
+    t_woken: int | None = None
+    t_returned: int | None = None
+    resolve: Attempt | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    reader_tid: int | None = None
+    resolver_tid: int | None = None
+    waker_tid: int | None = None
+    waiting: bool = True  # in handle_userfault, not woken or returned this round
+    asleep: bool = False  # proof that this round waits (entered, slept, or its message was read)
+    present: bool = False  # the page is known to be there (resolved, or EEXIST)
+    returned: bool = False
+    round_woken: bool = False
+    round_end: int | None = None
+    pending_waker: int | None = None  # woke it; its ioctl record will say whether it resolved
+    closer: int | None = None  # closed the uffd while this waited
+    other_since: int | None = None  # the kernel says the thread left handle_userfault, unseen
+    state: str = "blocked"
+    ended_at: int = 0
+    history: list[Evidence] = field(default_factory=list)
+    history_dropped: int = 0
+    flags: dict[str, Flag] = field(default_factory=dict)
+    round_causes: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def note(self, what: str, ts: int | None, tid: int | None = None) -> None:
+        if len(self.history) < MAX_HISTORY:
+            self.history.append(Evidence(what, ts, tid))
+        else:
+            self.history_dropped += 1
+
+    def evidence(self, conclusion: Evidence | None = None) -> list[Evidence]:
+        out = list(self.history)
+        if self.history_dropped:
+            out.append(Evidence(f"... {self.history_dropped} more events"))
+        if conclusion is not None:
+            out.append(conclusion)
+        return out
+
+    @property
+    def reason_name(self) -> str | None:
+        return None if self.reason is None else REASONS.get(self.reason, "minor")
+
+    def latencies(self) -> dict[str, int | None]:
+        def span(a: int | None, b: int | None) -> int | None:
+            return b - a if a is not None and b is not None and b >= a else None
+
+        wake = span(self.t_resolved, self.t_woken)
+        if wake is None and self.t_woken is not None and self.t_resolved is not None \
+                and self.waker_tid == self.resolver_tid:
+            wake = 0  # woken inside the resolving ioctl, which is recorded when it returns
+        return {"pickup": span(self.t_raised, self.t_read), "service": span(self.t_read, self.t_resolved),
+                "wake": wake,
+                "resume": span(self.t_woken, self.t_returned)}
+
+    def to_json(self) -> dict[str, Any]:
+        res = self.resolve
+        return {"type": "lifecycle", "tgid": self.tgid, "tid": self.tid, "comm": self.comm,
+                "uffd": self.ctx or None, "addr": self.page, "reason": self.reason_name,
+                "rounds": self.rounds, "reads": self.reads,
+                "resolve_op": res.op if res else None, "resolve_ret": res.ret if res else None,
+                "resolve_dontwake": res.dontwake if res else None,
+                "reader_tid": self.reader_tid, "resolver_tid": self.resolver_tid, "waker_tid": self.waker_tid,
+                "t_raised_ns": self.t_raised, "t_read_ns": self.t_read, "t_resolved_ns": self.t_resolved,
+                "t_woken_ns": self.t_woken, "t_returned_ns": self.t_returned,
+                "latency_ns": self.latencies(), "state": self.state, "flags": list(self.flags)}
+
+
+@dataclass
+class AioPoll:
+    """An IOCB_CMD_POLL request on a uffd (key: the user iocb pointer)."""
+
+    iocb: int
+    tgid: int
+    tid: int
+    comm: str
+    uffd: int
+    data: int
+    t_ready: int | None = None
+    history: list[Evidence] = field(default_factory=list)
+    flagged: bool = False
+
+
+@dataclass
+class BlockedThread:
+    """A thread found in /proc waiting in handle_userfault when tracing began."""
+
+    tgid: int
+    tid: int
+    comm: str
+    since_ns: int  # last time it ran, on the trace clock (an upper bound of its wait start)
+
+
+@dataclass
+class Counters:
+    lifecycles: int = 0
+    flags: collections.Counter[str] = field(default_factory=collections.Counter)
+    evicted: int = 0
+    unmatched_reads: int = 0
+
+
+class Correlator:
+    def __init__(self, sink: Sink, thresholds: Thresholds | None = None, *, sees_returns: bool,
+                 tasks: TaskProbe | None = None, max_open: int = 65536) -> None:
+        self.sink = sink
+        self.th = thresholds or Thresholds()
+        self.sees_returns = sees_returns
+        self.tasks = tasks
+        self.max_open = max_open
+        self.open: dict[int, Lifecycle] = {}
+        self.settling: collections.deque[Lifecycle] = collections.deque()
+        self.aio: dict[int, AioPoll] = {}
+        self.recent_moves: collections.deque[tuple[int, int]] = collections.deque(maxlen=64)
+        self.counters = Counters()
+        self._queue: list[tuple[int, int, Event]] = []
+        self._seq = 0
+        self._handlers: dict[Kind, Callable[[Event], None]] = {
+            Kind.FAULT: self._fault, Kind.FAULT_RET: self._fault_ret, Kind.BLOCK: self._block,
+            Kind.READ_MSG: self._read, Kind.RESOLVE: self._resolve, Kind.UFFD_REGISTER: self._unregister,
+            Kind.WAKE_TASK: self._wake, Kind.UFFD_CLOSE: self._close, Kind.AIO_POLL_SUBMIT: self._aio_submit,
+            Kind.AIO_POLL_WAKE: self._aio_wake, Kind.AIO_COMPLETE: self._aio_complete,
+            Kind.ANON_VMA_LOCK: self._anon_vma_lock,
+        }
+
+    # -- driving -------------------------------------------------------------
+    def feed(self, ev: Event) -> None:
+        heapq.heappush(self._queue, (ev.ts_ns, self._seq, ev))
+        self._seq += 1
+
+    def advance(self, horizon: int) -> None:
+        """Handle every event up to ``horizon`` in time order, then check the
+        rules as of ``horizon`` (the watchdog tick)."""
+        while self._queue and self._queue[0][0] <= horizon:
+            ev = heapq.heappop(self._queue)[2]
+            handler = self._handlers.get(ev.kind)
+            if handler is not None:
+                handler(ev)
+        self._tick(horizon)
+        while self.settling and horizon - self.settling[0].ended_at > self.th.wake_ns:
+            self._emit(self.settling.popleft())
+
+    def finish(self, now: int) -> None:
+        """End of the trace: everything is handled; lifecycles still open are
+        reported as they stand (state ``blocked`` when the thread still waits)."""
+        last = max([now, *(ts for ts, _, _ in self._queue)])
+        self.advance(last)
+        for lc in list(self.open.values()):
+            if self._where(lc) == "gone":
+                self._close_lifecycle(lc, "exited", last)
+            else:
+                self._close_lifecycle(lc, "blocked" if lc.waiting and lc.asleep else self._finished_state(lc), last)
+        while self.settling:
+            self._emit(self.settling.popleft())
+
+    def add_blocked(self, t: BlockedThread) -> None:
+        """A thread already waiting when tracing began: its start is unknown."""
+        lc = Lifecycle(ctx=0, tgid=t.tgid, tid=t.tid, comm=t.comm, page=None, wait_since=t.since_ns,
+                       last_ts=t.since_ns, start_known=False, asleep=True)
+        lc.note("found waiting in handle_userfault when tracing began (start unknown)", t.since_ns, t.tid)
+        self._open(lc)
+
+    # -- lifecycle table -------------------------------------------------------
+    def _open(self, lc: Lifecycle) -> None:
+        self.open[lc.tid] = lc
+        if len(self.open) > self.max_open:
+            oldest = min(self.open.values(), key=lambda x: x.last_ts)
+            del self.open[oldest.tid]
+            self.counters.evicted += 1
+
+    def _mine(self, tid: int, page: int | None, ctx: int | None = None) -> Lifecycle | None:
+        """The open lifecycle of ``tid`` if it is about ``page`` (a lifecycle
+        found in /proc learns its page and uffd from the first event)."""
+        lc = self.open.get(tid)
+        if lc is None:
+            return None
+        if lc.page is None and page is not None:
+            lc.page = page
+            if ctx:
+                lc.ctx = ctx
+        return lc if page is None or lc.page == page else None
+
+    def _end(self, lc: Lifecycle, state: str, now: int) -> None:
+        if self.open.get(lc.tid) is lc:
+            del self.open[lc.tid]
+        lc.state = state
+        lc.ended_at = now
+        self.settling.append(lc)
+
+    def _emit(self, lc: Lifecycle) -> None:
+        self.counters.lifecycles += 1
+        self.sink.lifecycle(lc)
+
+    def _finished_state(self, lc: Lifecycle) -> str:
+        if lc.closer is not None:
+            return "released"
+        return "returned" if lc.returned else "woken" if lc.t_woken is not None else "returned"
+
+    def _raise(self, lc: Lifecycle, name: str, now: int, conclusion: Evidence) -> None:
+        if name in lc.flags:
+            return
+        flag = Flag(name, now, lc.tgid, lc.tid, lc.comm, lc.ctx, lc.page,
+                    now - lc.wait_since if lc.waiting else None, "blocked" if lc.waiting else lc.state,
+                    lc.evidence(conclusion))
+        lc.flags[name] = flag
+        self.counters.flags[name] += 1
+        self.sink.flag(flag)
+
+    def _report_update(self, lc: Lifecycle, flag: Flag, now: int) -> None:
+        """A while-blocked flag again, with how long the wait lasted in the end."""
+        end = lc.t_woken or lc.t_returned or now
+        self.sink.flag(Flag(flag.name, now, lc.tgid, lc.tid, lc.comm, lc.ctx, lc.page, end - lc.wait_since,
+                            lc.state, lc.evidence(), update=True))
+
+    def _close_lifecycle(self, lc: Lifecycle, state: str, now: int) -> None:
+        self._end(lc, state, now)
+        for flag in list(lc.flags.values()):
+            if flag.name in WHILE_BLOCKED:
+                self._report_update(lc, flag, now)
+
+    def _new_round(self, lc: Lifecycle, ts: int, cause: str) -> None:
+        lc.rounds += 1
+        lc.round_reads = 0
+        lc.waiting = True
+        lc.asleep = self.sees_returns
+        lc.returned = False
+        lc.round_woken = False
+        lc.wait_since = ts
+        lc.round_causes[cause] += 1
+        lc.note(f"round {lc.rounds} ({cause.replace('_', ' ')})", ts)
+        if lc.rounds >= self.th.retry_threshold:
+            self._raise(lc, "retry_loop", ts, Evidence(
+                f"entered handle_userfault {lc.rounds} times for the same page (causes: {retry_cause(lc)})"))
+
+    # -- events ------------------------------------------------------------------
+    def _fault(self, ev: Event) -> None:
+        page = ev.addr & PAGE_MASK
+        self._aio_readable(ev)
+        lc = self.open.get(ev.tid)
+        if lc is not None and lc.page is None:
+            lc = self._mine(ev.tid, page, ev.ctx)
+        if lc is not None and lc.page == page and lc.ctx == ev.ctx:
+            lc.last_ts = ev.ts_ns
+            # Tracepoint mode: a round that a wake-up retry just opened is the
+            # same one (this exception is the thread coming back after a signal).
+            fresh = not self.sees_returns and lc.waiting and lc.round_reads == 0 and not lc.asleep
+            if not fresh:
+                self._new_round(lc, ev.ts_ns, "woken_unresolved" if lc.round_woken else "returned_unwoken")
+            return
+        if lc is not None:
+            self._close_lifecycle(lc, self._finished_state(lc), ev.ts_ns)
+        lc = Lifecycle(ctx=ev.ctx, tgid=ev.tgid, tid=ev.tid, comm=ev.comm, page=page, wait_since=ev.ts_ns,
+                       last_ts=ev.ts_ns, t_raised=ev.ts_ns, asleep=self.sees_returns,
+                       reason=ev.mode if self.sees_returns else None)
+        lc.note(f"raised{' (' + lc.reason_name + ')' if lc.reason_name else ''} at {page:#x}", ev.ts_ns, ev.tid)
+        self._open(lc)
+
+    def _fault_ret(self, ev: Event) -> None:
+        lc = self._mine(ev.tid, ev.addr & PAGE_MASK, ev.ctx)
+        if lc is None:
+            return
+        lc.last_ts = ev.ts_ns
+        lc.t_returned = ev.ts_ns
+        lc.returned = True
+        lc.waiting = False
+        lc.round_end = ev.ts_ns
+        lc.note(f"returned {ev.ret:#x}", ev.ts_ns, ev.tid)
+        if ev.ret & VM_FAULT_SIGBUS:
+            self._raise(lc, "sigbus", ev.ts_ns, Evidence("handle_userfault refused the fault with VM_FAULT_SIGBUS"))
+            self._close_lifecycle(lc, "sigbus", ev.ts_ns)
+        elif lc.present or lc.closer is not None:
+            self._close_lifecycle(lc, self._finished_state(lc), ev.ts_ns)
+
+    def _block(self, ev: Event) -> None:
+        lc = self._mine(ev.tid, ev.addr & PAGE_MASK, ev.ctx)
+        if lc is not None and lc.waiting and not lc.asleep:
+            lc.asleep = True
+            lc.last_ts = ev.ts_ns
+            lc.note("slept in handle_userfault", ev.ts_ns, ev.tid)
+
+    def _read(self, ev: Event) -> None:
+        if ev.mode != UFFD_EVENT_PAGEFAULT:
+            return
+        page = ev.addr & PAGE_MASK
+        lc = self._reader_target(ev, page)
+        if lc is None:
+            self.counters.unmatched_reads += 1
+            return
+        lc.reads += 1
+        lc.round_reads += 1
+        if lc.t_read is None:
+            lc.t_read = ev.ts_ns
+        lc.reader_tid = ev.tid
+        if lc.waiting:
+            lc.asleep = True  # its message was queued: it is waiting in handle_userfault
+        lc.note("message read", ev.ts_ns, ev.tid)
+
+    def _reader_target(self, ev: Event, page: int) -> Lifecycle | None:
+        if ev.peer_tid:
+            lc = self._mine(ev.peer_tid, page, ev.ctx)
+            if lc is not None:
+                return lc
+            return next((x for x in reversed(self.settling) if x.tid == ev.peer_tid and x.page == page), None)
+        # No UFFD_FEATURE_THREAD_ID: the least-read waiter on this page of this uffd.
+        candidates = [x for x in self.open.values() if x.page == page and x.ctx == ev.ctx]
+        candidates = candidates or [x for x in self.settling if x.page == page and x.ctx == ev.ctx]
+        return min(candidates, key=lambda x: (x.reads - x.rounds, x.wait_since), default=None)
+
+    def _covering(self, ctx: int, start: int, length: int) -> Iterator[Lifecycle]:
+        for lc in list(self.open.values()):
+            if lc.ctx == ctx and lc.page is not None and (length == 0 or start <= lc.page < start + length):
+                yield lc
+
+    def _resolve(self, ev: Event) -> None:
+        if ev.op == Op.MOVE:
+            self.recent_moves.append((ev.ts_ns, ev.tid))
+        resolving = ev.op in RESOLVING_OPS and not (ev.op == Op.WRITEPROTECT and ev.mode & WP_MODE_WP)
+        if resolving:
+            for lc in self._covering(ev.ctx, ev.addr & PAGE_MASK, ev.len):
+                self._attempt(lc, ev)
+        self._settle_wakes(ev)
+
+    def _attempt(self, lc: Lifecycle, ev: Event) -> None:
+        done = ev.len if ev.ret == 0 else ev.aux if 0 < ev.aux < (1 << 63) else 0
+        if done and lc.page is not None and lc.page < (ev.addr & PAGE_MASK) + done:
+            outcome = "ok"
+        elif ev.ret == -EEXIST and lc.page == ev.addr & PAGE_MASK:
+            outcome = "eexist"
+        else:
+            outcome = "failed"
+        attempt = Attempt(ev.ts_ns, ev.tid, op_name(ev.op), ev.ret, ev.dontwake, outcome)
+        if len(lc.attempts) < MAX_ATTEMPTS:
+            lc.attempts.append(attempt)
+        lc.last_ts = ev.ts_ns
+        label = {"ok": "resolved", "eexist": "failed with EEXIST", "failed": f"failed ({ev.ret})"}[outcome]
+        lc.note(f"{attempt.op}{' DONTWAKE' if ev.dontwake else ''} {label}", ev.ts_ns, ev.tid)
+        if outcome == "failed":
+            return
+        lc.present = True
+        if lc.resolve is None or (lc.resolve.outcome != "ok" and outcome == "ok"):
+            lc.resolve = attempt
+            lc.resolver_tid = ev.tid
+            lc.t_resolved = ev.ts_ns
+        if not lc.waiting and lc.pending_waker is None and (lc.returned or not self.sees_returns):
+            self._close_lifecycle(lc, self._finished_state(lc), ev.ts_ns)
+
+    def _settle_wakes(self, ev: Event) -> None:
+        """The waker's ioctl record arrived: the wake-ups it did inside that
+        ioctl either came with the page (done) or without it (a retry)."""
+        for lc in list(self.open.values()):
+            if lc.pending_waker != ev.tid:
+                continue
+            lc.pending_waker = None
+            if lc.present or lc.closer is not None:
+                if lc.returned or not self.sees_returns:
+                    self._close_lifecycle(lc, self._finished_state(lc), ev.ts_ns)
+            elif not self.sees_returns and not lc.waiting:
+                # Woken, page still missing: the thread retries and waits again.
+                self._new_round(lc, lc.t_woken or ev.ts_ns, "woken_unresolved")
+
+    def _unregister(self, ev: Event) -> None:
+        """UFFDIO_UNREGISTER wakes the waiters of the range: they fault again
+        without the uffd."""
+        if ev.op != Op.UNREGISTER or ev.ret != 0:
+            return
+        for lc in list(self.open.values()):
+            if lc.pending_waker == ev.tid:
+                lc.note("range unregistered", ev.ts_ns, ev.tid)
+                self._close_lifecycle(lc, "unregistered", ev.ts_ns)
+
+    def _wake(self, ev: Event) -> None:
+        if ev.ret != 1:
+            return  # the wake function ran but did not wake this waiter
+        lc = self._mine(ev.peer_tid, ev.addr & PAGE_MASK, ev.ctx)
+        if lc is None or not lc.waiting:
+            return
+        lc.last_ts = ev.ts_ns
+        lc.t_woken = ev.ts_ns
+        lc.waker_tid = ev.tid
+        lc.waiting = False
+        lc.round_woken = True
+        lc.round_end = ev.ts_ns
+        lc.note("woken", ev.ts_ns, ev.tid)
+        if lc.closer is not None and "released_with_waiters" not in lc.flags and lc.closer == ev.tid:
+            self._raise(lc, "released_with_waiters", ev.ts_ns, Evidence(
+                f"the uffd was closed by tid {lc.closer} while the thread waited"))
+        if lc.present and not self.sees_returns:
+            self._close_lifecycle(lc, self._finished_state(lc), ev.ts_ns)
+        elif not lc.present:
+            lc.pending_waker = ev.tid
+
+    def _close(self, ev: Event) -> None:
+        for lc in list(self.open.values()):
+            if lc.ctx != ev.ctx or not lc.waiting:
+                continue
+            lc.closer = ev.tid
+            lc.note("uffd closed", ev.ts_ns, ev.tid)
+            # kprobe mode sees the release itself; tracepoint mode sees close(2),
+            # which releases only the last reference: wait for its wake-up.
+            if self.sees_returns:
+                self._raise(lc, "released_with_waiters", ev.ts_ns, Evidence(
+                    f"the uffd was released by tid {ev.tid} while the thread waited"))
+
+    # -- aio poll and rmap ---------------------------------------------------------
+    def _aio_submit(self, ev: Event) -> None:
+        if len(self.aio) >= MAX_AIO:
+            self.aio.pop(next(iter(self.aio)))
+        self.aio[ev.addr] = AioPoll(ev.addr, ev.tgid, ev.tid, ev.comm, ev.ctx, ev.aux,
+                                    history=[Evidence("IOCB_CMD_POLL submitted", ev.ts_ns, ev.tid)])
+
+    def _aio_readable(self, ev: Event) -> None:
+        """Tracepoint mode: a fault on a polled uffd makes it readable."""
+        for req in self.aio.values():
+            if req.uffd == ev.ctx and req.t_ready is None:
+                req.t_ready = ev.ts_ns
+                req.history.append(Evidence("uffd became readable (a fault was queued)", ev.ts_ns, ev.tid))
+
+    def _aio_wake(self, ev: Event) -> None:
+        if ev.ret != 1:
+            return
+        req = self.aio.get(ev.addr)
+        if req is None:
+            if len(self.aio) >= MAX_AIO:
+                self.aio.pop(next(iter(self.aio)))
+            req = self.aio[ev.addr] = AioPoll(ev.addr, ev.tgid, ev.tid, ev.comm, ev.ctx, ev.aux)
+        if req.t_ready is None:
+            req.t_ready = ev.ts_ns
+            req.history.append(Evidence(f"aio_poll_wake mask {ev.mode:#x}", ev.ts_ns, ev.tid))
+
+    def _aio_complete(self, ev: Event) -> None:
+        self.aio.pop(ev.addr, None)
+
+    def _anon_vma_lock(self, ev: Event) -> None:
+        if ev.ret < 0 or ev.aux < 1:
+            return  # tracepoint mode cannot count retries; no retry here
+        start = ev.ts_ns - ev.len
+        evidence = [Evidence(f"folio_lock_anon_vma_read: {ev.flags} trylocks, {ev.aux} retries over "
+                             f"{ev.len / 1000:.1f} us, {'locked' if ev.ret else 'returned NULL'}", ev.ts_ns, ev.tid)]
+        evidence += [Evidence("concurrent UFFDIO_MOVE returned", ts, tid) for ts, tid in self.recent_moves
+                     if start - MOVE_WINDOW_NS <= ts <= ev.ts_ns + MOVE_WINDOW_NS]
+        flag = Flag("anon_vma_retry", ev.ts_ns, ev.tgid, ev.tid, ev.comm, 0, None, None, "returned", evidence)
+        self.counters.flags[flag.name] += 1
+        self.sink.flag(flag)
+
+    # -- watchdog ------------------------------------------------------------------
+    def _where(self, lc: Lifecycle) -> TaskState | None:
+        return self.tasks(lc.tgid, lc.tid) if self.tasks is not None else None
+
+    def _tick(self, now: int) -> None:
+        for lc in list(self.open.values()):
+            if lc.waiting:
+                self._check_waiting(lc, now)
+            elif lc.round_end is not None and now - lc.round_end > self.th.wake_ns:
+                # Woken or returned and no new round since: it is over.
+                self._close_lifecycle(lc, self._finished_state(lc), now)
+        for req in self.aio.values():
+            if req.t_ready is not None and not req.flagged and now - req.t_ready > self.th.stuck_ns:
+                req.flagged = True
+                flag = Flag("aio_poll_stuck", now, req.tgid, req.tid, req.comm, req.uffd, req.iocb, None, "pending",
+                            [*req.history, Evidence(f"IOCB_CMD_POLL (aio_data {req.data:#x}) not completed "
+                                                    f"{(now - req.t_ready) / MS:.0f} ms after the uffd was ready")])
+                self.counters.flags[flag.name] += 1
+                self.sink.flag(flag)
+
+    def _check_waiting(self, lc: Lifecycle, now: int) -> None:
+        if not lc.asleep:
+            # Tracepoint mode: a fault in a registered range that shows no sign
+            # of waiting (no sleep, no message read, no wake-up).
+            if now - lc.wait_since <= self.th.wake_ns:
+                return
+            where = self._where(lc)
+            if where == "uffd":
+                lc.asleep = True
+            else:
+                self._close_lifecycle(lc, "exited" if where == "gone" else "returned", now)
+                return
+        earned = [(n, e) for n, e in timed_flags(lc, now, self.th) if n not in lc.flags]
+        if not earned:
+            return
+        if any(n in WHILE_BLOCKED for n, _ in earned):
+            where = self._where(lc)
+            if where == "gone":
+                self._close_lifecycle(lc, "exited", now)
+                return
+            if where == "other":
+                # The kernel says it no longer waits, though no event said so
+                # (a signal, or its wake-up is still in flight): not stuck.
+                lc.other_since = lc.other_since or now
+                if now - lc.other_since > self.th.wake_ns:
+                    lc.note("left handle_userfault unseen (signal?)", now)
+                    self._close_lifecycle(lc, "returned", now)
+                return
+            lc.other_since = None
+        for name, conclusion in earned:
+            self._raise(lc, name, now, conclusion)

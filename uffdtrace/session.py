@@ -1,0 +1,70 @@
+"""One tracing session: live source -> correlator -> printer, shared by
+`trace` and `demo`."""
+
+from __future__ import annotations
+
+import collections
+import platform
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__, procscan
+from .lifecycle import BlockedThread, Correlator
+from .output import Printer
+from .rules import INFORMATIONAL, Thresholds
+from .source import LiveSource
+
+
+def header(src: LiveSource, command: Sequence[str], pids: Sequence[int], th: Thresholds) -> dict[str, Any]:
+    return {
+        "version": __version__, "mode": src.info.mode, "transport": src.info.transport,
+        "kernel": platform.release(), "probes": [p.to_json() for p in src.info.probes],
+        "command": list(command), "command_pid": src.info.command_pid, "pids": list(pids),
+        "degraded": src.info.degraded, "existing_uffd_pids": src.info.existing,
+        "stuck_ms": th.stuck_ms, "wake_ms": th.wake_ms, "retry_threshold": th.retry_threshold,
+    }
+
+
+def already_blocked(pids: Sequence[int]) -> list[BlockedThread]:
+    """Threads waiting in handle_userfault before tracing began (DESIGN §5)."""
+    now = time.monotonic_ns()
+    return [BlockedThread(proc.pid, t.tid, t.comm, min(t.last_ran_ns or now, now))
+            for proc in procscan.scan(pids, include_blocked_only=True) for t in proc.blocked]
+
+
+def run(src: LiveSource, printer: Printer, th: Thresholds, *, raw_events: bool, command: Sequence[str] = (),
+        pids: Sequence[int] = ()) -> dict[str, Any]:
+    """Trace until the source ends; returns the summary (also printed)."""
+    by_kind: collections.Counter[str] = collections.Counter()
+    lost_seen = 0
+    try:
+        src.start()
+        printer.header(header(src, command, pids, th))
+        corr = Correlator(printer, th, sees_returns=src.info.mode == "kprobe", tasks=procscan.thread_state)
+        if not command or pids:
+            for thread in already_blocked(pids):
+                corr.add_blocked(thread)
+        for batch, horizon in src.batches():
+            for ev in batch:
+                by_kind[ev.kind.name.lower()] += 1
+                if raw_events:
+                    printer.event(ev)
+                corr.feed(ev)
+            corr.advance(horizon)
+            if src.lost > lost_seen:
+                lost_seen = src.lost
+                printer.lost(lost_seen)
+        corr.finish(time.monotonic_ns())
+    finally:
+        src.close()
+    if src.lost > lost_seen:
+        printer.lost(src.lost)
+    flags = dict(corr.counters.flags)
+    summary = {"lifecycles": corr.counters.lifecycles, "flags": flags,
+               "failing_flags": sum(n for name, n in flags.items() if name not in INFORMATIONAL),
+               "evicted": corr.counters.evicted, "unmatched_reads": corr.counters.unmatched_reads,
+               "events": sum(by_kind.values()), "by_kind": dict(by_kind), "lost": src.lost,
+               "command_status": src.info.command_status, "pids_exited": src.info.pids_exited}
+    printer.summary(summary)
+    return summary
