@@ -107,6 +107,26 @@ def thresholds(kw: dict[str, Any]) -> Thresholds:
     return Thresholds(stuck_ms=kw["stuck_ms"], wake_ms=kw["wake_ms"], retry_threshold=kw["retry_threshold"])
 
 
+@main.command("demo")
+@click.option("-j", "--json", "as_json", is_flag=True, help="JSON lines instead of text.")
+@click.option("--transport", type=click.Choice(["auto", "ringbuf", "perf"]), default="auto", show_default=True,
+              help="Kernel-to-user transport.")
+@click.pass_context
+def demo_cmd(ctx: click.Context, /, as_json: bool, transport: str) -> None:
+    """Run built-in workloads (clean faults, a stuck DONTWAKE fault, a retry
+    loop) under the tracer and show the lifecycles and flags it finds."""
+    from .demo import DemoPrinter
+
+    command = [sys.executable, "-m", "uffdtrace.workloads", "demo"]
+    printer = DemoPrinter(as_json)
+    printer.intro()
+    src = LiveSource(Options(command=command, transport=transport), ctx.obj["mode"])
+    summary = session.run(src, printer, Thresholds(), raw_events=False, command=command)
+    if not printer.verdicts() or summary["command_status"] != 0:
+        raise UffdtraceError(f"demo: the tracer did not find what the workloads did (workload exit status "
+                             f"{summary['command_status']}, {summary['lost']} records lost)")
+
+
 @main.command("ps")
 @click.option("-j", "--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
 def ps_cmd(as_json: bool) -> None:

@@ -122,6 +122,11 @@ class Lifecycle:
         return out
 
     @property
+    def waiting_since(self) -> int:
+        """How long the thread has waited for this page: since it was raised, when known."""
+        return self.t_raised if self.t_raised is not None else self.wait_since
+
+    @property
     def reason_name(self) -> str | None:
         return None if self.reason is None else REASONS.get(self.reason, "minor")
 
@@ -283,7 +288,7 @@ class Correlator:
         if name in lc.flags:
             return
         flag = Flag(name, now, lc.tgid, lc.tid, lc.comm, lc.ctx, lc.page,
-                    now - lc.wait_since if lc.waiting else None, "blocked" if lc.waiting else lc.state,
+                    now - lc.waiting_since if lc.waiting else None, "blocked" if lc.waiting else lc.state,
                     lc.evidence(conclusion))
         lc.flags[name] = flag
         self.counters.flags[name] += 1
@@ -292,7 +297,7 @@ class Correlator:
     def _report_update(self, lc: Lifecycle, flag: Flag, now: int) -> None:
         """A while-blocked flag again, with how long the wait lasted in the end."""
         end = lc.t_woken or lc.t_returned or now
-        self.sink.flag(Flag(flag.name, now, lc.tgid, lc.tid, lc.comm, lc.ctx, lc.page, end - lc.wait_since,
+        self.sink.flag(Flag(flag.name, now, lc.tgid, lc.tid, lc.comm, lc.ctx, lc.page, end - lc.waiting_since,
                             lc.state, lc.evidence(), update=True))
 
     def _close_lifecycle(self, lc: Lifecycle, state: str, now: int) -> None:

@@ -66,6 +66,10 @@ class Printer:
         self.flagged_only = flagged_only
         self._t0: int | None = None
 
+    def set_origin(self, ts_ns: int) -> None:
+        """Text times are seconds since this instant (the start of tracing)."""
+        self._t0 = ts_ns
+
     def _seconds(self, ts: int | None) -> str:
         if ts is None:
             return "?"

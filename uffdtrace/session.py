@@ -41,6 +41,7 @@ def run(src: LiveSource, printer: Printer, th: Thresholds, *, raw_events: bool, 
     try:
         src.start()
         printer.header(header(src, command, pids, th))
+        printer.set_origin(time.monotonic_ns())
         corr = Correlator(printer, th, sees_returns=src.info.mode == "kprobe", tasks=procscan.thread_state)
         if not command or pids:
             for thread in already_blocked(pids):
