@@ -1,20 +1,26 @@
 """What each workload scenario must show, in either mode.
 
 Both live tiers (host: tracepoint mode; VM: kprobe and tracepoint mode) parse
-`uffdtrace trace --events -j -- WORKLOAD` output into a Scenario and call the
-checks below. Where tracepoint mode cannot see something (fault returns,
-wake ranges, the aio wake itself, close at process exit) the check says so.
+`uffdtrace trace -j [--events] -- WORKLOAD` output into a Scenario and call the
+checks below: events (C workloads in tests/workloads/), then lifecycles and
+flags (C workloads and the Python ones of uffdtrace.workloads). Where
+tracepoint mode cannot see something (fault returns, wake ranges, the aio
+wake itself, close at process exit) the check says so.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 CLEAN_PAGES = 11  # prime, so that no accidental power-of-two batching can match it
-DONTWAKE_STALL_S = 2
+DONTWAKE_STALL_S = 2  # longer than the default --stuck-ms (1 s): never_woken must be raised during it
+RETRY_WAKES = 4
+STRESS = (8, 512, 4)  # faulting threads (in pairs over shared pages), pages per pair, handler threads
+RELEASE_AFTER_S = 0.3  # shorter than --stuck-ms: only released_with_waiters is expected
 VM_FAULT_RETRY = 0x400
 POLLIN = 0x1
 
@@ -25,6 +31,9 @@ class Scenario:
     workload: dict[str, Any]
     header: dict[str, Any]
     events: list[dict[str, Any]]
+    lifecycles: list[dict[str, Any]]
+    flags: list[dict[str, Any]]  # as raised (updates with final numbers are in `updates`)
+    updates: list[dict[str, Any]]
     summary: dict[str, Any]
     stderr: str
 
@@ -36,6 +45,9 @@ class Scenario:
             workload=next((x for x in lines if "workload" in x or "skip" in x), {}),
             header=next((x for x in lines if x.get("type") == "header"), {}),
             events=[x for x in lines if x.get("type") == "event"],
+            lifecycles=[x for x in lines if x.get("type") == "lifecycle"],
+            flags=[x for x in lines if x.get("type") == "flag" and not x["update"]],
+            updates=[x for x in lines if x.get("type") == "flag" and x["update"]],
             summary=next((x for x in lines if x.get("type") == "summary"), {}),
             stderr=stderr,
         )
@@ -43,6 +55,19 @@ class Scenario:
     @property
     def mode(self) -> str:
         return str(self.header["mode"])
+
+    @property
+    def faulters(self) -> list[int]:
+        w = self.workload
+        return list(w.get("faulter_tids") or [w["faulter_tid"]])
+
+    @property
+    def ended_state(self) -> str:
+        """How a fault resolved normally ends: kprobe mode sees the return."""
+        return "returned" if self.mode == "kprobe" else "woken"
+
+    def flag_names(self) -> set[str]:
+        return {f["flag"] for f in self.flags}
 
     def of(self, kind: str, **match: Any) -> list[dict[str, Any]]:
         return [e for e in self.events if e["kind"] == kind and all(e[k] == v for k, v in match.items())]
@@ -63,7 +88,7 @@ def assert_clean_run(s: Scenario) -> None:
     assert s.rc == 0, s.stderr
     assert "Traceback" not in s.stderr
     assert s.summary["lost"] == 0
-    assert s.summary["command_status"] == 0
+    assert s.summary["command_status"] == (0 if s.header["command"] else None)  # None: traced with -p
 
 
 def check_clean_faults(s: Scenario) -> None:
@@ -130,3 +155,115 @@ def check_aio_poll(s: Scenario) -> None:
     else:
         [submit] = s.of("aio_poll_submit", addr=w["iocb"], aux=w["aio_data"])
         assert submit["flags"] == POLLIN and submit["ts_ns"] < done["ts_ns"]
+
+
+# -- lifecycles and flags ----------------------------------------------------------
+
+
+def check_clean_lifecycles(s: Scenario) -> None:
+    """N faults -> N lifecycles, one per page, rounds 1, one read, resolved by
+    copy, woken inside the copy; no flag at all."""
+    assert_clean_run(s)
+    w = s.workload
+    n = w["pages"]
+    pages = {w["base"] + i * w["page_size"] for i in range(n)}
+    assert not s.flags and not s.summary["flags"], s.flags
+    lcs = s.lifecycles
+    assert len(lcs) == n == s.summary["lifecycles"] and {lc["addr"] for lc in lcs} == pages
+    for lc in lcs:
+        assert lc["tid"] in s.faulters and lc["tgid"] == w["pid"] and lc["flags"] == []
+        assert (lc["rounds"], lc["reads"], lc["resolve_op"], lc["resolve_ret"]) == (1, 1, "copy", 0)
+        assert lc["state"] == s.ended_state and lc["reader_tid"] == lc["resolver_tid"] == lc["waker_tid"]
+        assert lc["t_raised_ns"] <= lc["t_read_ns"] <= lc["t_resolved_ns"]
+        assert lc["latency_ns"]["pickup"] is not None and lc["latency_ns"]["wake"] == 0
+        assert (lc["t_returned_ns"] is not None) == (s.mode == "kprobe")
+        assert lc["reason"] == ("missing" if s.mode == "kprobe" else None)
+
+
+def check_stuck_lifecycle(s: Scenario, expected_flags: set[str]) -> dict[str, Any]:
+    """One fault, stuck for longer than --stuck-ms: the flags are raised while
+    it is still blocked (before its wake-up), then the lifecycle closes after
+    the late wake-up with the flags and the whole wait."""
+    assert_clean_run(s)
+    assert s.flag_names() == expected_flags and sorted(s.summary["flags"]) == sorted(expected_flags)
+    [lc] = s.lifecycles
+    assert lc["tid"] in s.faulters and lc["addr"] == s.workload["addr"]
+    assert set(lc["flags"]) == expected_flags and lc["state"] == s.ended_state and lc["rounds"] == 1
+    for flag in s.flags:
+        assert flag["state"] == "blocked" and flag["tid"] == lc["tid"] and flag["addr"] == lc["addr"]
+        assert flag["t_ns"] < lc["t_woken_ns"], "flag not raised while the thread was blocked"
+        assert flag["evidence"] and flag["evidence"][0]["ts_ns"] == lc["t_raised_ns"]
+    [final] = [u for u in s.updates if u["flag"] == "never_woken"]
+    stall_ms = s.workload["stall_s"] * 1000
+    assert stall_ms * 0.9 <= final["blocked_ms"] <= stall_ms * 2 and final["state"] == s.ended_state
+    return lc
+
+
+def check_dontwake_lifecycle(s: Scenario) -> None:
+    lc = check_stuck_lifecycle(s, {"never_woken", "dontwake_without_wake"})
+    assert lc["resolve_op"] == "copy" and lc["resolve_dontwake"] is True and lc["reads"] == 1
+
+
+def check_eexist_lifecycle(s: Scenario) -> None:
+    """The handler's copy got EEXIST and it never woke the thread: the blame
+    is on it (eexist_without_wake), not on the DONTWAKE filler."""
+    assert s.workload["copy_ret"] == -17
+    lc = check_stuck_lifecycle(s, {"never_woken", "eexist_without_wake"})
+    assert lc["resolver_tid"] == s.workload["resolver_tid"] and lc["resolve_dontwake"] is True
+    [flag] = [f for f in s.flags if f["flag"] == "eexist_without_wake"]
+    assert any("EEXIST" in e["what"] for e in flag["evidence"])
+
+
+def check_retry_lifecycle(s: Scenario) -> None:
+    """Woken K times without a resolution, then resolved: rounds K+1."""
+    assert_clean_run(s)
+    k = s.workload["wakes"]
+    [lc] = s.lifecycles
+    assert (lc["rounds"], lc["reads"], lc["resolve_op"]) == (k + 1, k + 1, "copy") and s.workload["msgs_read"] == k + 1
+    assert lc["flags"] == ["retry_loop"] and s.flag_names() == {"retry_loop"}
+    [flag] = s.flags
+    assert "woken_unresolved" in flag["evidence"][-1]["what"] and flag["t_ns"] <= lc["t_woken_ns"]
+
+
+def check_release_lifecycle(s: Scenario) -> None:
+    assert_clean_run(s)
+    assert s.workload["value"] == 0  # after the release the page faulted in normally (zero page)
+    [lc] = s.lifecycles
+    assert lc["state"] == "released" and lc["flags"] == ["released_with_waiters"] and lc["resolve_op"] is None
+    assert s.flag_names() == {"released_with_waiters"}
+
+
+def check_stress(s: Scenario) -> None:
+    """Thousands of faults from many threads, several handlers, pages raced
+    for: no flag, and every message the handlers read belongs to a lifecycle."""
+    assert_clean_run(s)
+    w = s.workload
+    assert not s.flags and not s.summary["flags"], s.flags[:3]
+    assert w["msgs_read"] >= w["pages"] and w["faults_touched"] >= 2000
+    assert sum(lc["reads"] for lc in s.lifecycles) == w["msgs_read"]
+    assert s.summary["unmatched_reads"] == 0 and s.summary["evicted"] == 0
+    assert {lc["tid"] for lc in s.lifecycles} <= set(s.faulters)
+    assert all(lc["rounds"] == 1 for lc in s.lifecycles)
+    resolved = [lc for lc in s.lifecycles if lc["reads"]]
+    assert all(lc["resolve_op"] == "copy" for lc in resolved)
+    # Every page was faulted, read and resolved at least once.
+    assert {lc["addr"] for lc in resolved} == {w["base"] + i * w["page_size"] for i in range(w["pages"])}
+
+
+# Python workload scenarios (uffdtrace.workloads), run by both live tiers:
+# name -> (workload arguments, check).
+PYTHON_SCENARIOS: dict[str, tuple[list[str], Callable[[Scenario], None]]] = {
+    "py_clean": (["clean", str(CLEAN_PAGES)], check_clean_lifecycles),
+    "py_retry": (["retry", str(RETRY_WAKES)], check_retry_lifecycle),
+    "py_eexist": (["eexist", str(DONTWAKE_STALL_S)], check_eexist_lifecycle),
+    "py_release": (["release", str(RELEASE_AFTER_S)], check_release_lifecycle),
+    "py_stress": (["stress", *map(str, STRESS)], check_stress),
+}
+
+
+def check_demo(stdout: str, rc: int, stderr: str) -> None:
+    """`uffdtrace demo -j`: every built-in scenario found as expected."""
+    assert rc == 0, stderr
+    demo = [json.loads(line) for line in stdout.splitlines() if '"type":"demo"' in line]
+    assert [d["scenario"] for d in demo] == ["wl-clean", "wl-dontwake", "wl-retry"]
+    assert all(d["ok"] for d in demo), demo

@@ -246,7 +246,7 @@ class LiveSource:
         if self._proc is not None and self._proc.poll() is not None:
             self.info.command_status = self._proc.returncode
             return True
-        if self.opts.pids and not any(os.path.isdir(f"/proc/{pid}") for pid in self.opts.pids):
+        if self.opts.pids and all(procscan.thread_state(pid, pid) == "gone" for pid in self.opts.pids):
             self.info.pids_exited = True
             return True
         return False

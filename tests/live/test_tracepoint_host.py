@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -16,13 +17,18 @@ from ..conftest import ROOT, require
 from ..scenarios import (
     CLEAN_PAGES,
     DONTWAKE_STALL_S,
+    PYTHON_SCENARIOS,
     Scenario,
     check_aio_poll,
     check_clean_faults,
+    check_clean_lifecycles,
+    check_demo,
     check_dontwake,
+    check_dontwake_lifecycle,
 )
 
 UFFDTRACE = ROOT / ".venv" / "bin" / "uffdtrace"
+PYTHON = ROOT / ".venv" / "bin" / "python"
 TIMEOUT_S = 300
 
 
@@ -34,18 +40,43 @@ def live_host() -> None:
     require("mode tracepoint: usable" in doctor.stdout, f"tracepoint mode unusable here:\n{doctor.stdout}")
 
 
-def trace(*args: str) -> Scenario:
-    proc = subprocess.run([str(UFFDTRACE), "--mode", "tracepoint", "trace", "--events", "-j", *args],
-                          capture_output=True, text=True, timeout=TIMEOUT_S, stdin=subprocess.DEVNULL, check=False)
+def trace(*args: str, events: bool = True) -> Scenario:
+    proc = subprocess.run([str(UFFDTRACE), "--mode", "tracepoint", "trace", *(["--events"] if events else []), "-j",
+                           *args], capture_output=True, text=True, timeout=TIMEOUT_S, stdin=subprocess.DEVNULL,
+                          check=False)
     return Scenario.parse(proc.stdout, proc.returncode, proc.stderr)
 
 
 def test_clean_faults(workloads: Path) -> None:
-    check_clean_faults(trace("--", str(workloads / "clean_faults"), str(CLEAN_PAGES)))
+    s = trace("--", str(workloads / "clean_faults"), str(CLEAN_PAGES))
+    check_clean_faults(s)
+    check_clean_lifecycles(s)
 
 
 def test_dontwake_stall(workloads: Path) -> None:
-    check_dontwake(trace("--", str(workloads / "dontwake"), str(DONTWAKE_STALL_S)))
+    s = trace("--", str(workloads / "dontwake"), str(DONTWAKE_STALL_S))
+    check_dontwake(s)
+    check_dontwake_lifecycle(s)
+
+
+@pytest.mark.parametrize("name", sorted(PYTHON_SCENARIOS))
+def test_python_workload_lifecycles(name: str) -> None:
+    args, check = PYTHON_SCENARIOS[name]
+    check(trace("--", str(PYTHON), "-m", "uffdtrace.workloads", *args, events=False))
+
+
+def test_demo() -> None:
+    proc = subprocess.run([str(UFFDTRACE), "--mode", "tracepoint", "demo", "-j"], capture_output=True, text=True,
+                          timeout=TIMEOUT_S, stdin=subprocess.DEVNULL, check=False)
+    check_demo(proc.stdout, proc.returncode, proc.stderr)
+
+
+def test_fail_on_flags_exits_3_only_when_flagged(workloads: Path) -> None:
+    retry = PYTHON_SCENARIOS["py_retry"][0]
+    flagged = trace("--fail-on-flags", "--", str(PYTHON), "-m", "uffdtrace.workloads", *retry, events=False)
+    assert flagged.rc == 3 and flagged.summary["failing_flags"] == 1
+    clean = trace("--fail-on-flags", "--", str(workloads / "clean_faults"), str(CLEAN_PAGES), events=False)
+    assert clean.rc == 0 and clean.summary["lifecycles"] == CLEAN_PAGES
 
 
 def test_aio_poll(workloads: Path) -> None:
@@ -80,9 +111,50 @@ def trace_running_workload(workloads: Path, *args: str) -> tuple[Scenario, list[
     return s, header["existing_uffd_pids"]
 
 
+def waiting_thread(pid: int, comm: str) -> int:
+    """The tid of the process's thread named ``comm`` once it waits in handle_userfault."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            if (task / "comm").read_text().strip() == comm and (task / "wchan").read_text() == "handle_userfault":
+                return int(task.name)
+        time.sleep(0.05)
+    raise AssertionError(f"no thread {comm} of {pid} blocked in handle_userfault")
+
+
+def test_ps_and_a_fault_blocked_before_tracing_began() -> None:
+    """A thread already stuck when the tracer starts: `ps` shows it with its
+    uffd, and `trace -p` reports it as never_woken with an unknown start, then
+    ends when the process exits."""
+    wl = subprocess.Popen([str(PYTHON), "-m", "uffdtrace.workloads", "dontwake", "5"], stdout=subprocess.PIPE,
+                          text=True)
+    try:
+        tid = waiting_thread(wl.pid, "wl-dontwake")
+        ps = subprocess.run([str(UFFDTRACE), "ps", "-j"], capture_output=True, text=True, check=True)
+        [proc] = [p for p in map(json.loads, ps.stdout.splitlines()) if p["pid"] == wl.pid]
+        assert proc["comm"] == "python" and len(proc["uffds"]) == 1
+        assert proc["uffds"][0]["total"] == 1 and proc["uffds"][0]["pending"] == 0  # read, never woken
+        [blocked] = proc["blocked"]
+        assert blocked["tid"] == tid and blocked["comm"] == "wl-dontwake" and blocked["asleep_ms"] >= 0
+        text = subprocess.run([str(UFFDTRACE), "ps"], capture_output=True, text=True, check=True).stdout
+        assert f"{tid}:" in text and "PENDING" in text
+        s = trace("-p", str(wl.pid), events=False)
+    finally:
+        wl.kill()
+    assert s.rc == 0, s.stderr
+    assert s.summary["pids_exited"] and s.summary["lost"] == 0
+    [flag] = s.flags
+    assert (flag["flag"], flag["tid"], flag["addr"]) == ("never_woken", tid, None)
+    assert "start unknown" in flag["evidence"][0]["what"]
+    [lc] = s.lifecycles
+    assert lc["tid"] == tid and lc["t_raised_ns"] is None and lc["flags"] == ["never_woken"]
+    assert lc["state"] in ("returned", "exited")
+
+
 def test_uffd_created_before_tracing_started(workloads: Path) -> None:
     """The uffd and its registration predate the tracer: /proc tells it."""
     s, existing = trace_running_workload(workloads)
+    check_clean_lifecycles(s)
     w = s.workload
     assert w["pid"] in existing
     pages = {w["base"] + i * w["page_size"] for i in range(CLEAN_PAGES)}
