@@ -2,7 +2,8 @@
 """Overhead of uffdtrace, as ratios measured in one run (never asserted in tests).
 
 1. uffd fault throughput: tests/workloads/clean_faults N, untraced vs traced
-   (`uffdtrace trace --events -j -- ...`); the workload times its own fault
+   (`uffdtrace trace -j -- ...`, the default lifecycle output, and with
+   `--events`, every event printed too); the workload times its own fault
    loop, so tracer start-up is not counted. The workload is pinned to one CPU:
    each fault ping-pongs between two threads, and unpinned the result is
    dominated by how fast an idle vCPU wakes up (a running tracer keeps CPUs
@@ -41,6 +42,9 @@ def build(out: Path) -> Path:
 def fault_rate(cmd: list[str]) -> float:
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     w = next(json.loads(line) for line in out.splitlines() if line.startswith('{"workload"'))
+    summary = next((json.loads(line) for line in out.splitlines() if line.startswith('{"type":"summary"')), None)
+    if summary and (summary["lost"] or summary["lifecycles"] != w["pages"]):
+        print(f"  (traced run: {summary['lost']} lost, {summary['lifecycles']} lifecycles for {w['pages']} faults)")
     return float(w["pages"]) / (w["elapsed_ns"] / 1e9)
 
 
@@ -65,14 +69,17 @@ def main() -> int:
         exe = build(scratch)
         workload = ["taskset", "-c", "0", str(exe), str(args.pages)]
         plain = [fault_rate(workload) for _ in range(args.runs)]
-        traced = [fault_rate([str(UFFDTRACE), "--mode", args.mode, "trace", "--events", "-j", "--", *workload])
-                  for _ in range(args.runs)]
-        rate_plain, rate_traced = statistics.median(plain), statistics.median(traced)
-        print(f"uffd faults/s  untraced {rate_plain:,.0f}  traced {rate_traced:,.0f}  "
-              f"ratio {rate_traced / rate_plain:.3f}  ({args.pages} faults, median of {args.runs})")
+        rate_plain = statistics.median(plain)
+        for output in ([], ["--events"]):
+            traced = [fault_rate([str(UFFDTRACE), "--mode", args.mode, "trace", "-j", *output, "--", *workload])
+                      for _ in range(args.runs)]
+            rate_traced = statistics.median(traced)
+            print(f"uffd faults/s  untraced {rate_plain:,.0f}  traced{' --events' if output else ''} "
+                  f"{rate_traced:,.0f}  ratio {rate_traced / rate_plain:.3f}  ({args.pages} faults, median of "
+                  f"{args.runs})")
 
         idle = [busy_seconds(scratch) for _ in range(args.runs)]
-        tracer = subprocess.Popen([str(UFFDTRACE), "--mode", args.mode, "trace", "--events", "-j"],
+        tracer = subprocess.Popen([str(UFFDTRACE), "--mode", args.mode, "trace", "-j"],
                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert tracer.stdout is not None
         tracer.stdout.readline()  # header: probes are live

@@ -416,3 +416,23 @@ def test_flag_json_shape() -> None:
     j = out.flags[0].to_json()
     assert {"type", "flag", "tid", "addr", "blocked_ms", "evidence"} <= j.keys()
     assert j["type"] == "flag" and j["blocked_ms"] == 1200.0 and j["evidence"][0]["ts_ns"] == T0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_waker_record_after_the_thread_moved_on(mode: str) -> None:
+    """Under load the woken thread returns and faults its next page before
+    the handler's UFFDIO_COPY returns (300 ms later here, beyond --wake-ms):
+    the copy still belongs to the first fault."""
+    nxt = PAGE + 4096
+    seq = [fault(0)] + ([block(0.01)] if mode == "tracepoint" else []) + [read(0.1), woken(0.2)]
+    seq += [fault_ret(0.25)] if mode == "kprobe" else []
+    # The next page is served by another handler meanwhile.
+    seq += [fault(0.3, page=nxt)] + ([block(0.31)] if mode == "tracepoint" else [])
+    seq += [read(0.4, tid=OTHER, page=nxt), woken(0.5, waker=OTHER, page=nxt)]
+    seq += [fault_ret(0.55, page=nxt)] if mode == "kprobe" else []
+    seq += [copy(0.6, tid=OTHER, page=nxt), copy(300)]
+    out, corr = correlate(seq, mode, ticks=[0.5, 150, 250, 350, 600])
+    first, second = sorted(out.lifecycles, key=lambda lc: lc.page or 0)
+    assert first.page == PAGE and first.resolve is not None and first.resolve.op == "copy"
+    assert first.rounds == 1 and second.page == nxt and second.resolve is not None
+    assert not out.flags and corr.counters.unmatched_reads == 0

@@ -225,8 +225,19 @@ class Correlator:
             if handler is not None:
                 handler(ev)
         self._tick(horizon)
-        while self.settling and horizon - self.settling[0].ended_at > self.th.wake_ns:
-            self._emit(self.settling.popleft())
+        if self.settling and any(horizon - lc.ended_at > self._settle_ns(lc) for lc in self.settling):
+            keep: collections.deque[Lifecycle] = collections.deque()
+            for lc in self.settling:
+                if horizon - lc.ended_at > self._settle_ns(lc):
+                    self._emit(lc)
+                else:
+                    keep.append(lc)
+            self.settling = keep
+
+    def _settle_ns(self, lc: Lifecycle) -> int:
+        """How long an ended lifecycle still takes late records: one --wake-ms,
+        or up to --stuck-ms while the ioctl record of its waker is due."""
+        return self.th.stuck_ns if lc.pending_waker is not None else self.th.wake_ns
 
     def finish(self, now: int) -> None:
         """End of the trace: everything is handled; lifecycles still open are
@@ -268,8 +279,11 @@ class Correlator:
                 lc.ctx = ctx
         return lc if page is None or lc.page == page else None
 
+    def _is_open(self, lc: Lifecycle) -> bool:
+        return self.open.get(lc.tid) is lc
+
     def _end(self, lc: Lifecycle, state: str, now: int) -> None:
-        if self.open.get(lc.tid) is lc:
+        if self._is_open(lc):
             del self.open[lc.tid]
         lc.state = state
         lc.ended_at = now
@@ -394,9 +408,15 @@ class Correlator:
         candidates = candidates or [x for x in self.settling if x.page == page and x.ctx == ev.ctx]
         return min(candidates, key=lambda x: (x.reads - x.rounds, x.wait_since), default=None)
 
-    def _covering(self, ctx: int, start: int, length: int) -> Iterator[Lifecycle]:
-        for lc in list(self.open.values()):
-            if lc.ctx == ctx and lc.page is not None and (length == 0 or start <= lc.page < start + length):
+    def _awaiting(self, waker: int) -> list[Lifecycle]:
+        """Open lifecycles, and ended ones whose waker's ioctl record is due
+        from ``waker`` (the woken thread can move on before that ioctl returns)."""
+        return [*self.open.values(), *(lc for lc in self.settling if lc.pending_waker == waker)]
+
+    def _covering(self, ev: Event) -> Iterator[Lifecycle]:
+        start, length = ev.addr & PAGE_MASK, ev.len
+        for lc in self._awaiting(ev.tid):
+            if lc.ctx == ev.ctx and lc.page is not None and (length == 0 or start <= lc.page < start + length):
                 yield lc
 
     def _resolve(self, ev: Event) -> None:
@@ -404,7 +424,7 @@ class Correlator:
             self.recent_moves.append((ev.ts_ns, ev.tid))
         resolving = ev.op in RESOLVING_OPS and not (ev.op == Op.WRITEPROTECT and ev.mode & WP_MODE_WP)
         if resolving:
-            for lc in self._covering(ev.ctx, ev.addr & PAGE_MASK, ev.len):
+            for lc in self._covering(ev):
                 self._attempt(lc, ev)
         self._settle_wakes(ev)
 
@@ -429,16 +449,19 @@ class Correlator:
             lc.resolve = attempt
             lc.resolver_tid = ev.tid
             lc.t_resolved = ev.ts_ns
-        if not lc.waiting and lc.pending_waker is None and (lc.returned or not self.sees_returns):
+        if self._is_open(lc) and not lc.waiting and lc.pending_waker is None \
+                and (lc.returned or not self.sees_returns):
             self._close_lifecycle(lc, self._finished_state(lc), ev.ts_ns)
 
     def _settle_wakes(self, ev: Event) -> None:
         """The waker's ioctl record arrived: the wake-ups it did inside that
         ioctl either came with the page (done) or without it (a retry)."""
-        for lc in list(self.open.values()):
+        for lc in self._awaiting(ev.tid):
             if lc.pending_waker != ev.tid:
                 continue
             lc.pending_waker = None
+            if not self._is_open(lc):
+                continue
             if lc.present or lc.closer is not None:
                 if lc.returned or not self.sees_returns:
                     self._close_lifecycle(lc, self._finished_state(lc), ev.ts_ns)
@@ -538,8 +561,10 @@ class Correlator:
         for lc in list(self.open.values()):
             if lc.waiting:
                 self._check_waiting(lc, now)
-            elif lc.round_end is not None and now - lc.round_end > self.th.wake_ns:
-                # Woken or returned and no new round since: it is over.
+            elif lc.round_end is not None and now - lc.round_end > self._settle_ns(lc):
+                # Woken or returned and no new round since: it is over. (While
+                # its waker's ioctl record is due, that record may still open a
+                # new round in tracepoint mode.)
                 self._close_lifecycle(lc, self._finished_state(lc), now)
         for req in self.aio.values():
             if req.t_ready is not None and not req.flagged and now - req.t_ready > self.th.stuck_ns:

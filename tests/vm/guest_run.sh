@@ -1,18 +1,18 @@
 #!/bin/sh
 # Runs inside a virtme-ng guest (the host's root filesystem, read-only):
-# every kprobe scenario of one kernel in one boot, driving uffdtrace exactly
-# as a user would. Results go to $1 (a --rwdir shared with the host).
-#   guest_run.sh OUTDIR UFFDTRACE WORKLOAD_DIR SCENARIO...
-# A scenario is NAME:WORKLOAD:ARG:MODE (ARG may be empty, MODE defaults to
-# kprobe); its output lands in OUTDIR/NAME.{jsonl,err,rc}.
-out=$1 uffdtrace=$2 wl=$3
-shift 3
+# every scenario of one kernel in one boot, driving uffdtrace exactly as a
+# user would. Results go to $1 (a --rwdir shared with the host).
+#   guest_run.sh OUTDIR UFFDTRACE SCENARIO...
+# A scenario is NAME|MODE|ARGS: `uffdtrace --mode MODE ARGS` (ARGS split on
+# spaces); its output lands in OUTDIR/NAME.{jsonl,err,rc}.
+out=$1 uffdtrace=$2
+shift 2
 export UFFDTRACE_CACHE="$out/cache"
 uname -r > "$out/uname"
 "$uffdtrace" doctor > "$out/doctor.txt" 2>&1
 echo $? > "$out/doctor.rc"
 for scenario in "$@"; do
-	IFS=: read -r name prog arg mode <<-END
+	IFS='|' read -r name mode args <<-END
 	$scenario
 	END
 	if [ "$name" = move_pageout ]; then
@@ -22,7 +22,8 @@ for scenario in "$@"; do
 			mkswap /dev/zram0 >/dev/null && swapon /dev/zram0
 		cat /proc/swaps > "$out/swaps"
 	fi
-	"$uffdtrace" --mode "${mode:-kprobe}" trace --events -j -- "$wl/$prog" $arg > "$out/$name.jsonl" 2> "$out/$name.err"
+	# shellcheck disable=SC2086 # ARGS is a word list on purpose
+	"$uffdtrace" --mode "$mode" $args > "$out/$name.jsonl" 2> "$out/$name.err" < /dev/null
 	echo $? > "$out/$name.rc"
 done
 echo done > "$out/finished"

@@ -1,14 +1,15 @@
 """Live VM tier: kprobe mode on real Debian kernels (6.1 and 6.12) booted
 under qemu TCG with virtme-ng. All scenarios of one kernel run in one boot,
-driving `uffdtrace trace --events -j -- WORKLOAD` exactly as a user would;
-the assertions compare the tracer's events with what the workload itself
-reports having done."""
+driving `uffdtrace trace -j [--events] -- WORKLOAD` and `uffdtrace demo`
+exactly as a user would; the assertions compare the tracer's events,
+lifecycles and flags with what the workload itself reports having done."""
 
 from __future__ import annotations
 
 import glob
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -20,19 +21,36 @@ from ..conftest import BUILD, ROOT, require
 from ..scenarios import (
     CLEAN_PAGES,
     DONTWAKE_STALL_S,
+    PYTHON_SCENARIOS,
     Scenario,
     assert_clean_run,
     check_aio_poll,
     check_clean_faults,
+    check_clean_lifecycles,
+    check_demo,
     check_dontwake,
+    check_dontwake_lifecycle,
 )
 
-VM_TIMEOUT_S = 1500
+VM_TIMEOUT_S = 2400
 MOVE_PAGES = 64
-SCENARIOS = [f"clean:clean_faults:{CLEAN_PAGES}", f"dontwake:dontwake:{DONTWAKE_STALL_S}", "aio:aio_poll:",
-             f"move_pageout:move_pageout:{MOVE_PAGES}",
-             # The same clean workload once more in tracepoint mode, for parity.
-             f"tp_clean:clean_faults:{CLEAN_PAGES}:tracepoint"]
+PYTHON = ROOT / ".venv" / "bin" / "python"
+
+
+def scenarios(wl: Path) -> list[str]:
+    """NAME|MODE|uffdtrace arguments, for guest_run.sh."""
+    events = "trace --events -j --"
+    return [
+        f"clean|kprobe|{events} {wl}/clean_faults {CLEAN_PAGES}",
+        f"dontwake|kprobe|{events} {wl}/dontwake {DONTWAKE_STALL_S}",
+        f"aio|kprobe|{events} {wl}/aio_poll",
+        f"move_pageout|kprobe|{events} {wl}/move_pageout {MOVE_PAGES}",
+        *(f"{name}|kprobe|trace -j -- {PYTHON} -m uffdtrace.workloads {' '.join(args)}"
+          for name, (args, _check) in sorted(PYTHON_SCENARIOS.items())),
+        "demo|kprobe|demo -j",
+        # The same clean workload once more in tracepoint mode, for parity.
+        f"tp_clean|tracepoint|{events} {wl}/clean_faults {CLEAN_PAGES}",
+    ]
 KERNEL_GLOBS = {"6.1": "/boot/vmlinuz-6.1.0-*-amd64", "6.12": "/boot/vmlinuz-6.12.*+deb12-amd64"}
 
 
@@ -70,7 +88,7 @@ def vm(request: pytest.FixtureRequest, workloads: Path) -> VmRun:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     guest = [str(ROOT / "tests" / "vm" / "guest_run.sh"), str(out), str(ROOT / ".venv" / "bin" / "uffdtrace"),
-             str(workloads), *SCENARIOS]
+             *(shlex.quote(x) for x in scenarios(workloads))]
     env = {**os.environ, "PATH": f"{vng.parent}:{os.environ['PATH']}"}
     # /dev/kvm exists on these machines but hangs: always TCG.
     cmd = [str(vng), "--run", str(kernel), "--disable-kvm", "--force-9p", "--cpus", "2", "--memory", "2G",
@@ -96,10 +114,24 @@ def test_clean_faults_counted_exactly(vm: VmRun) -> None:
     s = vm.scenario("clean")
     assert s.mode == "kprobe"
     check_clean_faults(s)
+    check_clean_lifecycles(s)
 
 
 def test_dontwake_fault_woken_only_by_uffdio_wake(vm: VmRun) -> None:
-    check_dontwake(vm.scenario("dontwake"))
+    s = vm.scenario("dontwake")
+    check_dontwake(s)
+    check_dontwake_lifecycle(s)
+
+
+@pytest.mark.parametrize("name", sorted(PYTHON_SCENARIOS))
+def test_python_workload_lifecycles(vm: VmRun, name: str) -> None:
+    s = vm.scenario(name)
+    assert s.mode == "kprobe"
+    PYTHON_SCENARIOS[name][1](s)
+
+
+def test_demo(vm: VmRun) -> None:
+    check_demo(vm.text("demo.jsonl"), int(vm.text("demo.rc")), vm.text("demo.err"))
 
 
 def test_aio_poll_on_the_uffd_woken_and_completed(vm: VmRun) -> None:
@@ -133,5 +165,8 @@ def test_uffdio_move_with_pageout_shows_anon_vma_locks(vm: VmRun) -> None:
     # proves down_read_trylock calls are attributed to the lock function.
     locked = [e for e in locks if e["ret"] == 1]
     assert locked and all(e["flags"] >= 1 for e in locked)
+    # anon_vma_retry exactly for the locks that looped, and no other flag.
+    assert s.flag_names() <= {"anon_vma_retry"}
+    assert len(s.flags) == len([e for e in locks if e["aux"] >= 1])
 
 
