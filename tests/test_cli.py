@@ -103,3 +103,53 @@ def test_missing_symbols_degrade_tracepoint_mode_instead_of_refusing(tmp_path: P
     (tmp_path / "events" / "sched" / "sched_waking").rmdir()
     assert "no tracepoint sched/sched_waking" in (probes.tracepoint_mode_unusable(probes.tracepoint_plan(
         no_symbols, tmp_path)) or "")
+
+
+@pytest.mark.parametrize("args", [["trace", "--stuck-ms", "-1"], ["trace", "--wake-ms", "-5"],
+                                  ["trace", "--retry-threshold", "1"], ["trace", "--retry-threshold", "x"]])
+def test_impossible_thresholds_are_usage_errors(args: list[str]) -> None:
+    code, out = run(*args)
+    assert code == 1
+    assert "Invalid value" in out and "Traceback" not in out
+
+
+def test_printer_renders_lifecycles_and_flags() -> None:
+    """Text and JSON output of a flagged lifecycle, and --flagged / -t filtering."""
+    import io
+    import json
+
+    from uffdtrace.output import Printer
+    from uffdtrace.rules import Evidence, Flag
+
+    from .test_lifecycle import FAULTER, HANDLER, PAGE, T0, clean, correlate, dontwake_stall
+
+    out, _ = correlate(dontwake_stall("kprobe", wake_at=2000) + clean("kprobe", page=PAGE + 4096, at=3000),
+                       "kprobe", ticks=[150, 1100, 2500, 3500])
+    flagged, plain = out.lifecycles
+    text = io.StringIO()
+    p = Printer(False, text)
+    p.set_origin(T0)
+    for f in out.flags:
+        p.flag(f)
+    p.lifecycle(flagged)
+    p.lifecycle(plain)
+    lines = text.getvalue().splitlines()
+    assert lines[0].split()[1:4] == ["FLAG", "dontwake_without_wake", "wl"]
+    assert any("tid 100: copy DONTWAKE resolved" in line for line in lines)
+    assert any("FLAG (final) never_woken" in line and "blocked=2000ms" in line for line in lines)
+    assert "FLAGS=dontwake_without_wake,never_woken" in lines[-2] and "rounds=1" in lines[-2]
+    assert "copy=0" in lines[-1] and "FLAGS" not in lines[-1]
+
+    js = io.StringIO()
+    p = Printer(True, js, flagged_only=True)
+    p.lifecycle(flagged)
+    p.lifecycle(plain)  # not flagged: left out
+    p.flag(Flag("never_woken", T0, 1, FAULTER, "wl", 1, None, 5, "blocked", [Evidence("x", None, None)]))
+    records = [json.loads(line) for line in js.getvalue().splitlines()]
+    assert [r["type"] for r in records] == ["lifecycle", "flag"]
+    assert records[0]["flags"] == ["dontwake_without_wake", "never_woken"] and records[1]["addr"] is None
+
+    only = io.StringIO()
+    p = Printer(True, only, tids=(HANDLER + 1000,))
+    p.lifecycle(flagged)
+    assert only.getvalue() == ""
