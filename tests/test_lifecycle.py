@@ -436,3 +436,18 @@ def test_waker_record_after_the_thread_moved_on(mode: str) -> None:
     assert first.page == PAGE and first.resolve is not None and first.resolve.op == "copy"
     assert first.rounds == 1 and second.page == nxt and second.resolve is not None
     assert not out.flags and corr.counters.unmatched_reads == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_messages_without_thread_id_match_by_page(mode: str) -> None:
+    """Without UFFD_FEATURE_THREAD_ID a message names no thread: two threads
+    waiting on one page get one read each."""
+    other = FAULTER + 1
+    seq = [fault(0), fault(0.05, tid=other)]
+    seq += [block(0.01), block(0.06, tid=other)] if mode == "tracepoint" else []
+    seq += [read(0.1, peer=0), read(0.15, peer=0), woken(0.2), woken(0.21, peer=other)]
+    seq += [fault_ret(0.25), fault_ret(0.26, tid=other)] if mode == "kprobe" else []
+    seq += [copy(0.3)]
+    out, corr = correlate(seq, mode, ticks=[1, 500])
+    assert sorted((lc.tid, lc.reads) for lc in out.lifecycles) == [(FAULTER, 1), (other, 1)]
+    assert not out.flags and corr.counters.unmatched_reads == 0

@@ -188,6 +188,64 @@ class Counters:
     unmatched_reads: int = 0
 
 
+class Settling:
+    """Ended lifecycles, kept a little before they are emitted so that late
+    records still reach them: a reader's (one --wake-ms), or the ioctl record
+    of the thread that woke them (up to --stuck-ms, kept apart by waker).
+    Indexed so that no event scans them all."""
+
+    def __init__(self) -> None:
+        self._queue: collections.deque[Lifecycle] = collections.deque()  # by ended_at
+        self._by_waker: dict[int, list[Lifecycle]] = {}
+        self._by_tid: dict[int, Lifecycle] = {}
+        self._by_page: dict[tuple[int, int | None], Lifecycle] = {}
+
+    def add(self, lc: Lifecycle) -> None:
+        if lc.pending_waker is not None:
+            self._by_waker.setdefault(lc.pending_waker, []).append(lc)
+        else:
+            self._queue.append(lc)
+        self._by_tid[lc.tid] = lc
+        self._by_page[(lc.ctx, lc.page)] = lc
+
+    def waker_reported(self, lc: Lifecycle, waker: int) -> None:
+        held = self._by_waker.get(waker, [])
+        if lc in held:
+            held.remove(lc)
+            if not held:
+                del self._by_waker[waker]
+            self._queue.append(lc)
+
+    def woken_by(self, waker: int) -> list[Lifecycle]:
+        return list(self._by_waker.get(waker, ()))
+
+    def of_thread(self, tid: int, page: int) -> Lifecycle | None:
+        lc = self._by_tid.get(tid)
+        return lc if lc is not None and lc.page == page else None
+
+    def of_page(self, ctx: int, page: int) -> Lifecycle | None:
+        return self._by_page.get((ctx, page))
+
+    def due(self, now: int | None, wake_ns: int, stuck_ns: int) -> list[Lifecycle]:
+        """Remove and return what is ready at ``now`` (everything when None)."""
+        out = []
+        while self._queue and (now is None or now - self._queue[0].ended_at > wake_ns):
+            out.append(self._queue.popleft())
+        for waker, held in list(self._by_waker.items()):
+            ready = [lc for lc in held if now is None or now - lc.ended_at > stuck_ns]
+            if ready:
+                out += ready
+                self._by_waker[waker] = [lc for lc in held if lc not in ready]
+                if not self._by_waker[waker]:
+                    del self._by_waker[waker]
+        for lc in out:
+            if self._by_tid.get(lc.tid) is lc:
+                del self._by_tid[lc.tid]
+            if self._by_page.get((lc.ctx, lc.page)) is lc:
+                del self._by_page[(lc.ctx, lc.page)]
+        return out
+
+
 class Correlator:
     def __init__(self, sink: Sink, thresholds: Thresholds | None = None, *, sees_returns: bool,
                  tasks: TaskProbe | None = None, max_open: int = 65536) -> None:
@@ -197,7 +255,7 @@ class Correlator:
         self.tasks = tasks
         self.max_open = max_open
         self.open: dict[int, Lifecycle] = {}
-        self.settling: collections.deque[Lifecycle] = collections.deque()
+        self.settling = Settling()
         self.aio: dict[int, AioPoll] = {}
         self.recent_moves: collections.deque[tuple[int, int]] = collections.deque(maxlen=64)
         self.counters = Counters()
@@ -225,18 +283,12 @@ class Correlator:
             if handler is not None:
                 handler(ev)
         self._tick(horizon)
-        if self.settling and any(horizon - lc.ended_at > self._settle_ns(lc) for lc in self.settling):
-            keep: collections.deque[Lifecycle] = collections.deque()
-            for lc in self.settling:
-                if horizon - lc.ended_at > self._settle_ns(lc):
-                    self._emit(lc)
-                else:
-                    keep.append(lc)
-            self.settling = keep
+        for lc in self.settling.due(horizon, self.th.wake_ns, self.th.stuck_ns):
+            self._emit(lc)
 
     def _settle_ns(self, lc: Lifecycle) -> int:
-        """How long an ended lifecycle still takes late records: one --wake-ms,
-        or up to --stuck-ms while the ioctl record of its waker is due."""
+        """How long a woken lifecycle stays open without a new round: one
+        --wake-ms, or up to --stuck-ms while the ioctl record of its waker is due."""
         return self.th.stuck_ns if lc.pending_waker is not None else self.th.wake_ns
 
     def finish(self, now: int) -> None:
@@ -249,8 +301,8 @@ class Correlator:
                 self._close_lifecycle(lc, "exited", last)
             else:
                 self._close_lifecycle(lc, "blocked" if lc.waiting and lc.asleep else self._finished_state(lc), last)
-        while self.settling:
-            self._emit(self.settling.popleft())
+        for lc in self.settling.due(None, 0, 0):
+            self._emit(lc)
 
     def add_blocked(self, t: BlockedThread) -> None:
         """A thread already waiting when tracing began: its start is unknown."""
@@ -287,7 +339,7 @@ class Correlator:
             del self.open[lc.tid]
         lc.state = state
         lc.ended_at = now
-        self.settling.append(lc)
+        self.settling.add(lc)
 
     def _emit(self, lc: Lifecycle) -> None:
         self.counters.lifecycles += 1
@@ -402,16 +454,17 @@ class Correlator:
             lc = self._mine(ev.peer_tid, page, ev.ctx)
             if lc is not None:
                 return lc
-            return next((x for x in reversed(self.settling) if x.tid == ev.peer_tid and x.page == page), None)
+            return self.settling.of_thread(ev.peer_tid, page)
         # No UFFD_FEATURE_THREAD_ID: the least-read waiter on this page of this uffd.
         candidates = [x for x in self.open.values() if x.page == page and x.ctx == ev.ctx]
-        candidates = candidates or [x for x in self.settling if x.page == page and x.ctx == ev.ctx]
-        return min(candidates, key=lambda x: (x.reads - x.rounds, x.wait_since), default=None)
+        if not candidates:
+            return self.settling.of_page(ev.ctx, page)
+        return min(candidates, key=lambda x: (x.reads - x.rounds, x.wait_since))
 
     def _awaiting(self, waker: int) -> list[Lifecycle]:
         """Open lifecycles, and ended ones whose waker's ioctl record is due
         from ``waker`` (the woken thread can move on before that ioctl returns)."""
-        return [*self.open.values(), *(lc for lc in self.settling if lc.pending_waker == waker)]
+        return [*self.open.values(), *self.settling.woken_by(waker)]
 
     def _covering(self, ev: Event) -> Iterator[Lifecycle]:
         start, length = ev.addr & PAGE_MASK, ev.len
@@ -461,6 +514,7 @@ class Correlator:
                 continue
             lc.pending_waker = None
             if not self._is_open(lc):
+                self.settling.waker_reported(lc, waker=ev.tid)
                 continue
             if lc.present or lc.closer is not None:
                 if lc.returned or not self.sees_returns:
