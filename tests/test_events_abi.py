@@ -45,3 +45,14 @@ def test_decode_hides_kernel_pointers_and_names_ops() -> None:
     js = ev.to_json()
     assert js["type"] == "event" and js["kind"] == "resolve" and js["op"] == "copy" and js["dontwake"] is True
     assert set(FIELD_NAMES) <= set(js)
+
+
+def test_decode_reads_every_field_where_the_header_puts_it() -> None:
+    """The struct format is derived from RawEvent: a distinct value in every
+    field comes back in the same field (16-char comm, negative ret)."""
+    values = {name: 1000 + i for i, name in enumerate(FIELD_NAMES)}
+    values.update(kind=Kind.WAKE_TASK, comm=b"sixteen-chars-xx", ret=-17, ctx=0)
+    ev = decode(bytes(RawEvent(**values)), PointerIds())
+    for name in FIELD_NAMES:
+        expected = values[name].decode() if name == "comm" else values[name]
+        assert getattr(ev, name) == expected, name

@@ -9,6 +9,7 @@ which run the same scenarios on real kernels.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,7 +140,7 @@ def test_many_faults_delivered_out_of_order_across_cpus(mode: str) -> None:
     seq: list[Event] = []
     for i in range(50):
         for e in clean(mode, page=PAGE + i * 4096, at=i * 1.0, faulter=FAULTER + (i % 5) * 10):
-            seq.append(Event(**{**e.__dict__, "cpu": (i * 7 + e.kind) % 4}))
+            seq.append(dataclasses.replace(e, cpu=(i * 7 + e.kind) % 4))
     shuffled = sorted(seq, key=lambda e: (e.cpu, e.ts_ns))  # each CPU's records in order, CPUs one after another
     out, _ = correlate(shuffled, mode)
     assert len(out.lifecycles) == 50 and not out.flags

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,12 +86,16 @@ class RawEvent(ctypes.Structure):
 
 RECORD_SIZE = ctypes.sizeof(RawEvent)
 FIELD_NAMES = tuple(field[0] for field in RawEvent._fields_)
+# The same layout as a struct format, derived from RawEvent (decoding with
+# struct is several times faster than through ctypes; the fields are naturally
+# aligned, so "<" adds no padding).
+_CODES: dict[Any, str] = {ctypes.c_uint64: "Q", ctypes.c_uint32: "I", ctypes.c_int64: "q"}
+RECORD = struct.Struct("<" + "".join(_CODES.get(f[1]) or f"{ctypes.sizeof(f[1])}s" for f in RawEvent._fields_))
+assert RECORD.size == RECORD_SIZE
+_KINDS = {k.value: k for k in Kind}
 
-# Kinds whose ``ctx`` field carries a kernel pointer to be replaced by an id.
-POINTER_FIELDS = ("ctx",)
 
-
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Event:
     ts_ns: int
     kind: Kind
@@ -145,10 +150,7 @@ class PointerIds:
 
 def decode(data: bytes, ids: PointerIds) -> Event:
     """Decode one record; ``ids`` hides kernel pointers."""
-    raw = RawEvent.from_buffer_copy(data[:RECORD_SIZE])
-    values = {name: getattr(raw, name) for name in FIELD_NAMES}
-    values["kind"] = Kind(raw.kind)
-    values["comm"] = raw.comm.decode("utf-8", "replace")
-    for name in POINTER_FIELDS:
-        values[name] = ids(values[name])
-    return Event(**values)
+    (ts_ns, kind, cpu, tgid, tid, comm, ctx, addr, length, flags, mode, ret, peer_tid, op,
+     aux) = RECORD.unpack_from(data)
+    return Event(ts_ns, _KINDS[kind], cpu, tgid, tid, comm.split(b"\0", 1)[0].decode("utf-8", "replace"), ids(ctx),
+                 addr, length, flags, mode, ret, peer_tid, op, aux)

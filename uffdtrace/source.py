@@ -12,6 +12,7 @@ import ctypes
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,10 +21,11 @@ from typing import Any, Protocol
 from . import kernel, offsets, probes, procscan
 from .btf import BtfError
 from .errors import UffdtraceError
-from .events import Event, PointerIds, decode
+from .events import RECORD_SIZE, Event, PointerIds, decode
 from .kallsyms import Kallsyms
 
 POLL_MS = 100
+TICK_S = 0.05  # how often the main thread correlates what was drained, and checks the rules
 # Records reserved before a poll are committed within microseconds; events
 # older than (poll start - this) have all been delivered by the poll.
 DELIVERY_SLACK_NS = 5_000_000
@@ -136,7 +138,9 @@ class LiveSource:
         self.opts = opts
         self.info = RunInfo(mode=mode)
         self.ids = PointerIds()
-        self._pending: collections.deque[Event] = collections.deque()
+        self._pending: collections.deque[bytes] = collections.deque()  # raw records, from the drain thread
+        self._drain_stop = threading.Event()
+        self._delivered_before = 0
         self._bpf: Any = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._lost_at_close = 0
@@ -225,8 +229,10 @@ class LiveSource:
                 rs.start[i], rs.end[i], rs.ctx[i] = start, end, owner
             ranges[ctypes.c_uint32(proc.pid)] = rs
 
-    def _on_record(self, _ctx: Any, data: Any, size: int) -> None:
-        self._pending.append(decode(ctypes.string_at(data, size), self.ids))
+    def _on_record(self, _ctx: Any, data: Any, _size: int) -> None:
+        # Only copy here: the kernel keeps producing while the poll drains,
+        # and every microsecond spent per record inside it can cost records.
+        self._pending.append(ctypes.string_at(data, RECORD_SIZE))
 
     def _on_perf_record(self, _cpu: int, data: Any, size: int) -> None:
         self._on_record(None, data, size)
@@ -251,17 +257,33 @@ class LiveSource:
             return True
         return False
 
+    def _drain(self) -> None:
+        """The drain thread: keeps the kernel buffer empty while the main
+        thread correlates and prints (a pause there must not cost records).
+        The poll waits without the GIL; callbacks only copy bytes."""
+        while not self._drain_stop.is_set():
+            started = time.monotonic_ns()
+            self._poll(POLL_MS)
+            # Every record committed before `started` has been consumed now.
+            self._delivered_before = started - DELIVERY_SLACK_NS
+
+    def _take(self) -> list[Event]:
+        return [decode(self._pending.popleft(), self.ids) for _ in range(len(self._pending))]
+
     def batches(self) -> Iterator[tuple[list[Event], int]]:
         deadline = time.monotonic() + self.opts.duration if self.opts.duration else None
-        while True:
-            done = self._finished(deadline)
-            horizon = time.monotonic_ns() - DELIVERY_SLACK_NS
-            self._poll(0 if done else POLL_MS)
-            batch = list(self._pending)
-            self._pending.clear()
-            yield batch, horizon
-            if done:
-                return
+        drainer = threading.Thread(target=self._drain, name="uffdtrace-drain", daemon=True)
+        drainer.start()
+        try:
+            while not self._finished(deadline):
+                time.sleep(TICK_S)
+                horizon = self._delivered_before  # read before taking: the batch holds all before it
+                yield self._take(), horizon
+        finally:
+            self._drain_stop.set()
+            drainer.join()
+        self._poll(0)
+        yield self._take(), time.monotonic_ns()
 
     @property
     def lost(self) -> int:
