@@ -296,6 +296,9 @@ def test_released_with_waiters_tracepoint_needs_the_closers_wake() -> None:
     out, _ = correlate(seq, "tracepoint", ticks=[40, 100, 200])
     assert out.raised() == ["released_with_waiters"]
     assert [lc.state for lc in out.lifecycles] == ["released"]
+    # The process exits right after: the lifecycle is already over, not "exited".
+    out, _ = correlate(seq, "tracepoint", ticks=[40], end=60, tasks={FAULTER: "gone"})
+    assert [lc.state for lc in out.lifecycles] == ["released"] and out.raised() == ["released_with_waiters"]
     # close(2) of one of several fds: nobody is woken, nothing released.
     out, _ = correlate(seq[:-1], "tracepoint", ticks=[40, 100, 200], end=200)
     assert not out.flags and [lc.state for lc in out.lifecycles] == ["blocked"]

@@ -297,7 +297,7 @@ class Correlator:
         last = max([now, *(ts for ts, _, _ in self._queue)])
         self.advance(last)
         for lc in list(self.open.values()):
-            if self._where(lc) == "gone":
+            if lc.waiting and self._where(lc) == "gone":
                 self._close_lifecycle(lc, "exited", last)
             else:
                 self._close_lifecycle(lc, "blocked" if lc.waiting and lc.asleep else self._finished_state(lc), last)
@@ -549,9 +549,11 @@ class Correlator:
         if lc.closer is not None and "released_with_waiters" not in lc.flags and lc.closer == ev.tid:
             self._raise(lc, "released_with_waiters", ev.ts_ns, Evidence(
                 f"the uffd was closed by tid {lc.closer} while the thread waited"))
-        if lc.present and not self.sees_returns:
+        # Woken by the thread that closed the uffd: the close was its record.
+        settled = lc.present or lc.closer == ev.tid
+        if settled and not self.sees_returns:
             self._close_lifecycle(lc, self._finished_state(lc), ev.ts_ns)
-        elif not lc.present:
+        elif not settled:
             lc.pending_waker = ev.tid
 
     def _close(self, ev: Event) -> None:
