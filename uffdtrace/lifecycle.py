@@ -78,7 +78,6 @@ class Lifecycle:
     last_ts: int
     reason: int | None = None
     t_raised: int | None = None
-    start_known: bool = True
     rounds: int = 1
     reads: int = 0
     round_reads: int = 0
@@ -120,6 +119,11 @@ class Lifecycle:
         if conclusion is not None:
             out.append(conclusion)
         return out
+
+    @property
+    def start_known(self) -> bool:
+        """False for a thread found waiting when tracing began."""
+        return self.t_raised is not None
 
     @property
     def waiting_since(self) -> int:
@@ -307,7 +311,7 @@ class Correlator:
     def add_blocked(self, t: BlockedThread) -> None:
         """A thread already waiting when tracing began: its start is unknown."""
         lc = Lifecycle(ctx=0, tgid=t.tgid, tid=t.tid, comm=t.comm, page=None, wait_since=t.since_ns,
-                       last_ts=t.since_ns, start_known=False, asleep=True)
+                       last_ts=t.since_ns, asleep=True)
         lc.note("found waiting in handle_userfault when tracing began (start unknown)", t.since_ns, t.tid)
         self._open(lc)
 
@@ -334,13 +338,6 @@ class Correlator:
     def _is_open(self, lc: Lifecycle) -> bool:
         return self.open.get(lc.tid) is lc
 
-    def _end(self, lc: Lifecycle, state: str, now: int) -> None:
-        if self._is_open(lc):
-            del self.open[lc.tid]
-        lc.state = state
-        lc.ended_at = now
-        self.settling.add(lc)
-
     def _emit(self, lc: Lifecycle) -> None:
         self.counters.lifecycles += 1
         self.sink.lifecycle(lc)
@@ -348,7 +345,7 @@ class Correlator:
     def _finished_state(self, lc: Lifecycle) -> str:
         if lc.closer is not None:
             return "released"
-        return "returned" if lc.returned else "woken" if lc.t_woken is not None else "returned"
+        return "woken" if lc.t_woken is not None and not lc.returned else "returned"
 
     def _raise(self, lc: Lifecycle, name: str, now: int, conclusion: Evidence) -> None:
         if name in lc.flags:
@@ -357,7 +354,10 @@ class Correlator:
                     now - lc.waiting_since if lc.waiting else None, "blocked" if lc.waiting else lc.state,
                     lc.evidence(conclusion))
         lc.flags[name] = flag
-        self.counters.flags[name] += 1
+        self._report(flag)
+
+    def _report(self, flag: Flag) -> None:
+        self.counters.flags[flag.name] += 1
         self.sink.flag(flag)
 
     def _report_update(self, lc: Lifecycle, flag: Flag, now: int) -> None:
@@ -367,7 +367,12 @@ class Correlator:
                             lc.state, lc.evidence(), update=True))
 
     def _close_lifecycle(self, lc: Lifecycle, state: str, now: int) -> None:
-        self._end(lc, state, now)
+        """The lifecycle is over: it leaves the table and settles before it is emitted."""
+        if self._is_open(lc):
+            del self.open[lc.tid]
+        lc.state = state
+        lc.ended_at = now
+        self.settling.add(lc)
         for flag in list(lc.flags.values()):
             if flag.name in WHILE_BLOCKED:
                 self._report_update(lc, flag, now)
@@ -605,9 +610,7 @@ class Correlator:
                              f"{ev.len / 1000:.1f} us, {'locked' if ev.ret else 'returned NULL'}", ev.ts_ns, ev.tid)]
         evidence += [Evidence("concurrent UFFDIO_MOVE returned", ts, tid) for ts, tid in self.recent_moves
                      if start - MOVE_WINDOW_NS <= ts <= ev.ts_ns + MOVE_WINDOW_NS]
-        flag = Flag("anon_vma_retry", ev.ts_ns, ev.tgid, ev.tid, ev.comm, 0, None, None, "returned", evidence)
-        self.counters.flags[flag.name] += 1
-        self.sink.flag(flag)
+        self._report(Flag("anon_vma_retry", ev.ts_ns, ev.tgid, ev.tid, ev.comm, 0, None, None, "returned", evidence))
 
     # -- watchdog ------------------------------------------------------------------
     def _where(self, lc: Lifecycle) -> TaskState | None:
@@ -625,11 +628,10 @@ class Correlator:
         for req in self.aio.values():
             if req.t_ready is not None and not req.flagged and now - req.t_ready > self.th.stuck_ns:
                 req.flagged = True
-                flag = Flag("aio_poll_stuck", now, req.tgid, req.tid, req.comm, req.uffd, req.iocb, None, "pending",
-                            [*req.history, Evidence(f"IOCB_CMD_POLL (aio_data {req.data:#x}) not completed "
-                                                    f"{(now - req.t_ready) / MS:.0f} ms after the uffd was ready")])
-                self.counters.flags[flag.name] += 1
-                self.sink.flag(flag)
+                self._report(Flag(
+                    "aio_poll_stuck", now, req.tgid, req.tid, req.comm, req.uffd, req.iocb, None, "pending",
+                    [*req.history, Evidence(f"IOCB_CMD_POLL (aio_data {req.data:#x}) not completed "
+                                            f"{(now - req.t_ready) / MS:.0f} ms after the uffd was ready")]))
 
     def _check_waiting(self, lc: Lifecycle, now: int) -> None:
         if not lc.asleep:

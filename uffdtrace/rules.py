@@ -80,9 +80,9 @@ class Flag:
                 "evidence": [e.to_json() for e in self.evidence]}
 
 
-def _since(lc: Lifecycle, attempts: list[Attempt], outcome: str, dontwake: bool | None = None) -> list[Attempt]:
+def _since(lc: Lifecycle, outcome: str, dontwake: bool | None = None) -> list[Attempt]:
     """Attempts of this outcome made while the thread waited in its current round."""
-    return [a for a in attempts if a.outcome == outcome and a.ts_ns >= lc.wait_since
+    return [a for a in lc.attempts if a.outcome == outcome and a.ts_ns >= lc.wait_since
             and (dontwake is None or a.dontwake == dontwake)]
 
 
@@ -93,9 +93,9 @@ def timed_flags(lc: Lifecycle, now: int, th: Thresholds) -> list[tuple[str, Evid
         return []
     out: list[tuple[str, Evidence]] = []
     blocked = now - lc.wait_since
-    ok_wake = _since(lc, lc.attempts, "ok", dontwake=False)
-    ok_dontwake = _since(lc, lc.attempts, "ok", dontwake=True)
-    eexist = _since(lc, lc.attempts, "eexist")
+    ok_wake = _since(lc, "ok", dontwake=False)
+    ok_dontwake = _since(lc, "ok", dontwake=True)
+    eexist = _since(lc, "eexist")
     late = [a for a in ok_wake if now - a.ts_ns > th.wake_ns]
     if late:
         out.append(("missed_wakeup", Evidence(
