@@ -26,13 +26,6 @@ def header(src: LiveSource, command: Sequence[str], pids: Sequence[int], th: Thr
     }
 
 
-def already_blocked(pids: Sequence[int]) -> list[BlockedThread]:
-    """Threads waiting in handle_userfault before tracing began (DESIGN §5)."""
-    now = time.monotonic_ns()
-    return [BlockedThread(proc.pid, t.tid, t.comm, min(t.last_ran_ns or now, now))
-            for proc in procscan.scan(pids, include_blocked_only=True) for t in proc.blocked]
-
-
 def run(src: LiveSource, printer: Printer, th: Thresholds, *, raw_events: bool, command: Sequence[str] = (),
         pids: Sequence[int] = ()) -> dict[str, Any]:
     """Trace until the source ends; returns the summary (also printed)."""
@@ -43,9 +36,9 @@ def run(src: LiveSource, printer: Printer, th: Thresholds, *, raw_events: bool, 
         printer.header(header(src, command, pids, th))
         printer.set_origin(time.monotonic_ns())
         corr = Correlator(printer, th, sees_returns=src.info.mode == "kprobe", tasks=procscan.thread_state)
-        if not command or pids:
-            for thread in already_blocked(pids):
-                corr.add_blocked(thread)
+        now = time.monotonic_ns()
+        for pid, t in src.blocked_before:  # waiting before tracing began (DESIGN §5)
+            corr.add_blocked(BlockedThread(pid, t.tid, t.comm, min(t.last_ran_ns or now, now)))
         for batch, horizon in src.batches():
             for ev in batch:
                 by_kind[ev.kind.name.lower()] += 1
@@ -53,8 +46,9 @@ def run(src: LiveSource, printer: Printer, th: Thresholds, *, raw_events: bool, 
                     printer.event(ev)
                 corr.feed(ev)
             corr.advance(horizon)
-            if src.lost > lost_seen:
-                lost_seen = src.lost
+            lost = src.lost
+            if lost > lost_seen:
+                lost_seen = lost
                 printer.lost(lost_seen)
         corr.finish(time.monotonic_ns())
     finally:

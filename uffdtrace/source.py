@@ -141,6 +141,7 @@ class LiveSource:
         self._pending: collections.deque[bytes] = collections.deque()  # raw records, from the drain thread
         self._drain_stop = threading.Event()
         self._delivered_before = 0
+        self.blocked_before: list[tuple[int, procscan.BlockedTask]] = []  # (pid, thread) found at start
         self._bpf: Any = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._lost_at_close = 0
@@ -181,8 +182,7 @@ class LiveSource:
         follow = self._bpf["follow"]
         for pid in self.opts.pids:
             follow[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
-        if self.info.mode == "tracepoint":
-            self._learn_existing_uffds()
+        self._scan_proc()
         if self.info.transport == "ringbuf":
             self._bpf["events"].open_ring_buffer(self._on_record)
         else:
@@ -212,10 +212,25 @@ class LiveSource:
         self.info.degraded = [f"{s.name} ({s.detail})" for s in the_plan.status if s.symbol is None]
         return the_plan
 
-    def _learn_existing_uffds(self) -> None:
+    def _scan_proc(self) -> None:
+        """One walk of /proc at start (probes attached): tracepoint mode learns
+        the uffds that already exist; threads already blocked in
+        handle_userfault are kept for the correlator (a command started here
+        has none)."""
+        want_blocked = not self._command or bool(self.opts.pids)
+        if self.info.mode != "tracepoint" and not want_blocked:
+            return
+        # Tracepoint mode needs every uffd (a handler may live in another process).
+        found = procscan.scan(self.opts.pids if self.info.mode == "kprobe" else (), include_blocked_only=want_blocked)
+        if self.info.mode == "tracepoint":
+            self._learn_existing_uffds([p for p in found if p.fds])
+        if want_blocked:
+            self.blocked_before = [(p.pid, t) for p in found if not self.opts.pids or p.pid in self.opts.pids
+                                   for t in p.blocked]
+
+    def _learn_existing_uffds(self, found: list[procscan.UffdProcess]) -> None:
         """Tracepoint mode sees uffds created from now on; the ones that
         already exist, and their registered ranges, come from /proc."""
-        found = procscan.scan()
         self.info.existing = [p.pid for p in found]
         users, fds, ranges = self._bpf["uffd_users"], self._bpf["uffd_fds"], self._bpf["ranges"]
         for proc in found:
