@@ -63,10 +63,17 @@ def doctor_cmd(as_json: bool) -> None:
     sys.exit(0 if rep.usable else 1)
 
 
+# Options of both `trace` and `demo`.
+json_option = click.option("-j", "--json", "as_json", is_flag=True, help="JSON lines instead of text.")
+transport_option = click.option(
+    "--transport", type=click.Choice(["auto", "ringbuf", "perf"]), default="auto", show_default=True,
+    help="Kernel-to-user transport (perf buffer for kernels before 5.8).")
+
+
 def tracing_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Options shared by `trace` and `demo`: output and rule thresholds."""
+    """The options of `trace` beyond filters: output and rule thresholds."""
     for option in reversed([
-        click.option("-j", "--json", "as_json", is_flag=True, help="JSON lines instead of text."),
+        json_option,
         click.option("--events", "raw_events", is_flag=True, help="Also print every decoded event."),
         click.option("--flagged", is_flag=True, help="Print only lifecycles that earned a flag (flags always print)."),
         click.option("--stuck-ms", type=click.FloatRange(min=0), default=1000, show_default=True,
@@ -77,8 +84,7 @@ def tracing_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="retry_loop when a fault enters handle_userfault this many times."),
         click.option("--fail-on-flags", is_flag=True,
                      help="Exit 3 when anything was flagged (sanitizer mode; sigbus is informational)."),
-        click.option("--transport", type=click.Choice(["auto", "ringbuf", "perf"]), default="auto",
-                     show_default=True, help="Kernel-to-user transport (perf buffer for kernels before 5.8)."),
+        transport_option,
     ]):
         f = option(f)
     return f
@@ -108,9 +114,8 @@ def thresholds(kw: dict[str, Any]) -> Thresholds:
 
 
 @main.command("demo")
-@click.option("-j", "--json", "as_json", is_flag=True, help="JSON lines instead of text.")
-@click.option("--transport", type=click.Choice(["auto", "ringbuf", "perf"]), default="auto", show_default=True,
-              help="Kernel-to-user transport.")
+@json_option
+@transport_option
 @click.pass_context
 def demo_cmd(ctx: click.Context, /, as_json: bool, transport: str) -> None:
     """Run built-in workloads (clean faults, a stuck DONTWAKE fault, a retry

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import select
 import sys
 import threading
 import time
@@ -247,8 +248,6 @@ def stress(threads: int = 8, pages: int = 256, handlers: int = 4) -> dict[str, A
     stop = threading.Event()
 
     def handle() -> None:
-        import select
-
         poller = select.poll()
         poller.register(u.fd, select.POLLIN)
         while not stop.is_set():
