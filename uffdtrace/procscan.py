@@ -50,13 +50,16 @@ class UffdProcess:
     blocked: list[BlockedTask] = field(default_factory=list)
 
 
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
 def _fdinfo(pid: int, fd: int) -> UffdFd:
     info = UffdFd(fd)
-    try:
-        text = (PROC / str(pid) / "fdinfo" / str(fd)).read_text()
-    except OSError:
-        return info
-    for line in text.splitlines():
+    for line in (_read(PROC / str(pid) / "fdinfo" / str(fd)) or "").splitlines():
         key, _, value = line.partition(":")
         if key == "pending":
             info.pending = int(value)
@@ -80,13 +83,6 @@ def registered_ranges(pid: int) -> list[tuple[int, int]]:
     except OSError:
         return []
     return out
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text()
-    except OSError:
-        return None
 
 
 def thread_state(pid: int, tid: int) -> TaskState:
