@@ -261,7 +261,8 @@ def retry(mode: str, wakes: int) -> list[Event]:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_retry_loop(mode: str) -> None:
-    out, _ = correlate(retry(mode, wakes=4), mode, ticks=[2.5, 10])
+    out, corr = correlate(retry(mode, wakes=4), mode, ticks=[2.5, 10])
+    assert corr.counters.failing == 1
     [lc] = out.lifecycles
     assert (lc.rounds, lc.reads) == (5, 5)
     assert out.raised() == ["retry_loop"] and list(lc.flags) == ["retry_loop"]
@@ -310,8 +311,8 @@ def test_close_after_the_fault_ended_is_clean() -> None:
 
 
 def test_sigbus_is_informational() -> None:
-    out, _ = correlate([fault(0), fault_ret(0.1, ret=SIGBUS)], "kprobe")
-    assert out.raised() == ["sigbus"] and not out.flags[0].counts_as_failure
+    out, corr = correlate([fault(0), fault_ret(0.1, ret=SIGBUS)], "kprobe")
+    assert out.raised() == ["sigbus"] and not out.flags[0].counts_as_failure and corr.counters.failing == 0
     assert [lc.state for lc in out.lifecycles] == ["sigbus"]
 
 

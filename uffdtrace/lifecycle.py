@@ -188,6 +188,7 @@ class BlockedThread:
 class Counters:
     lifecycles: int = 0
     flags: collections.Counter[str] = field(default_factory=collections.Counter)
+    failing: int = 0  # flags that --fail-on-flags counts
     evicted: int = 0
     unmatched_reads: int = 0
 
@@ -358,6 +359,7 @@ class Correlator:
 
     def _report(self, flag: Flag) -> None:
         self.counters.flags[flag.name] += 1
+        self.counters.failing += flag.counts_as_failure
         self.sink.flag(flag)
 
     def _report_update(self, lc: Lifecycle, flag: Flag, now: int) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from . import __version__, procscan
 from .lifecycle import BlockedThread, Correlator
 from .output import Printer
-from .rules import INFORMATIONAL, Thresholds
+from .rules import Thresholds
 from .source import LiveSource
 
 
@@ -55,9 +55,8 @@ def run(src: LiveSource, printer: Printer, th: Thresholds, *, raw_events: bool, 
         src.close()
     if src.lost > lost_seen:
         printer.lost(src.lost)
-    flags = dict(corr.counters.flags)
-    summary = {"lifecycles": corr.counters.lifecycles, "flags": flags,
-               "failing_flags": sum(n for name, n in flags.items() if name not in INFORMATIONAL),
+    summary = {"lifecycles": corr.counters.lifecycles, "flags": dict(corr.counters.flags),
+               "failing_flags": corr.counters.failing,
                "evicted": corr.counters.evicted, "unmatched_reads": corr.counters.unmatched_reads,
                "events": sum(by_kind.values()), "by_kind": dict(by_kind), "lost": src.lost,
                "command_status": src.info.command_status, "pids_exited": src.info.pids_exited}
