@@ -12,10 +12,18 @@
 
 #ifdef USE_RINGBUF
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_PERF_OUTPUT(spill);   /* per-CPU, lock-free: for records the ring refused */
 #else
 BPF_PERF_OUTPUT(events);
 #endif
-BPF_PERCPU_ARRAY(lost, u64, 1);
+/* What went unseen, per cause (uffdtrace/source.py LOST_CAUSES names them). */
+enum lost_cause {
+	LOST_BUFFER_FULL = 0,     /* a record the kernel buffer had no room for */
+	LOST_MESSAGES = 1,        /* messages beyond MAX_MSGS_PER_READ in one read */
+	LOST_RANGES = 2,          /* registered ranges beyond MAX_RANGES (tracepoint mode) */
+	LOST_CAUSES,
+};
+BPF_PERCPU_ARRAY(lost, u64, LOST_CAUSES);
 
 /* Processes being traced (FILTER), and uffd contexts / aio requests that
  * belong to them, so that handlers in other processes are seen too. */
@@ -43,10 +51,9 @@ DEFINE_READER(read_u32, u32, bpf_probe_read_kernel)
 DEFINE_READER(read_u8, u8, bpf_probe_read_kernel)
 DEFINE_READER(read_user_u64, u64, bpf_probe_read_user)
 
-static __always_inline void count_lost(u64 n)
+static __always_inline void count_lost(int cause, u64 n)
 {
-	int zero = 0;
-	u64 *v = lost.lookup(&zero);
+	u64 *v = lost.lookup(&cause);
 	if (v)
 		*v += n;
 }
@@ -62,14 +69,22 @@ static __always_inline void init_event(struct uffdtrace_event *e, u32 kind)
 	bpf_get_current_comm(&e->comm, sizeof(e->comm));
 }
 
+/* Ring buffer records go out without a wake-up (user space drains on a
+ * timer: no irq_work and no consumer wake-up per record). Since 6.15
+ * ("bpf: Convert ringbuf.c to rqspinlock") a reservation can also fail
+ * while the ring has room, when its resilient spinlock gives up under
+ * contention (seen on 6.18 under uffd-stress: a few records in 300k, on
+ * every try): such a record goes to the per-CPU spill buffer instead. */
 static __always_inline void emit(void *ctx, struct uffdtrace_event *e)
 {
 #ifdef USE_RINGBUF
-	if (events.ringbuf_output(e, sizeof(*e), 0) < 0)
-		count_lost(1);
+	if (events.ringbuf_output(e, sizeof(*e), BPF_RB_NO_WAKEUP) == 0)
+		return;
+	if (spill.perf_submit(ctx, e, sizeof(*e)) < 0)
+		count_lost(LOST_BUFFER_FULL, 1);
 #else
 	if (events.perf_submit(ctx, e, sizeof(*e)) < 0)
-		count_lost(1);
+		count_lost(LOST_BUFFER_FULL, 1);
 #endif
 }
 
@@ -137,7 +152,7 @@ static __always_inline void emit_messages(void *ctx, u64 uctx, u64 buf, s64 ret)
 		return;
 	nmsgs = ret / UFFD_MSG_SIZE;
 	if (nmsgs > MAX_MSGS_PER_READ)
-		count_lost(nmsgs - MAX_MSGS_PER_READ);
+		count_lost(LOST_MESSAGES, nmsgs - MAX_MSGS_PER_READ);
 	init_event(&e, UT_READ_MSG);
 	e.ctx = uctx;
 	e.ret = ret;

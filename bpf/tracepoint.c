@@ -117,7 +117,7 @@ static __always_inline void track_range(u32 tgid, u64 start, u64 len, u64 uctx)
 			return;
 		}
 	}
-	count_lost(1);  /* more registered ranges than tracked: faults there go unseen */
+	count_lost(LOST_RANGES, 1);  /* faults in this range go unseen */
 }
 
 static __always_inline void untrack_ranges(u32 tgid, u64 start, u64 end, u64 uctx)

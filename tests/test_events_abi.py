@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import ctypes
+import struct
 import subprocess
 from pathlib import Path
 
-from uffdtrace.events import FIELD_NAMES, RECORD_SIZE, Event, Kind, Op, PointerIds, RawEvent, decode
+from uffdtrace.events import (
+    FIELD_NAMES,
+    RECORD_SIZE,
+    Event,
+    Kind,
+    Op,
+    PointerIds,
+    RawEvent,
+    decode,
+    decode_many,
+    slot_layout,
+)
+from uffdtrace.ringbuf import HEADER_SIZE, slot_size
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,3 +69,13 @@ def test_decode_reads_every_field_where_the_header_puts_it() -> None:
     for name in FIELD_NAMES:
         expected = values[name].decode() if name == "comm" else values[name]
         assert getattr(ev, name) == expected, name
+
+
+def test_decode_many_reads_ring_slots_past_their_headers() -> None:
+    """Ring buffer spans are records behind 8-byte headers, padded to 8 bytes."""
+    slot = slot_size(RECORD_SIZE)
+    assert slot % 8 == 0 and slot >= HEADER_SIZE + RECORD_SIZE
+    span = b"".join(struct.pack("<II", RECORD_SIZE, 0) + bytes(RawEvent(kind=Kind.FAULT, tid=tid, addr=tid << 12))
+                    + bytes(slot - HEADER_SIZE - RECORD_SIZE) for tid in (7, 8, 9))
+    events = decode_many(span, PointerIds(), slot_layout(HEADER_SIZE, slot))
+    assert [(e.kind, e.tid, e.addr) for e in events] == [(Kind.FAULT, t, t << 12) for t in (7, 8, 9)]

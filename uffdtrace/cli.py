@@ -4,6 +4,7 @@ with --fail-on-flags."""
 from __future__ import annotations
 
 import json
+import mmap
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +15,7 @@ from . import __version__, doctor, procscan, session
 from .errors import UffdtraceError
 from .output import Printer
 from .rules import Thresholds
-from .source import LiveSource, Options
+from .source import DEFAULT_BUFFER_KB, LiveSource, Options
 
 
 class Group(click.Group):
@@ -70,6 +71,18 @@ transport_option = click.option(
     help="Kernel-to-user transport (perf buffer for kernels before 5.8).")
 
 
+def _power_of_two_kb(_ctx: click.Context, _param: click.Parameter, kb: int) -> int:
+    page_kb = mmap.PAGESIZE // 1024
+    if kb < page_kb or kb & (kb - 1):
+        raise click.BadParameter(f"must be a power of two of at least {page_kb} (KiB)")
+    return kb
+
+
+buffer_option = click.option(
+    "--buffer-kb", type=int, default=DEFAULT_BUFFER_KB, show_default=True, callback=_power_of_two_kb,
+    help="Kernel buffer for records, in KiB (a power of two): the ring, or all CPUs' perf buffers together.")
+
+
 def tracing_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The options of `trace` beyond filters: output and rule thresholds."""
     for option in reversed([
@@ -85,6 +98,7 @@ def tracing_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--fail-on-flags", is_flag=True,
                      help="Exit 3 when anything was flagged (sanitizer mode; sigbus is informational)."),
         transport_option,
+        buffer_option,
     ]):
         f = option(f)
     return f
@@ -102,8 +116,8 @@ def tracing_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def trace_cmd(ctx: click.Context, /, pids: tuple[int, ...], tids: tuple[int, ...], duration: float | None,
               command: tuple[str, ...], **kw: Any) -> int:
     """Per-fault lifecycles and race flags, live; with -- CMD, run CMD and follow it."""
-    src = LiveSource(Options(pids=pids, command=command, duration=duration, transport=kw["transport"]),
-                     ctx.obj["mode"])
+    src = LiveSource(Options(pids=pids, command=command, duration=duration, transport=kw["transport"],
+                             buffer_kb=kw["buffer_kb"]), ctx.obj["mode"])
     printer = Printer(kw["as_json"], tids=tids, flagged_only=kw["flagged"])
     summary = session.run(src, printer, thresholds(kw), raw_events=kw["raw_events"], command=command, pids=pids)
     return 3 if kw["fail_on_flags"] and summary["failing_flags"] else 0

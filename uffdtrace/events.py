@@ -148,9 +148,19 @@ class PointerIds:
         return self._ids.setdefault(pointer, len(self._ids) + 1)
 
 
+def slot_layout(header: int, slot: int) -> struct.Struct:
+    """Records laid out every ``slot`` bytes after a ``header`` (a ring buffer's)."""
+    return struct.Struct(f"<{header}x{RECORD.format[1:]}{slot - header - RECORD_SIZE}x")
+
+
+def decode_many(data: bytes, ids: PointerIds, layout: struct.Struct = RECORD) -> list[Event]:
+    """Decode back-to-back records (one C call to split them); ``ids`` hides kernel pointers."""
+    return [Event(ts_ns, _KINDS[kind], cpu, tgid, tid, comm.split(b"\0", 1)[0].decode("utf-8", "replace"), ids(ctx),
+                  addr, length, flags, mode, ret, peer_tid, op, aux)
+            for (ts_ns, kind, cpu, tgid, tid, comm, ctx, addr, length, flags, mode, ret, peer_tid, op, aux)
+            in layout.iter_unpack(data)]
+
+
 def decode(data: bytes, ids: PointerIds) -> Event:
-    """Decode one record; ``ids`` hides kernel pointers."""
-    (ts_ns, kind, cpu, tgid, tid, comm, ctx, addr, length, flags, mode, ret, peer_tid, op,
-     aux) = RECORD.unpack_from(data)
-    return Event(ts_ns, _KINDS[kind], cpu, tgid, tid, comm.split(b"\0", 1)[0].decode("utf-8", "replace"), ids(ctx),
-                 addr, length, flags, mode, ret, peer_tid, op, aux)
+    """Decode one record."""
+    return decode_many(data[:RECORD_SIZE], ids)[0]

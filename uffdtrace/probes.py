@@ -21,7 +21,6 @@ if not BPF_DIR.is_dir():  # running from a source checkout
 # Deep enough for every thread of a large VMM to sit in handle_userfault at
 # once (the kernel caps maxactive at 4096; the default is ~2 * ncpus).
 KRETPROBE_MAXACTIVE = 4096
-RINGBUF_PAGES = 1024  # 4 MiB
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import mmap
 import os
 import signal
+import struct
 import subprocess
 import threading
 import time
@@ -21,11 +23,19 @@ from typing import Any, Protocol
 from . import kernel, offsets, probes, procscan
 from .btf import BtfError
 from .errors import UffdtraceError
-from .events import RECORD_SIZE, Event, PointerIds, decode
+from .events import RECORD, RECORD_SIZE, Event, PointerIds, decode_many, slot_layout
 from .kallsyms import Kallsyms
+from .ringbuf import HEADER_SIZE, RingReader, slot_size
 
 POLL_MS = 100
 TICK_S = 0.05  # how often the main thread correlates what was drained, and checks the rules
+# After a non-empty read the drain thread lets records gather this long: a
+# few large copies instead of many small ones (16 MiB hold ~150k records).
+DRAIN_PAUSE_S = 0.005
+DEFAULT_BUFFER_KB = 16384
+SPILL_PAGES_PER_CPU = 16  # per-CPU perf buffer for the records the ring refused (bpf/common.h emit)
+# bpf/common.h enum lost_cause, in order.
+LOST_CAUSES = ("buffer_full", "messages_per_read", "ranges_untracked")
 # Records reserved before a poll are committed within microseconds; events
 # older than (poll start - this) have all been delivered by the poll.
 DELIVERY_SLACK_NS = 5_000_000
@@ -47,6 +57,7 @@ class Options:
     command: Sequence[str] = ()
     duration: float | None = None
     transport: str = "auto"  # auto | ringbuf | perf
+    buffer_kb: int = DEFAULT_BUFFER_KB  # kernel buffer: the ring, or the perf buffers of all CPUs together
 
 
 @dataclass
@@ -138,13 +149,16 @@ class LiveSource:
         self.opts = opts
         self.info = RunInfo(mode=mode)
         self.ids = PointerIds()
-        self._pending: collections.deque[bytes] = collections.deque()  # raw records, from the drain thread
+        # Raw records from the drain thread, with their layout (ring spans or single perf records).
+        self._pending: collections.deque[tuple[struct.Struct, bytes]] = collections.deque()
+        self._ring: RingReader | None = None
+        self._ring_layout = slot_layout(HEADER_SIZE, slot_size(RECORD_SIZE))
         self._drain_stop = threading.Event()
         self._delivered_before = 0
         self.blocked_before: list[tuple[int, procscan.BlockedTask]] = []  # (pid, thread) found at start
         self._bpf: Any = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._lost_at_close = 0
+        self._lost_at_close = dict.fromkeys(LOST_CAUSES, 0)
         self.stopper = Stopper()
         self._command = resolve_command(opts.command) if opts.command else []
         check_pids(opts.pids)
@@ -164,9 +178,10 @@ class LiveSource:
         self.info.probes = the_plan.status
         self.info.transport = choose_transport(kallsyms, self.opts.transport)
         defines: dict[str, int | None] = dict(the_plan.defines)
+        buffer_pages = self.opts.buffer_kb * 1024 // mmap.PAGESIZE
         if self.info.transport == "ringbuf":
             defines["USE_RINGBUF"] = None
-            defines["RINGBUF_PAGES"] = probes.RINGBUF_PAGES
+            defines["RINGBUF_PAGES"] = buffer_pages
         if self.opts.pids or self._command:
             defines["FILTER"] = None
             defines["SPAWN_PARENT"] = os.getpid() if self._command else 0
@@ -183,11 +198,13 @@ class LiveSource:
         for pid in self.opts.pids:
             follow[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
         self._scan_proc()
+        per_cpu = max(1, buffer_pages // (os.cpu_count() or 1))
         if self.info.transport == "ringbuf":
-            self._bpf["events"].open_ring_buffer(self._on_record)
-        else:
-            self._bpf["events"].open_perf_buffer(self._on_perf_record, page_cnt=256,
-                                                 lost_cb=lambda _n: None)  # counted in-kernel
+            self._ring = RingReader(self._bpf["events"].map_fd, buffer_pages * mmap.PAGESIZE, RECORD_SIZE)
+            per_cpu = SPILL_PAGES_PER_CPU
+        # Lost records are counted in the kernel, per cause: no lost_cb.
+        self._bpf["spill" if self._ring else "events"].open_perf_buffer(
+            self._on_perf_record, page_cnt=1 << (per_cpu.bit_length() - 1), lost_cb=lambda _n: None)
         self.stopper.install()
         if self._command:
             self._proc = subprocess.Popen(self._command)
@@ -244,20 +261,29 @@ class LiveSource:
                 rs.start[i], rs.end[i], rs.ctx[i] = start, end, owner
             ranges[ctypes.c_uint32(proc.pid)] = rs
 
-    def _on_record(self, _ctx: Any, data: Any, _size: int) -> None:
+    def _on_perf_record(self, _cpu: int, data: Any, _size: int) -> None:
         # Only copy here: the kernel keeps producing while the poll drains,
         # and every microsecond spent per record inside it can cost records.
-        self._pending.append(ctypes.string_at(data, RECORD_SIZE))
-
-    def _on_perf_record(self, _cpu: int, data: Any, size: int) -> None:
-        self._on_record(None, data, size)
+        self._pending.append((RECORD, ctypes.string_at(data, RECORD_SIZE)))
 
     # -- running -------------------------------------------------------------
     def _poll(self, timeout_ms: int) -> None:
-        if self.info.transport == "ringbuf":
-            self._bpf.ring_buffer_poll(timeout_ms)
-        else:
+        """Move what the kernel buffer holds to ``_pending``, waiting up to
+        ``timeout_ms`` for something to arrive when it is empty."""
+        started = time.monotonic_ns()
+        if self._ring is None:
             self._bpf.perf_buffer_poll(timeout_ms)
+        else:
+            self._bpf.perf_buffer_poll(0)  # the spill buffer, first: its records are older than the ring's newest
+            span, stalled = self._ring.read()
+            if span:
+                self._pending.append((self._ring_layout, span))
+            if timeout_ms:
+                time.sleep(DRAIN_PAUSE_S)
+            if stalled:
+                return  # a record still being written holds back the ones after it
+        # Every record committed before `started` has been consumed now.
+        self._delivered_before = started - DELIVERY_SLACK_NS
 
     def _finished(self, deadline: float | None) -> bool:
         if self.stopper.stopped:
@@ -277,13 +303,14 @@ class LiveSource:
         thread correlates and prints (a pause there must not cost records).
         The poll waits without the GIL; callbacks only copy bytes."""
         while not self._drain_stop.is_set():
-            started = time.monotonic_ns()
             self._poll(POLL_MS)
-            # Every record committed before `started` has been consumed now.
-            self._delivered_before = started - DELIVERY_SLACK_NS
 
     def _take(self) -> list[Event]:
-        return [decode(self._pending.popleft(), self.ids) for _ in range(len(self._pending))]
+        out: list[Event] = []
+        for _ in range(len(self._pending)):
+            layout, data = self._pending.popleft()
+            out += decode_many(data, self.ids, layout)
+        return out
 
     def batches(self) -> Iterator[tuple[list[Event], int]]:
         deadline = time.monotonic() + self.opts.duration if self.opts.duration else None
@@ -301,10 +328,16 @@ class LiveSource:
         yield self._take(), time.monotonic_ns()
 
     @property
-    def lost(self) -> int:
+    def lost_causes(self) -> dict[str, int]:
+        """What went unseen so far, per cause (bpf/common.h ``enum lost_cause``)."""
         if self._bpf is None:
             return self._lost_at_close
-        return int(sum(self._bpf["lost"][ctypes.c_int(0)]))
+        table = self._bpf["lost"]
+        return {name: int(sum(table[ctypes.c_int(i)])) for i, name in enumerate(LOST_CAUSES)}
+
+    @property
+    def lost(self) -> int:
+        return sum(self.lost_causes.values())
 
     def close(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -315,7 +348,10 @@ class LiveSource:
                 self._proc.kill()
                 self._proc.wait()
             self.info.command_status = self._proc.returncode
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
         if self._bpf is not None:
-            self._lost_at_close = self.lost
+            self._lost_at_close = self.lost_causes
             self._bpf.cleanup()
             self._bpf = None
