@@ -17,7 +17,9 @@ struct wake_entry { u64 ctx; u64 addr; u64 start; u64 len; u32 pid; u32 tgid; };
 struct aio_entry { u64 iocb; u64 obj; u64 data; u32 mask; u32 events; u8 scheduled; };
 struct flavr_entry { u64 ts; u64 folio; u32 trylocks; };
 
-BPF_HASH(faulting, u32, struct fault_entry, 65536);
+/* tid -> the fault it is handling now (entry to return of handle_userfault);
+ * user space reads it to confirm that a thread still waits for its page. */
+BPF_HASH(thread_fault, u32, struct fault_entry, 65536);
 BPF_HASH(reading, u32, struct read_entry, 65536);
 BPF_HASH(in_ioctl, u32, struct ioctl_entry, 65536);
 BPF_HASH(ioctl_fd, u32, u64, 65536);
@@ -49,7 +51,7 @@ int kp_handle_userfault(struct pt_regs *ctx)
 	fe.ts = e.ts_ns;
 	fe.ctx = e.ctx;
 	fe.addr = e.addr;
-	faulting.update(&tid, &fe);
+	thread_fault.update(&tid, &fe);
 	mark_user(e.tgid, e.ctx);
 	emit(ctx, &e);
 	return 0;
@@ -59,7 +61,7 @@ int kr_handle_userfault(struct pt_regs *ctx)
 {
 	struct uffdtrace_event e = {};
 	u32 tid = current_tid();
-	struct fault_entry *fe = faulting.lookup(&tid);
+	struct fault_entry *fe = thread_fault.lookup(&tid);
 
 	if (!fe)
 		return 0;
@@ -68,7 +70,7 @@ int kr_handle_userfault(struct pt_regs *ctx)
 	e.addr = fe->addr;
 	e.ret = (u32)PT_REGS_RC(ctx);
 	e.aux = e.ts_ns - fe->ts;
-	faulting.delete(&tid);
+	thread_fault.delete(&tid);
 	emit(ctx, &e);
 	return 0;
 }

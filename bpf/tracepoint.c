@@ -32,7 +32,9 @@ struct getevents_entry { u64 events; };
 
 BPF_HASH(ranges, u32, struct range_set, 16384);
 BPF_HASH(uffd_fds, u64, u8, 65536);              /* (tgid, fd) of every known uffd */
-BPF_HASH(last_fault, u32, struct fault_entry, 65536); /* tid -> its last fault in a range */
+/* tid -> its last fault in a registered range (user space reads it to
+ * confirm that a thread still waits for that page) */
+BPF_HASH(thread_fault, u32, struct fault_entry, 65536);
 BPF_HASH(reading, u32, struct read_entry, 65536);
 BPF_HASH(in_ioctl, u32, struct ioctl_entry, 65536);
 BPF_HASH(new_uffd, u32, u8, 65536);               /* tid inside /dev/userfaultfd IOC_NEW */
@@ -220,7 +222,7 @@ static __always_inline void on_page_fault(void *ctx, u64 address, u64 error_code
 		}
 	}
 	if (!fe.ctx) {
-		last_fault.delete(&tid);
+		thread_fault.delete(&tid);
 		return;
 	}
 	init_event(&e, UT_FAULT);
@@ -230,7 +232,7 @@ static __always_inline void on_page_fault(void *ctx, u64 address, u64 error_code
 	e.flags = error_code;   /* x86: 0x2 write, 0x4 user */
 	fe.ts = e.ts_ns;
 	fe.addr = e.addr;
-	last_fault.update(&tid, &fe);
+	thread_fault.update(&tid, &fe);
 	emit(ctx, &e);
 }
 
@@ -256,7 +258,7 @@ TRACEPOINT_PROBE(sched, sched_switch)
 
 	if (args->prev_state == 0)
 		return 0;
-	fe = last_fault.lookup(&tid);
+	fe = thread_fault.lookup(&tid);
 	if (!fe)
 		return 0;
 	if (!(stack_has(args, HU_START, HU_END, 0, 0) & 1))
@@ -278,7 +280,7 @@ TRACEPOINT_PROBE(sched, sched_waking)
 {
 	struct uffdtrace_event e = {};
 	u32 pid = args->pid;
-	struct fault_entry *fe = last_fault.lookup(&pid);
+	struct fault_entry *fe = thread_fault.lookup(&pid);
 	u32 found;
 
 	if (!fe)

@@ -177,7 +177,7 @@ def check_clean_lifecycles(s: Scenario) -> None:
         assert lc["t_raised_ns"] <= lc["t_read_ns"] <= lc["t_resolved_ns"]
         assert lc["latency_ns"]["pickup"] is not None and lc["latency_ns"]["wake"] == 0
         assert (lc["t_returned_ns"] is not None) == (s.mode == "kprobe")
-        assert lc["reason"] == ("missing" if s.mode == "kprobe" else None)
+        assert lc["reason"] == "missing"
 
 
 def check_stuck_lifecycle(s: Scenario, expected_flags: set[str]) -> dict[str, Any]:

@@ -86,16 +86,23 @@ class Out:
 
 
 def correlate(events: list[Event], mode: str, ticks: list[float] = (), end: float | None = None,
-              tasks: dict[int, TaskState] | None = None, **th: Any) -> tuple[Out, Correlator]:
+              tasks: dict[int, TaskState] | None = None, faults: dict[int, int] | None = None,
+              lost: dict[float, int] | None = None, **th: Any) -> tuple[Out, Correlator]:
     """Feed the events (in the given delivery order), tick at ``ticks`` (ms),
-    and finish at ``end`` (ms, default: 1 s after the last event)."""
+    and finish at ``end`` (ms, default: 1 s after the last event). ``tasks``
+    and ``faults`` stand for the kernel's view of each thread (wchan, and
+    the page of its in-kernel fault state); ``lost`` the source's count of
+    lost records as of a tick."""
     out = Out()
     corr = Correlator(out, Thresholds(**th), sees_returns=mode == "kprobe",
-                      tasks=(lambda _p, t: tasks.get(t)) if tasks is not None else None)
+                      tasks=(lambda _p, t: tasks.get(t)) if tasks is not None else None,
+                      faults=faults.get if faults is not None else None)
     for e in events:
         corr.feed(e)
     for at in ticks:
         corr.advance(T0 + int(at * MS))
+        if lost and at in lost:
+            corr.note_lost(lost[at])
     last = max(e.ts_ns for e in events) if events else T0
     corr.finish(T0 + int(end * MS) if end is not None else last + 1000 * MS)
     return out, corr
@@ -130,7 +137,7 @@ def test_clean_fault_is_one_lifecycle_without_flags(mode: str) -> None:
     assert (lat["resume"] == int(0.05 * MS)) if mode == "kprobe" else lat["resume"] is None
     j = lc.to_json()
     assert j["type"] == "lifecycle" and j["flags"] == [] and j["t_raised_ns"] == T0
-    assert j["reason"] == ("missing" if mode == "kprobe" else None)
+    assert j["reason"] == "missing"  # tracepoint mode: from the x86 error code (page not present)
     assert corr.counters.lifecycles == 1 and not corr.open
 
 
@@ -456,3 +463,84 @@ def test_messages_without_thread_id_match_by_page(mode: str) -> None:
     out, corr = correlate(seq, mode, ticks=[1, 500])
     assert sorted((lc.tid, lc.reads) for lc in out.lifecycles) == [(FAULTER, 1), (other, 1)]
     assert not out.flags and corr.counters.unmatched_reads == 0
+
+
+def writeprotect(at: float, tid: int = OTHER, protect: bool = False, dontwake: bool = False) -> Event:
+    return ev(Kind.RESOLVE, at, tid, op=Op.WRITEPROTECT, len=4096, mode=int(protect) | (int(dontwake) << 1))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_writeprotect_does_not_resolve_a_missing_fault(mode: str) -> None:
+    """uffd-stress: a handler lifts write protection over a range while another
+    thread waits there for a missing page. That is no resolution of it (the
+    old rule called it one, and raised missed_wakeup when no wake-up came)."""
+    seq = [fault(0)] + ([block(0.01)] if mode == "tracepoint" else [])
+    seq += [read(0.1), writeprotect(0.2), copy(300), woken(300.1)]
+    seq += [fault_ret(300.2)] if mode == "kprobe" else []
+    out, _ = correlate(seq, mode, ticks=[150, 250, 400])
+    assert not out.flags
+    [lc] = out.lifecycles
+    assert lc.resolve is not None and lc.resolve.op == "copy" and [a.op for a in lc.attempts] == ["copy"]
+
+
+def test_write_protect_fault_is_lifted_by_writeprotect_only() -> None:
+    """Tracepoint mode reads the reason from the x86 error code: a write to a
+    present page is a write-protect fault; a copy over it brings nothing."""
+    wp_fault = ev(Kind.FAULT, 0, FAULTER, flags=0x1 | 0x2 | 0x4)
+    seq = [wp_fault, block(0.01), read(0.1), copy(0.2, tid=OTHER, ret=EEXIST), writeprotect(0.3, HANDLER),
+           woken(0.31)]
+    out, _ = correlate(seq, "tracepoint", ticks=[200])
+    [lc] = out.lifecycles
+    assert not out.flags and lc.reason == "wp"
+    assert lc.resolve is not None and lc.resolve.op == "writeprotect"
+    assert [a.op for a in lc.attempts] == ["writeprotect"]
+    # Protecting (MODE_WP) resolves nothing, whatever the fault.
+    out, _ = correlate([wp_fault, block(0.01), read(0.1), writeprotect(0.3, HANDLER, protect=True)], "tracepoint",
+                       ticks=[200], end=200)
+    assert [lc.resolve for lc in out.lifecycles] == [None] and not out.flags
+
+
+def test_tracepoint_reason_minor_on_a_uffd_registered_for_minor_faults() -> None:
+    register = ev(Kind.UFFD_REGISTER, -1, HANDLER, op=Op.REGISTER, mode=0x4, len=1 << 20)
+    cont = ev(Kind.RESOLVE, 0.2, HANDLER, op=Op.CONTINUE, len=4096)
+    out, _ = correlate([register, fault(0), block(0.01), read(0.1), cont, woken(0.19, HANDLER)], "tracepoint")
+    [lc] = out.lifecycles
+    assert lc.reason == "minor" and lc.resolve is not None and lc.resolve.op == "continue" and not out.flags
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_absence_flags_need_the_kernel_to_show_the_thread_still_on_the_page(mode: str) -> None:
+    """Resolved, and no wake-up record: missed_wakeup only if the kernel's
+    per-thread fault state still holds this page and wchan says it waits."""
+    seq = [fault(0)] + ([block(0.01)] if mode == "tracepoint" else []) + [read(0.1), copy(0.2)]
+    # The wake-up record was lost: the thread already faults on another page.
+    out, _ = correlate(seq, mode, ticks=[150, 300], end=300, tasks={FAULTER: "uffd"},
+                       faults={FAULTER: PAGE + 0x5000})
+    assert not out.flags and [lc.state for lc in out.lifecycles] == ["returned"]
+    assert "woken unseen" in out.lifecycles[0].history[-1].what
+    # It left handle_userfault: not stuck either.
+    out, _ = correlate(seq, mode, ticks=[150, 300], end=300, tasks={FAULTER: "other"}, faults={FAULTER: PAGE})
+    assert not out.flags and [lc.state for lc in out.lifecycles] == ["returned"]
+    # Still there, on this page: the kernel did lose the wake-up.
+    out, _ = correlate(seq, mode, ticks=[150], end=150, tasks={FAULTER: "uffd"}, faults={FAULTER: PAGE | 0x123})
+    assert out.raised() == ["missed_wakeup"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_flag_says_when_records_were_lost_while_the_thread_waited(mode: str) -> None:
+    seq = [fault(0)] + ([block(0.01)] if mode == "tracepoint" else [])
+    out, _ = correlate(seq, mode, ticks=[500, 1200], end=1200, lost={500: 7})
+    assert out.raised() == ["unread", "never_woken"]
+    assert all("7 records were lost while it waited" in f.evidence[-1].what for f in out.flags if not f.update)
+    # Records lost before the fault began do not cast doubt on it.
+    out, _ = correlate([fault(100)] + ([block(100.01)] if mode == "tracepoint" else []), mode,
+                       ticks=[0, 700, 1300], end=1300, lost={0: 7})
+    assert out.raised() == ["unread", "never_woken"]
+    assert not any("lost" in e.what for f in out.flags for e in f.evidence)
+
+
+def test_release_is_flagged_on_the_closers_wake_only() -> None:
+    """kprobe mode: a lifecycle that only looks open at the release (its
+    return record was lost) is not accused; the release's wake-up is proof."""
+    out, _ = correlate([fault(0), read(0.1), close(50)], "kprobe", ticks=[40, 100], end=100)
+    assert "released_with_waiters" not in out.raised()

@@ -31,14 +31,27 @@ from typing import Any, Protocol
 
 from .events import Event, Kind, Op, op_name
 from .procscan import TaskState
-from .rules import EEXIST, MS, WHILE_BLOCKED, Evidence, Flag, Thresholds, retry_cause, timed_flags
+from .rules import (
+    EEXIST,
+    FROM_ABSENCE,
+    MS,
+    WHILE_BLOCKED,
+    Evidence,
+    Flag,
+    Thresholds,
+    resolves,
+    retry_cause,
+    timed_flags,
+)
 
 VM_FAULT_SIGBUS = 0x2
 UFFD_EVENT_PAGEFAULT = 0x12
 PAGE_MASK = ~0xFFF
 REASONS = {0x200: "missing", 0x1000: "wp"}  # VM_UFFD_MISSING, VM_UFFD_WP; anything else is MINOR
-RESOLVING_OPS = frozenset({Op.COPY, Op.ZEROPAGE, Op.MOVE, Op.CONTINUE, Op.POISON, Op.WRITEPROTECT})
-WP_MODE_WP = 1  # UFFDIO_WRITEPROTECT_MODE_WP: protecting, not resolving
+# x86 page-fault error code bits (tracepoint mode's fault records carry it).
+X86_PF_PROT, X86_PF_WRITE = 0x1, 0x2
+# UFFDIO_REGISTER modes.
+REGISTER_MISSING, REGISTER_MINOR = 0x1, 0x4
 MAX_HISTORY = 16
 MAX_ATTEMPTS = 16
 MAX_AIO = 4096
@@ -47,6 +60,10 @@ MOVE_WINDOW_NS = 10 * MS
 # Asks the system (live) where a thread (tgid, tid) is now: waiting in
 # handle_userfault, elsewhere, or gone. None when it cannot tell.
 TaskProbe = Callable[[int, int], TaskState | None]
+# Asks the kernel's per-thread fault state (a BPF map) which page thread tid
+# is faulting on: in kprobe mode while it is inside handle_userfault, in
+# tracepoint mode its last fault in a registered range. None when unknown.
+FaultProbe = Callable[[int], int | None]
 
 
 class Sink(Protocol):
@@ -76,7 +93,8 @@ class Lifecycle:
     page: int | None
     wait_since: int  # start of the current round's wait
     last_ts: int
-    reason: int | None = None
+    reason: str | None = None  # missing | wp | minor, None when unknown
+    lost_at_start: int = 0  # records lost before this fault began (to tell whether any were lost during it)
     t_raised: int | None = None
     rounds: int = 1
     reads: int = 0
@@ -130,10 +148,6 @@ class Lifecycle:
         """How long the thread has waited for this page: since it was raised, when known."""
         return self.t_raised if self.t_raised is not None else self.wait_since
 
-    @property
-    def reason_name(self) -> str | None:
-        return None if self.reason is None else REASONS.get(self.reason, "minor")
-
     def latencies(self) -> dict[str, int | None]:
         def span(a: int | None, b: int | None) -> int | None:
             return b - a if a is not None and b is not None and b >= a else None
@@ -149,7 +163,7 @@ class Lifecycle:
     def to_json(self) -> dict[str, Any]:
         res = self.resolve
         return {"type": "lifecycle", "tgid": self.tgid, "tid": self.tid, "comm": self.comm,
-                "uffd": self.ctx or None, "addr": self.page, "reason": self.reason_name,
+                "uffd": self.ctx or None, "addr": self.page, "reason": self.reason,
                 "rounds": self.rounds, "reads": self.reads,
                 "resolve_op": res.op if res else None, "resolve_ret": res.ret if res else None,
                 "resolve_dontwake": res.dontwake if res else None,
@@ -253,11 +267,14 @@ class Settling:
 
 class Correlator:
     def __init__(self, sink: Sink, thresholds: Thresholds | None = None, *, sees_returns: bool,
-                 tasks: TaskProbe | None = None, max_open: int = 65536) -> None:
+                 tasks: TaskProbe | None = None, faults: FaultProbe | None = None, max_open: int = 65536) -> None:
         self.sink = sink
         self.th = thresholds or Thresholds()
         self.sees_returns = sees_returns
         self.tasks = tasks
+        self.faults = faults
+        self.lost = 0  # records the source lost so far
+        self.register_modes: collections.defaultdict[int, int] = collections.defaultdict(int)  # per uffd
         self.max_open = max_open
         self.open: dict[int, Lifecycle] = {}
         self.settling = Settling()
@@ -268,7 +285,7 @@ class Correlator:
         self._seq = 0
         self._handlers: dict[Kind, Callable[[Event], None]] = {
             Kind.FAULT: self._fault, Kind.FAULT_RET: self._fault_ret, Kind.BLOCK: self._block,
-            Kind.READ_MSG: self._read, Kind.RESOLVE: self._resolve, Kind.UFFD_REGISTER: self._unregister,
+            Kind.READ_MSG: self._read, Kind.RESOLVE: self._resolve, Kind.UFFD_REGISTER: self._register,
             Kind.WAKE_TASK: self._wake, Kind.UFFD_CLOSE: self._close, Kind.AIO_POLL_SUBMIT: self._aio_submit,
             Kind.AIO_POLL_WAKE: self._aio_wake, Kind.AIO_COMPLETE: self._aio_complete,
             Kind.ANON_VMA_LOCK: self._anon_vma_lock,
@@ -278,6 +295,11 @@ class Correlator:
     def feed(self, ev: Event) -> None:
         heapq.heappush(self._queue, (ev.ts_ns, self._seq, ev))
         self._seq += 1
+
+    def note_lost(self, total: int) -> None:
+        """The source's count of lost records so far (flags concluded from a
+        missing event say when records were lost while the thread waited)."""
+        self.lost = total
 
     def advance(self, horizon: int) -> None:
         """Handle every event up to ``horizon`` in time order, then check the
@@ -318,6 +340,7 @@ class Correlator:
 
     # -- lifecycle table -------------------------------------------------------
     def _open(self, lc: Lifecycle) -> None:
+        lc.lost_at_start = self.lost
         self.open[lc.tid] = lc
         if len(self.open) > self.max_open:
             oldest = min(self.open.values(), key=lambda x: x.last_ts)
@@ -351,9 +374,12 @@ class Correlator:
     def _raise(self, lc: Lifecycle, name: str, now: int, conclusion: Evidence) -> None:
         if name in lc.flags:
             return
+        evidence = lc.evidence(conclusion)
+        if name in FROM_ABSENCE and self.lost > lc.lost_at_start:
+            evidence.append(Evidence(f"{self.lost - lc.lost_at_start} records were lost while it waited: the "
+                                     "missing event may be among them (the kernel confirms that it still waits)"))
         flag = Flag(name, now, lc.tgid, lc.tid, lc.comm, lc.ctx, lc.page,
-                    now - lc.waiting_since if lc.waiting else None, "blocked" if lc.waiting else lc.state,
-                    lc.evidence(conclusion))
+                    now - lc.waiting_since if lc.waiting else None, "blocked" if lc.waiting else lc.state, evidence)
         lc.flags[name] = flag
         self._report(flag)
 
@@ -394,13 +420,31 @@ class Correlator:
                 f"entered handle_userfault {lc.rounds} times for the same page (causes: {retry_cause(lc)})"))
 
     # -- events ------------------------------------------------------------------
+    def _reason(self, ev: Event) -> str | None:
+        """Why the fault went to the uffd: kprobe mode reads it from
+        handle_userfault; tracepoint mode derives it from the x86 error code
+        (present and written: write-protect; not present: missing, or minor
+        on a uffd registered for minor faults only)."""
+        if self.sees_returns:
+            return REASONS.get(ev.mode, "minor")
+        if ev.flags & X86_PF_PROT:
+            return "wp" if ev.flags & X86_PF_WRITE else None
+        modes = self.register_modes.get(ev.ctx, 0)
+        if modes & REGISTER_MINOR:
+            return None if modes & REGISTER_MISSING else "minor"
+        return "missing"
+
     def _fault(self, ev: Event) -> None:
         page = ev.addr & PAGE_MASK
+        reason = self._reason(ev)
         self._aio_readable(ev)
         lc = self.open.get(ev.tid)
         if lc is not None and lc.page is None:
             lc = self._mine(ev.tid, page, ev.ctx)
-        if lc is not None and lc.page == page and lc.ctx == ev.ctx:
+            if lc is not None and lc.reason is None:
+                lc.reason = reason
+        # The same page for another reason (write-protect after the copy) is another fault.
+        if lc is not None and lc.page == page and lc.ctx == ev.ctx and lc.reason == reason:
             lc.last_ts = ev.ts_ns
             # Tracepoint mode: a round that a wake-up retry just opened is the
             # same one (this exception is the thread coming back after a signal).
@@ -411,9 +455,8 @@ class Correlator:
         if lc is not None:
             self._close_lifecycle(lc, self._finished_state(lc), ev.ts_ns)
         lc = Lifecycle(ctx=ev.ctx, tgid=ev.tgid, tid=ev.tid, comm=ev.comm, page=page, wait_since=ev.ts_ns,
-                       last_ts=ev.ts_ns, t_raised=ev.ts_ns, asleep=self.sees_returns,
-                       reason=ev.mode if self.sees_returns else None)
-        lc.note(f"raised{' (' + lc.reason_name + ')' if lc.reason_name else ''} at {page:#x}", ev.ts_ns, ev.tid)
+                       last_ts=ev.ts_ns, t_raised=ev.ts_ns, asleep=self.sees_returns, reason=reason)
+        lc.note(f"raised{' (' + reason + ')' if reason else ''} at {page:#x}", ev.ts_ns, ev.tid)
         self._open(lc)
 
     def _fault_ret(self, ev: Event) -> None:
@@ -482,9 +525,8 @@ class Correlator:
     def _resolve(self, ev: Event) -> None:
         if ev.op == Op.MOVE:
             self.recent_moves.append((ev.ts_ns, ev.tid))
-        resolving = ev.op in RESOLVING_OPS and not (ev.op == Op.WRITEPROTECT and ev.mode & WP_MODE_WP)
-        if resolving:
-            for lc in self._covering(ev):
+        for lc in self._covering(ev):
+            if resolves(ev.op, ev.mode, lc.reason):
                 self._attempt(lc, ev)
         self._settle_wakes(ev)
 
@@ -530,10 +572,13 @@ class Correlator:
                 # Woken, page still missing: the thread retries and waits again.
                 self._new_round(lc, lc.t_woken or ev.ts_ns, "woken_unresolved")
 
-    def _unregister(self, ev: Event) -> None:
-        """UFFDIO_UNREGISTER wakes the waiters of the range: they fault again
-        without the uffd."""
-        if ev.op != Op.UNREGISTER or ev.ret != 0:
+    def _register(self, ev: Event) -> None:
+        """UFFDIO_REGISTER: which faults the uffd takes. UFFDIO_UNREGISTER
+        wakes the waiters of the range: they fault again without the uffd."""
+        if ev.ret != 0:
+            return
+        if ev.op == Op.REGISTER:
+            self.register_modes[ev.ctx] |= ev.mode
             return
         for lc in list(self.open.values()):
             if lc.pending_waker == ev.tid:
@@ -569,11 +614,10 @@ class Correlator:
                 continue
             lc.closer = ev.tid
             lc.note("uffd closed", ev.ts_ns, ev.tid)
-            # kprobe mode sees the release itself; tracepoint mode sees close(2),
-            # which releases only the last reference: wait for its wake-up.
-            if self.sees_returns:
-                self._raise(lc, "released_with_waiters", ev.ts_ns, Evidence(
-                    f"the uffd was released by tid {ev.tid} while the thread waited"))
+            # Flagged when the closer's release wakes the thread (_wake): a
+            # lifecycle that only looks open (its return record was lost)
+            # is not accused. In tracepoint mode close(2) releases only the
+            # last reference, and only then are waiters woken.
 
     # -- aio poll and rmap ---------------------------------------------------------
     def _aio_submit(self, ev: Event) -> None:
@@ -650,19 +694,25 @@ class Correlator:
         earned = [(n, e) for n, e in timed_flags(lc, now, self.th) if n not in lc.flags]
         if not earned:
             return
-        if any(n in WHILE_BLOCKED for n, _ in earned):
-            where = self._where(lc)
-            if where == "gone":
-                self._close_lifecycle(lc, "exited", now)
-                return
-            if where == "other":
-                # The kernel says it no longer waits, though no event said so
-                # (a signal, or its wake-up is still in flight): not stuck.
-                lc.other_since = lc.other_since or now
-                if now - lc.other_since > self.th.wake_ns:
-                    lc.note("left handle_userfault unseen (signal?)", now)
-                    self._close_lifecycle(lc, "returned", now)
-                return
-            lc.other_since = None
+        # Every timed flag concludes from a missing event: confirm that the
+        # thread still waits, for this page, before accusing anyone.
+        where = self._where(lc)
+        if where == "gone":
+            self._close_lifecycle(lc, "exited", now)
+            return
+        if where == "other":
+            # The kernel says it no longer waits, though no event said so
+            # (a signal, a lost record, or its wake-up is still in flight).
+            lc.other_since = lc.other_since or now
+            if now - lc.other_since > self.th.wake_ns:
+                lc.note("left handle_userfault unseen (signal, or a lost record)", now)
+                self._close_lifecycle(lc, "returned", now)
+            return
+        lc.other_since = None
+        page = self.faults(lc.tid) if self.faults is not None and lc.page is not None else None
+        if page is not None and page & PAGE_MASK != lc.page:
+            lc.note(f"the kernel shows it faulting at {page & PAGE_MASK:#x} now: woken unseen", now)
+            self._close_lifecycle(lc, "returned", now)
+            return
         for name, conclusion in earned:
             self._raise(lc, name, now, conclusion)

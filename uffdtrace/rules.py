@@ -12,11 +12,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .events import Op
+
 if TYPE_CHECKING:
     from .lifecycle import Attempt, Lifecycle
 
 EEXIST = 17
 MS = 1_000_000
+WP_MODE_WP = 1  # UFFDIO_WRITEPROTECT_MODE_WP: protecting, not resolving
+
+# Which faults each ioctl brings the page for (fs/userfaultfd.c): COPY,
+# ZEROPAGE, MOVE and POISON fill a missing page; CONTINUE maps the page-cache
+# page of a minor fault; WRITEPROTECT without MODE_WP lifts a write-protect
+# fault. Any other pairing leaves the thread's page as it was (at most it
+# wakes the thread, which faults again).
+RESOLVES = {Op.COPY: "missing", Op.ZEROPAGE: "missing", Op.MOVE: "missing", Op.POISON: "missing",
+            Op.CONTINUE: "minor", Op.WRITEPROTECT: "wp"}
 
 # Stable flag names, in the order DESIGN §5 lists them.
 FLAG_NAMES = ("never_woken", "missed_wakeup", "dontwake_without_wake", "eexist_without_wake", "unread",
@@ -25,6 +36,19 @@ FLAG_NAMES = ("never_woken", "missed_wakeup", "dontwake_without_wake", "eexist_w
 INFORMATIONAL = frozenset({"sigbus"})
 # Flags about a thread that is still blocked: re-reported with the final numbers when it ends.
 WHILE_BLOCKED = frozenset({"never_woken", "unread"})
+# Flags concluded from an event that did not come: raised only once the kernel
+# confirms that the thread still waits for the page, and they say when
+# records were lost while it waited.
+FROM_ABSENCE = frozenset({"never_woken", "missed_wakeup", "dontwake_without_wake", "eexist_without_wake", "unread"})
+
+
+def resolves(op: int, mode: int, reason: str | None) -> bool:
+    """Whether ioctl ``op`` (with its ``mode``) brings the page a fault of
+    ``reason`` waits for (None: the reason is unknown, any resolution counts)."""
+    kind = RESOLVES.get(Op(op)) if op in Op._value2member_map_ else None
+    if kind is None or (op == Op.WRITEPROTECT and mode & WP_MODE_WP):
+        return False
+    return reason is None or reason == kind
 
 
 @dataclass

@@ -35,7 +35,8 @@ def run(src: LiveSource, printer: Printer, th: Thresholds, *, raw_events: bool, 
         src.start()
         printer.header(header(src, command, pids, th))
         printer.set_origin(time.monotonic_ns())
-        corr = Correlator(printer, th, sees_returns=src.info.mode == "kprobe", tasks=procscan.thread_state)
+        corr = Correlator(printer, th, sees_returns=src.info.mode == "kprobe", tasks=procscan.thread_state,
+                          faults=src.fault_page)
         now = time.monotonic_ns()
         for pid, t in src.blocked_before:  # waiting before tracing began (DESIGN §5)
             corr.add_blocked(BlockedThread(pid, t.tid, t.comm, min(t.last_ran_ns or now, now)))
@@ -46,7 +47,10 @@ def run(src: LiveSource, printer: Printer, th: Thresholds, *, raw_events: bool, 
                     printer.event(ev)
                 corr.feed(ev)
             corr.advance(horizon)
+            # After the batch: a loss counted now may have happened during the
+            # faults it opened, and their flags will say so (never the reverse).
             lost = src.lost
+            corr.note_lost(lost)
             if lost > lost_seen:
                 lost_seen = lost
                 printer.lost(lost_seen)

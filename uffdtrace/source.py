@@ -327,6 +327,14 @@ class LiveSource:
         self._poll(0)
         yield self._take(), time.monotonic_ns()
 
+    def fault_page(self, tid: int) -> int | None:
+        """The page of the fault the kernel holds for thread ``tid`` (BPF map
+        ``thread_fault``), None when there is none or tracing has ended."""
+        if self._bpf is None:
+            return None
+        entry = self._bpf["thread_fault"].get(ctypes.c_uint32(tid))
+        return None if entry is None else int(entry.addr)
+
     @property
     def lost_causes(self) -> dict[str, int]:
         """What went unseen so far, per cause (bpf/common.h ``enum lost_cause``)."""
