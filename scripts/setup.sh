@@ -2,7 +2,8 @@
 # Set up uffdtrace on this host (root, idempotent).
 #   scripts/setup.sh          what the tool needs: bcc, headers, .venv with uffdtrace
 #   scripts/setup.sh --test   also what the test suite needs: qemu, Debian 6.1 and 6.12
-#                             kernels + headers (the kprobe VM tier), pytest, virtme-ng
+#                             kernels + headers (the kprobe VM tier), pytest, virtme-ng,
+#                             and uffd-stress built from Debian's linux-source-6.12
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -19,7 +20,8 @@ export INITRD=No
 pkgs=(python3-bpfcc libbpfcc python3-venv python3-pip gcc libc6-dev dwarves)
 if ((WITH_TEST)); then
 	pkgs+=(qemu-system-x86 busybox-static util-linux
-		linux-image-amd64 linux-headers-amd64 linux-image-6.12-amd64 linux-headers-6.12-amd64)
+		linux-image-amd64 linux-headers-amd64 linux-image-6.12-amd64 linux-headers-6.12-amd64
+		linux-source-6.12)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
@@ -69,4 +71,5 @@ extra=""
 ((WITH_TEST)) && extra="[test]"
 .venv/bin/pip install -q --disable-pip-version-check -e "$ROOT$extra"
 .venv/bin/python -c 'import bcc' || { echo "setup.sh: bcc not importable from .venv" >&2; exit 1; }
+((WITH_TEST)) && scripts/build_uffd_stress.sh
 echo "setup.sh: ready: $ROOT/.venv/bin/uffdtrace"

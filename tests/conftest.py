@@ -33,3 +33,13 @@ def workloads() -> Path:
         subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-o", str(out / src.stem),
                         str(src)], check=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def uffd_stress() -> Path:
+    """The kernel's own uffd-stress, built from Debian's linux-source-6.12."""
+    out = BUILD / "uffd-stress"
+    build = subprocess.run([str(ROOT / "scripts" / "build_uffd_stress.sh"), str(out)], capture_output=True,
+                           text=True, check=False)
+    require(build.returncode == 0, f"cannot build uffd-stress: {build.stderr.strip()}")
+    return out

@@ -11,6 +11,7 @@ wake itself, close at process exit) the check says so.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ class Scenario:
     updates: list[dict[str, Any]]
     summary: dict[str, Any]
     stderr: str
+    text: list[str]  # what else the workload printed (a program of others: uffd-stress)
 
     @classmethod
     def parse(cls, stdout: str, rc: int, stderr: str) -> Scenario:
@@ -50,6 +52,7 @@ class Scenario:
             updates=[x for x in lines if x.get("type") == "flag" and x["update"]],
             summary=next((x for x in lines if x.get("type") == "summary"), {}),
             stderr=stderr,
+            text=[line for line in stdout.splitlines() if not line.startswith("{")],
         )
 
     @property
@@ -248,6 +251,47 @@ def check_stress(s: Scenario) -> None:
     assert all(lc["resolve_op"] == "copy" for lc in resolved)
     # Every page was faulted, read and resolved at least once.
     assert {lc["addr"] for lc in resolved} == {w["base"] + i * w["page_size"] for i in range(w["pages"])}
+
+
+def check_reads_match_lifecycles(s: Scenario) -> int:
+    """No flag, nothing lost, and every message read belongs to a lifecycle;
+    returns how many were read."""
+    assert_clean_run(s)
+    assert not s.flags and not s.summary["flags"], s.flags[:3]
+    assert s.summary["unmatched_reads"] == 0 and s.summary["evicted"] == 0
+    reads = sum(lc["reads"] for lc in s.lifecycles)
+    assert reads == s.summary["by_kind"].get("read_msg", 0)
+    return reads
+
+
+# uffd-stress arguments per tier: (test type, MiB, bounces).
+UFFD_STRESS_HOST = (("anon", 32, 8), ("shmem", 32, 4))
+UFFD_STRESS_VM = ("anon", 8, 4)
+
+
+def check_uffd_stress(s: Scenario) -> None:
+    """The kernel's own stress test: uffd-stress counts, per bounce, the
+    faults its handlers resolved (`userfaults: N missing (...) M wp (...)`).
+    A handler whose UFFDIO_COPY failed with EEXIST (another thread's copy
+    won) read a message it does not count, so the messages read are its
+    count plus the EEXIST copies of the threads that read."""
+    reads = check_reads_match_lifecycles(s)
+    counted = sum(int(n) for line in s.text if "userfaults:" in line
+                  for n in re.findall(r"(\d+) (?:missing|wp|minor)\b", line))
+    assert counted > 0, s.text
+    if s.events:
+        readers = {e["tid"] for e in s.of("read_msg")}
+        eexist = [e for e in s.of("resolve", op="copy", ret=-17) if e["tid"] in readers]
+        assert reads == counted + len(eexist)
+    else:
+        assert reads >= counted
+
+
+def check_postcopy_shape(s: Scenario) -> None:
+    """QEMU's shape: every message the fault thread read, seen and matched."""
+    reads = check_reads_match_lifecycles(s)
+    w = s.workload
+    assert reads == w["msgs_read"] > 0 and w["reader_eexist"] + w["reader_copies"] == w["msgs_read"]
 
 
 # Python workload scenarios (uffdtrace.workloads), run by both live tiers:

@@ -18,6 +18,7 @@ from ..scenarios import (
     CLEAN_PAGES,
     DONTWAKE_STALL_S,
     PYTHON_SCENARIOS,
+    UFFD_STRESS_HOST,
     Scenario,
     check_aio_poll,
     check_clean_faults,
@@ -25,11 +26,14 @@ from ..scenarios import (
     check_demo,
     check_dontwake,
     check_dontwake_lifecycle,
+    check_postcopy_shape,
+    check_uffd_stress,
 )
 
 UFFDTRACE = ROOT / ".venv" / "bin" / "uffdtrace"
 PYTHON = ROOT / ".venv" / "bin" / "python"
 TIMEOUT_S = 300
+POSTCOPY_SHAPE = ("2048", "50", "8")  # pages, rounds, faulting threads
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -197,3 +201,47 @@ def test_tid_filter_keeps_the_thread_and_its_peers(workloads: Path) -> None:
     assert s.events and all(e["tid"] == w["handler_tid"] or e["peer_tid"] == w["handler_tid"] for e in s.events)
     assert not s.of("fault") and not s.of("block")
     assert len(s.of("read_msg")) == len(s.of("resolve", op="copy")) == len(s.of("wake_task")) == CLEAN_PAGES
+
+
+@pytest.mark.parametrize("args", UFFD_STRESS_HOST, ids=lambda a: a[0])
+def test_uffd_stress(uffd_stress: Path, args: tuple[str, int, int]) -> None:
+    """The kernel's own stress test, followed as a command: with --events for
+    anon (every record, and exact read counts), lifecycles only for shmem."""
+    s = trace("--fail-on-flags", "--", str(uffd_stress), *map(str, args), events=args[0] == "anon")
+    check_uffd_stress(s)
+
+
+def test_uffd_stress_host_wide(uffd_stress: Path) -> None:
+    """Host-wide, as an operator would run it while uffd-stress runs."""
+    tracer = subprocess.Popen([str(UFFDTRACE), "--mode", "tracepoint", "trace", "-j", "--fail-on-flags"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert tracer.stdout is not None
+    try:
+        header = tracer.stdout.readline()  # printed once the probes are live
+        stress = subprocess.run([str(uffd_stress), *map(str, UFFD_STRESS_HOST[0])], capture_output=True, text=True,
+                                timeout=TIMEOUT_S, check=True)
+        tracer.send_signal(signal.SIGTERM)
+        out, err = tracer.communicate(timeout=TIMEOUT_S)
+    finally:
+        tracer.kill()
+    s = Scenario.parse(header + out + stress.stdout, tracer.returncode, err)
+    s.summary["command_status"] = None  # nothing was started by the tracer
+    check_uffd_stress(s)
+
+
+def test_postcopy_shape(workloads: Path) -> None:
+    """Faulting threads ahead of a background copier, a fault thread that
+    copies what it reads and ignores EEXIST: exact reads, no flag."""
+    check_postcopy_shape(trace("--fail-on-flags", "--", str(workloads / "postcopy_shape"), *POSTCOPY_SHAPE,
+                               events=False))
+
+
+def test_forced_loss_raises_no_false_flag(workloads: Path) -> None:
+    """A 4 KiB ring cannot hold the records of the postcopy workload: records
+    are lost, the summary says so, and no flag accuses anyone, since every
+    thread was in fact woken (the workload completed)."""
+    s = trace("--buffer-kb", "4", "--fail-on-flags", "--", str(workloads / "postcopy_shape"), *POSTCOPY_SHAPE)
+    assert s.rc == 0, (s.stderr, s.flags[:3])
+    assert s.summary["lost"] > 0 and s.summary["lost_causes"]["buffer_full"] == s.summary["lost"]
+    assert not s.flags and not s.summary["flags"]
+    assert s.workload["msgs_read"] > 0 and s.summary["command_status"] == 0
