@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -153,3 +156,77 @@ def test_printer_renders_lifecycles_and_flags() -> None:
     p = Printer(True, only, tids=(HANDLER + 1000,))
     p.lifecycle(flagged)
     assert only.getvalue() == ""
+
+
+def test_text_output_shows_control_characters_instead_of_obeying_them() -> None:
+    """A process named with an escape sequence or a carriage return must not
+    rewrite the operator's terminal (JSON escapes them already)."""
+    import io
+
+    from uffdtrace.escape import printable
+    from uffdtrace.output import Printer
+
+    from .test_lifecycle import T0, correlate, dontwake_stall, ev
+
+    assert printable("qemu-system-x86") == "qemu-system-x86"
+    assert printable("a\x1b[31mb\rc\x9b\x7f\t") == "a\\x1b[31mb\\x0dc\\x9b\\x7f\\x09"
+    hostile = "\x1b[2J\rpwned"
+    out, _ = correlate(dontwake_stall("kprobe", wake_at=2000), "kprobe", ticks=[150, 1100, 2500])
+    text = io.StringIO()
+    p = Printer(False, text)
+    p.set_origin(T0)
+    for f in out.flags:
+        p.flag(dataclasses.replace(f, comm=hostile))
+    p.lifecycle(dataclasses.replace(out.lifecycles[0], comm=hostile))
+    from uffdtrace.events import Kind
+
+    p.event(dataclasses.replace(ev(Kind.FAULT, 0, 1), comm=hostile))
+    written = text.getvalue()
+    assert "\x1b" not in written and "\r" not in written
+    assert written.count("\\x1b[2J\\x0dpwned") == len(out.flags) + 2  # flag lines, the lifecycle, the event
+
+
+def _as_nobody(tmp_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run `uffdtrace ARGS` as user nobody, from a world-readable copy of
+    the package and click (the checkout itself may not be readable to it)."""
+    import shutil
+    import sys
+
+    import click
+
+    import uffdtrace
+
+    for pkg in (uffdtrace, click):
+        shutil.copytree(Path(pkg.__file__).parent, tmp_dir / pkg.__name__,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(Path(uffdtrace.__file__).parent.parent / "bpf", tmp_dir / "bpf")
+    subprocess.run(["chmod", "-R", "a+rX", str(tmp_dir)], check=True)
+    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                           "import sys; sys.path.insert(0, sys.argv.pop(1)); from uffdtrace.cli import main; main()",
+                           str(tmp_dir), *args], capture_output=True, text=True, check=False,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"})
+
+
+@pytest.fixture
+def world_readable_dir() -> Iterator[Path]:
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("drops to user nobody: needs root")  # a developer's non-root run is non-root already
+    path = Path(tempfile.mkdtemp(prefix="uffdtrace-nobody-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def test_not_root_is_one_line_not_a_traceback(world_readable_dir: Path) -> None:
+    proc = _as_nobody(world_readable_dir, "trace")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    one_line_error(proc.stderr, "must run as root")
+
+
+def test_ps_not_root_says_what_it_could_not_see(world_readable_dir: Path) -> None:
+    proc = _as_nobody(world_readable_dir, "ps")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "processes of other users could not be looked at: run as root" in proc.stdout

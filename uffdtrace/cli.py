@@ -13,6 +13,7 @@ import click
 
 from . import __version__, doctor, procscan, session
 from .errors import UffdtraceError
+from .escape import printable
 from .output import Printer
 from .rules import Thresholds
 from .source import DEFAULT_BUFFER_KB, LiveSource, Options
@@ -60,7 +61,7 @@ def doctor_cmd(as_json: bool) -> None:
         click.echo(json.dumps({"checks": dict(rep.lines), "probes": rep.probes,
                                "tracepoint_capabilities": rep.tracepoint_caps, "modes": rep.modes}))
     else:
-        click.echo(doctor.render(rep))
+        click.echo("\n".join(map(printable, doctor.render(rep).split("\n"))))
     sys.exit(0 if rep.usable else 1)
 
 
@@ -154,7 +155,10 @@ def ps_cmd(as_json: bool) -> None:
     import time
 
     now = time.monotonic_ns()
-    procs = procscan.scan(include_blocked_only=True)
+    found = procscan.scan(include_blocked_only=True)
+    procs = found.processes
+    hidden = (f"{found.hidden} processes of other users could not be looked at: run as root to see them"
+              if found.hidden else "")
     if as_json:
         for p in procs:
             click.echo(json.dumps({
@@ -164,9 +168,11 @@ def ps_cmd(as_json: bool) -> None:
                 "blocked": [{"tid": t.tid, "comm": t.comm,
                              "asleep_ms": None if t.last_ran_ns is None else round((now - t.last_ran_ns) / 1e6, 1)}
                             for t in p.blocked]}))
+        click.echo(json.dumps({"type": "ps_summary", "processes": len(procs), "hidden": found.hidden}))
         return
     if not procs:
-        click.echo("no userfaultfd in use (and no thread blocked in handle_userfault)")
+        click.echo("no userfaultfd in use (and no thread blocked in handle_userfault)"
+                   + (f" among the processes visible; {hidden}" if hidden else ""))
         return
     click.echo(f"{'PID':>7} {'COMM':<16} {'FD':>4} {'PENDING':>7} {'TOTAL':>9} {'RANGES':>6}  BLOCKED (tid asleep)")
     for p in procs:
@@ -175,5 +181,7 @@ def ps_cmd(as_json: bool) -> None:
                            for t in p.blocked) or "-"
         for i, f in enumerate(fds):
             cells = ["-", "-", "-"] if f is None else [str(f.fd), str(f.pending), str(f.total)]
-            click.echo(f"{p.pid:>7} {p.comm:<16} {cells[0]:>4} {cells[1]:>7} {cells[2]:>9} "
+            click.echo(f"{p.pid:>7} {printable(p.comm):<16} {cells[0]:>4} {cells[1]:>7} {cells[2]:>9} "
                        f"{len(p.ranges) if i == 0 else '':>6}  {blocked if i == 0 else ''}")
+    if hidden:
+        click.echo(f"# {hidden}")

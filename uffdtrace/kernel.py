@@ -33,8 +33,11 @@ class Features:
 
 def tracefs() -> Path | None:
     for path in TRACEFS_CANDIDATES:
-        if (path / "events").is_dir():
-            return path
+        try:
+            if (path / "events").is_dir():
+                return path
+        except PermissionError:  # not root: the caller says what is missing
+            continue
     return None
 
 

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any, TextIO
 
+from .escape import printable
 from .events import Event, Kind, op_name
 from .lifecycle import Lifecycle
 from .rules import Flag
@@ -88,8 +89,9 @@ class Printer:
         lat = lc.latencies()
         res = lc.resolve
         resolved = f"{res.op}{' DONTWAKE' if res.dontwake else ''}={res.ret}" if res else "unresolved"
-        parts = [f"{self._seconds(lc.t_raised or lc.ended_at):>12}", f"{lc.comm:<15}", f"{lc.tgid:>7}/{lc.tid:<7}",
-                 f"{lc.state:<10}", f"uffd={lc.ctx or '?'}", f"addr={_addr(lc.page)}", lc.reason or "-",
+        parts = [f"{self._seconds(lc.t_raised or lc.ended_at):>12}", f"{printable(lc.comm):<15}",
+                 f"{lc.tgid:>7}/{lc.tid:<7}", f"{lc.state:<10}", f"uffd={lc.ctx or '?'}", f"addr={_addr(lc.page)}",
+                 lc.reason or "-",
                  f"rounds={lc.rounds}", f"reads={lc.reads}", resolved,
                  *(f"{k}={_duration(v)}" for k, v in lat.items())]
         if lc.flags:
@@ -106,8 +108,8 @@ class Printer:
             return
         blocked = "" if flag.blocked_ns is None else f" blocked={_duration(flag.blocked_ns)}"
         head = "FLAG (final)" if flag.update else "FLAG"
-        self.out.write(f"{self._seconds(flag.ts_ns):>12} {head} {flag.name} {flag.comm} {flag.tgid}/{flag.tid} "
-                       f"addr={_addr(flag.addr)}{blocked} state={flag.state}\n")
+        self.out.write(f"{self._seconds(flag.ts_ns):>12} {head} {flag.name} {printable(flag.comm)} "
+                       f"{flag.tgid}/{flag.tid} addr={_addr(flag.addr)}{blocked} state={flag.state}\n")
         if not flag.update:
             for e in flag.evidence:
                 who = f" tid {e.tid}" if e.tid else ""
@@ -135,7 +137,7 @@ class Printer:
         if self.as_json:
             self._json(ev.to_json())
             return
-        parts = [f"{self._seconds(ev.ts_ns):>12}", f"{ev.comm:<15}", f"{ev.tgid:>7}/{ev.tid:<7}",
+        parts = [f"{self._seconds(ev.ts_ns):>12}", f"{printable(ev.comm):<15}", f"{ev.tgid:>7}/{ev.tid:<7}",
                  f"{ev.kind.name.lower():<14}"]
         if ev.kind in (Kind.RESOLVE, Kind.UFFD_REGISTER):
             parts.append(f"op={op_name(ev.op)}" + (" DONTWAKE" if ev.dontwake else ""))
@@ -146,7 +148,7 @@ class Printer:
         if self.as_json:
             self._json({"type": "lost", "count": count})
         else:
-            self.out.write(f"# LOST {count} records so far (ring buffer full)\n")
+            self.out.write(f"# LOST {count} records so far (kernel buffer full: see --buffer-kb)\n")
         self.out.flush()
 
     def summary(self, summary: dict[str, Any]) -> None:

@@ -117,13 +117,20 @@ def blocked_tasks(pid: int) -> list[BlockedTask]:
     return out
 
 
+class Hidden(Exception):
+    """The process's fds cannot be read (another user's, without root)."""
+
+
 def scan_process(pid: int, include_blocked_only: bool = False) -> UffdProcess | None:
     """The process's uffds, ranges and blocked threads; None when it has no
     uffd (and, with ``include_blocked_only``, no thread blocked on one: a
-    process can fault on a uffd whose fd lives in its handler process)."""
+    process can fault on a uffd whose fd lives in its handler process).
+    Raises Hidden when it cannot be looked at."""
     fd_dir = PROC / str(pid) / "fd"
     try:
         names = os.listdir(fd_dir)
+    except PermissionError as exc:
+        raise Hidden(pid) from exc
     except OSError:
         return None
     fds = []
@@ -140,8 +147,20 @@ def scan_process(pid: int, include_blocked_only: bool = False) -> UffdProcess | 
     return UffdProcess(pid, comm, sorted(fds, key=lambda f: f.fd), registered_ranges(pid) if fds else [], blocked)
 
 
-def scan(pids: Iterable[int] = (), include_blocked_only: bool = False) -> list[UffdProcess]:
+@dataclass
+class Scan:
+    processes: list[UffdProcess]
+    hidden: int  # processes that could not be looked at (no permission)
+
+
+def scan(pids: Iterable[int] = (), include_blocked_only: bool = False) -> Scan:
     """Every process with a uffd (or only ``pids``)."""
     wanted = list(pids) or [int(e) for e in os.listdir(PROC) if e.isdigit()]
-    found = [p for pid in wanted if (p := scan_process(pid, include_blocked_only)) is not None]
-    return sorted(found, key=lambda p: p.pid)
+    found, hidden = [], 0
+    for pid in wanted:
+        try:
+            if (p := scan_process(pid, include_blocked_only)) is not None:
+                found.append(p)
+        except Hidden:
+            hidden += 1
+    return Scan(sorted(found, key=lambda p: p.pid), hidden)

@@ -34,7 +34,7 @@ def run(src: LiveSource, printer: Printer, th: Thresholds, *, raw_events: bool, 
     try:
         src.start()
         printer.header(header(src, command, pids, th))
-        printer.set_origin(time.monotonic_ns())
+        printer.set_origin(src.info.started_ns)  # before the command's first fault
         corr = Correlator(printer, th, sees_returns=src.info.mode == "kprobe", tasks=procscan.thread_state,
                           faults=src.fault_page)
         now = time.monotonic_ns()

@@ -72,6 +72,7 @@ class RunInfo:
     degraded: list[str] = field(default_factory=list)  # what this session cannot see
     command_status: int | None = None
     pids_exited: bool = False  # every -p process exited, which ended the trace
+    started_ns: int = 0  # CLOCK_MONOTONIC when the probes were live (before any command started)
 
 
 def resolve_mode(features: kernel.Features, requested: str) -> str:
@@ -206,6 +207,7 @@ class LiveSource:
         self._bpf["spill" if self._ring else "events"].open_perf_buffer(
             self._on_perf_record, page_cnt=1 << (per_cpu.bit_length() - 1), lost_cb=lambda _n: None)
         self.stopper.install()
+        self.info.started_ns = time.monotonic_ns()
         if self._command:
             self._proc = subprocess.Popen(self._command)
             self.info.command_pid = self._proc.pid
@@ -238,7 +240,8 @@ class LiveSource:
         if self.info.mode != "tracepoint" and not want_blocked:
             return
         # Tracepoint mode needs every uffd (a handler may live in another process).
-        found = procscan.scan(self.opts.pids if self.info.mode == "kprobe" else (), include_blocked_only=want_blocked)
+        found = procscan.scan(self.opts.pids if self.info.mode == "kprobe" else (),
+                              include_blocked_only=want_blocked).processes  # as root: nothing hidden
         if self.info.mode == "tracepoint":
             self._learn_existing_uffds([p for p in found if p.fds])
         if want_blocked:

@@ -245,3 +245,15 @@ def test_forced_loss_raises_no_false_flag(workloads: Path) -> None:
     assert s.summary["lost"] > 0 and s.summary["lost_causes"]["buffer_full"] == s.summary["lost"]
     assert not s.flags and not s.summary["flags"]
     assert s.workload["msgs_read"] > 0 and s.summary["command_status"] == 0
+
+
+def test_hostile_process_name_is_shown_not_obeyed(workloads: Path, tmp_path: Path) -> None:
+    """A program named with an escape sequence and a carriage return (its
+    comm) is printed escaped in text output, as ps(1) does."""
+    program = tmp_path / "\x1b[31mred\rx"
+    program.symlink_to(workloads / "clean_faults")
+    proc = subprocess.run([str(UFFDTRACE), "--mode", "tracepoint", "trace", "--events", "--", str(program), "3"],
+                          capture_output=True, text=True, timeout=TIMEOUT_S, stdin=subprocess.DEVNULL, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "\x1b" not in proc.stdout and "\r" not in proc.stdout
+    assert proc.stdout.count("\\x1b[31mred\\x0dx") >= 3 * 3  # every fault's events and lifecycle

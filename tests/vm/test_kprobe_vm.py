@@ -22,6 +22,7 @@ from ..scenarios import (
     CLEAN_PAGES,
     DONTWAKE_STALL_S,
     PYTHON_SCENARIOS,
+    UFFD_STRESS_VM,
     Scenario,
     assert_clean_run,
     check_aio_poll,
@@ -30,6 +31,8 @@ from ..scenarios import (
     check_demo,
     check_dontwake,
     check_dontwake_lifecycle,
+    check_postcopy_shape,
+    check_uffd_stress,
 )
 
 VM_TIMEOUT_S = 2400
@@ -37,10 +40,14 @@ MOVE_PAGES = 64
 PYTHON = ROOT / ".venv" / "bin" / "python"
 
 
-def scenarios(wl: Path) -> list[str]:
+def scenarios(wl: Path, stress: Path) -> list[str]:
     """NAME|MODE|uffdtrace arguments, for guest_run.sh."""
     events = "trace --events -j --"
+    stress_args = " ".join(map(str, UFFD_STRESS_VM))
     return [
+        f"uffd_stress|kprobe|trace --events -j --fail-on-flags -- {stress} {stress_args}",
+        f"tp_uffd_stress|tracepoint|trace -j --fail-on-flags -- {stress} {stress_args}",
+        f"postcopy|kprobe|trace -j --fail-on-flags -- {wl}/postcopy_shape 512 10 4",
         f"clean|kprobe|{events} {wl}/clean_faults {CLEAN_PAGES}",
         f"dontwake|kprobe|{events} {wl}/dontwake {DONTWAKE_STALL_S}",
         f"aio|kprobe|{events} {wl}/aio_poll",
@@ -74,7 +81,7 @@ _runs: dict[str, VmRun] = {}
 
 
 @pytest.fixture(scope="module", params=sorted(KERNEL_GLOBS))
-def vm(request: pytest.FixtureRequest, workloads: Path) -> VmRun:
+def vm(request: pytest.FixtureRequest, workloads: Path, uffd_stress: Path) -> VmRun:
     """Boot one kernel once and run every scenario in it."""
     version = request.param
     if version in _runs:
@@ -88,7 +95,7 @@ def vm(request: pytest.FixtureRequest, workloads: Path) -> VmRun:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     guest = [str(ROOT / "tests" / "vm" / "guest_run.sh"), str(out), str(ROOT / ".venv" / "bin" / "uffdtrace"),
-             *(shlex.quote(x) for x in scenarios(workloads))]
+             *(shlex.quote(x) for x in scenarios(workloads, uffd_stress))]
     env = {**os.environ, "PATH": f"{vng.parent}:{os.environ['PATH']}"}
     # /dev/kvm exists on these machines but hangs: always TCG.
     cmd = [str(vng), "--run", str(kernel), "--disable-kvm", "--force-9p", "--cpus", "2", "--memory", "2G",
@@ -170,3 +177,16 @@ def test_uffdio_move_with_pageout_shows_anon_vma_locks(vm: VmRun) -> None:
     assert len(s.flags) == len([e for e in locks if e["aux"] >= 1])
 
 
+
+
+@pytest.mark.parametrize("name", ["uffd_stress", "tp_uffd_stress"])
+def test_uffd_stress(vm: VmRun, name: str) -> None:
+    """The kernel's own stress test in each mode: no flag, nothing lost, and
+    the messages read match uffd-stress's own counts."""
+    s = vm.scenario(name)
+    assert s.mode == ("tracepoint" if name.startswith("tp_") else "kprobe")
+    check_uffd_stress(s)
+
+
+def test_postcopy_shape(vm: VmRun) -> None:
+    check_postcopy_shape(vm.scenario("postcopy"))
