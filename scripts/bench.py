@@ -1,18 +1,26 @@
 #!/usr/bin/env python3
-"""Overhead of uffdtrace, as ratios measured in one run (never asserted in tests).
+"""Cost of uffdtrace, as ratios measured in one run (never asserted in tests).
 
-1. uffd fault throughput: tests/workloads/clean_faults N, untraced vs traced
-   (`uffdtrace trace -j -- ...`, the default lifecycle output, and with
-   `--events`, every event printed too); the workload times its own fault
-   loop, so tracer start-up is not counted. The workload is pinned to one CPU:
-   each fault ping-pongs between two threads, and unpinned the result is
-   dominated by how fast an idle vCPU wakes up (a running tracer keeps CPUs
-   awake and made the traced run *faster*, measuring nothing about tracing).
-2. An unrelated busy workload (compiling the workloads with gcc, repeatedly)
-   with and without a host-wide tracer attached: what processes that never
-   touch userfaultfd pay.
+1. `stress`: the kernel's own uffd-stress (anon, shmem, and hugetlb when huge
+   pages can be reserved), many threads, traced host-wide. Variants run in
+   alternation, round after round: untraced; uffdtrace (default output);
+   uffdtrace --events; and a bpftrace script of comparable reach (the same
+   tracepoints, kernel stacks, aggregated in the kernel) as the peer. For
+   each: wall-time ratio and CPU-cost ratio (the workload's user+sys from its
+   rusage, plus the tracer's CPU over the same interval), lost records,
+   messages read against uffd-stress's own count, flags, the tracer's peak
+   RSS and its start-up time (launch to probes live).
+2. `micro`: uffd fault throughput of tests/workloads/clean_faults N pinned
+   to one CPU (each fault ping-pongs between two threads; unpinned, the
+   result measures idle vCPU wake-up instead), untraced vs traced.
+3. `busy`: an unrelated busy workload (gcc builds) with and without a
+   host-wide tracer: what processes that never touch userfaultfd pay.
 
-Usage (root): .venv/bin/python scripts/bench.py [--mode auto|kprobe|tracepoint] [--pages N] [--runs R]
+Wall time swings by tens of percent between runs on these machines, hence
+the alternation, the medians and the CPU-cost ratio beside the wall ratio.
+
+Usage (root; bpftrace from Debian's package for the peer column):
+  .venv/bin/python scripts/bench.py [--mode M] [--runs R] [--only stress|micro|busy]
 """
 
 from __future__ import annotations
@@ -20,23 +28,169 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 UFFDTRACE = ROOT / ".venv" / "bin" / "uffdtrace"
+UFFD_STRESS = ROOT / ".build" / "uffd-stress"
 SOURCES = sorted((ROOT / "tests" / "workloads").glob("*.c"))
+STRESS_CONFIGS = (("anon", "64", "8"), ("shmem", "64", "8"), ("hugetlb", "64", "8"))
+HUGEPAGES = 64  # 2 MiB pages reserved for the hugetlb run (and given back afterwards)
+TICKS = os.sysconf("SC_CLK_TCK")
+# The peer: what a bpftrace user would write to watch the same steps.
+BPFTRACE_SCRIPT = """
+tracepoint:exceptions:page_fault_user /comm == "uffd-stress"/ { @faults[tid] = count(); }
+tracepoint:sched:sched_switch /args.prev_state != 0 && comm == "uffd-stress"/ { @block[kstack(8)] = count(); }
+tracepoint:sched:sched_waking /args.comm == "uffd-stress"/ { @wake[kstack(8)] = count(); }
+tracepoint:syscalls:sys_exit_ioctl /comm == "uffd-stress"/ { @ioctl[args.ret] = count(); }
+tracepoint:syscalls:sys_exit_read /comm == "uffd-stress"/ { @read = count(); }
+"""
 
 
-def build(out: Path) -> Path:
-    exe = out / "clean_faults"
-    subprocess.run(["gcc", "-O2", "-pthread", "-o", str(exe), str(ROOT / "tests/workloads/clean_faults.c")],
-                   check=True)
-    return exe
+@dataclass
+class Run:
+    wall_s: float
+    cpu_s: float  # workload user+sys, plus the tracer's CPU over the same interval
+    startup_s: float | None = None
+    peak_rss_mib: float | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    counted: int = 0  # uffd-stress's own count of userfaults it handled
+
+
+def proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime of every thread
+
+
+def peak_rss_mib(pid: int) -> float:
+    m = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return int(m[1]) / 1024 if m else 0.0
+
+
+def run_workload(cmd: list[str]) -> tuple[float, float, str]:
+    """Wall seconds, user+sys seconds (its own rusage) and stdout."""
+    with tempfile.TemporaryFile(mode="w+") as out:
+        t0 = time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.monotonic() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd} exited {proc.returncode}: {text[-500:]}")
+    return wall, usage.ru_utime + usage.ru_stime, text
+
+
+def counted_faults(text: str) -> int:
+    return sum(int(n) for line in text.splitlines() if "userfaults:" in line
+               for n in re.findall(r"(\d+) (?:missing|wp|minor)\b", line))
+
+
+class Tracer:
+    """A host-wide tracer process writing to a file (as a user would):
+    started, waited for until its probes are live, sampled, stopped."""
+
+    def __init__(self, cmd: list[str], ready: str) -> None:
+        self.out = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (lives as long as the tracer; read in stop())
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(cmd, stdout=self.out, stderr=subprocess.DEVNULL, start_new_session=True)
+        while ready not in Path(f"/proc/self/fd/{self.out.fileno()}").read_text():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{cmd[0]} ended before its probes were live")
+            time.sleep(0.01)
+        self.startup_s = time.monotonic() - t0
+
+    def stop(self) -> tuple[float, str]:
+        rss = peak_rss_mib(self.proc.pid)
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=120)
+        self.out.seek(0)
+        return rss, self.out.read()
+
+
+def traced_run(tracer_cmd: list[str] | None, ready: str, workload: list[str]) -> Run:
+    if tracer_cmd is None:
+        wall, cpu, text = run_workload(workload)
+        return Run(wall, cpu, counted=counted_faults(text))
+    tracer = Tracer(tracer_cmd, ready)
+    before = proc_cpu_s(tracer.proc.pid)
+    wall, cpu, text = run_workload(workload)
+    time.sleep(0.2)  # the tracer's drain of the last records belongs to this run
+    tracer_cpu = proc_cpu_s(tracer.proc.pid) - before
+    rss, out = tracer.stop()
+    summary: dict[str, Any] = next(
+        (json.loads(line) for line in out.splitlines() if line.startswith('{"type":"summary"')), {})
+    return Run(wall, cpu + tracer_cpu, tracer.startup_s, rss, summary, counted_faults(text))
+
+
+def reserve_hugepages() -> int | None:
+    """Reserve HUGEPAGES huge pages; returns the old setting to restore, None if impossible."""
+    knob = Path("/proc/sys/vm/nr_hugepages")
+    old = int(knob.read_text())
+    knob.write_text(str(old + HUGEPAGES))
+    if int(knob.read_text()) < old + HUGEPAGES:
+        knob.write_text(str(old))
+        return None
+    return old
+
+
+def bench_stress(mode: str, runs: int) -> None:
+    if not UFFD_STRESS.exists():
+        subprocess.run([str(ROOT / "scripts" / "build_uffd_stress.sh")], check=True)
+    variants: dict[str, tuple[list[str] | None, str]] = {
+        "untraced": (None, ""),
+        "uffdtrace": ([str(UFFDTRACE), "--mode", mode, "trace", "-j"], '"type":"header"'),
+        "uffdtrace --events": ([str(UFFDTRACE), "--mode", mode, "trace", "-j", "--events"], '"type":"header"'),
+    }
+    if shutil.which("bpftrace"):
+        variants["bpftrace (peer)"] = (["bpftrace", "-e", BPFTRACE_SCRIPT], "Attaching")
+    else:
+        print("  (no bpftrace: apt-get install bpftrace for the peer column)")
+    for config in STRESS_CONFIGS:
+        old_huge = reserve_hugepages() if config[0] == "hugetlb" else None
+        if config[0] == "hugetlb" and old_huge is None:
+            print(f"uffd-stress {' '.join(config)}: skipped (cannot reserve {HUGEPAGES} huge pages)")
+            continue
+        try:
+            results: dict[str, list[Run]] = {name: [] for name in variants}
+            for _ in range(runs):  # alternate: drift in the machine hits every variant alike
+                for name, (cmd, ready) in variants.items():
+                    results[name].append(traced_run(cmd, ready, [str(UFFD_STRESS), *config]))
+        finally:
+            if old_huge is not None:
+                Path("/proc/sys/vm/nr_hugepages").write_text(str(old_huge))
+        report(f"uffd-stress {' '.join(config)}", results, runs)
+
+
+def report(title: str, results: dict[str, list[Run]], runs: int) -> None:
+    base = results["untraced"]
+    wall0, cpu0 = statistics.median(r.wall_s for r in base), statistics.median(r.cpu_s for r in base)
+    print(f"{title} (median of {runs}; ratios are untraced/traced, 1.0 = free)")
+    print(f"  {'variant':<20} {'wall s':>7} {'wall ratio':>10} {'cpu s':>7} {'cpu ratio':>9} {'start s':>7} "
+          f"{'peak MiB':>8}  records, lost, reads/counted, flags")
+    for name, rs in results.items():
+        wall, cpu = statistics.median(r.wall_s for r in rs), statistics.median(r.cpu_s for r in rs)
+        start = "-" if rs[0].startup_s is None else f"{statistics.median(r.startup_s or 0 for r in rs):.2f}"
+        rss = "-" if rs[0].peak_rss_mib is None else f"{max(r.peak_rss_mib or 0 for r in rs):.0f}"
+        detail = ""
+        if rs[0].summary:
+            reads = " ".join(f"{r.summary['by_kind'].get('read_msg', 0)}/{r.counted}" for r in rs)
+            flags = [r.summary["flags"] for r in rs if r.summary["flags"]] or "none"
+            detail = (f"{statistics.median(r.summary['events'] for r in rs):,.0f}, "
+                      f"{sum(r.summary['lost'] for r in rs)}, {reads}, {flags}")
+        print(f"  {name:<20} {wall:>7.2f} {wall0 / wall:>10.2f} {cpu:>7.2f} {cpu0 / cpu:>9.2f} {start:>7} "
+              f"{rss:>8}  {detail}")
 
 
 def fault_rate(cmd: list[str]) -> float:
@@ -45,7 +199,25 @@ def fault_rate(cmd: list[str]) -> float:
     summary = next((json.loads(line) for line in out.splitlines() if line.startswith('{"type":"summary"')), None)
     if summary and (summary["lost"] or summary["lifecycles"] != w["pages"]):
         print(f"  (traced run: {summary['lost']} lost, {summary['lifecycles']} lifecycles for {w['pages']} faults)")
-    return float(w["pages"]) / (w["elapsed_ns"] / 1e9)
+    return float(w["pages"] / (w["elapsed_ns"] / 1e9))
+
+
+def bench_micro(mode: str, runs: int, pages: int, scratch: Path) -> None:
+    exe = scratch / "clean_faults"
+    subprocess.run(["gcc", "-O2", "-pthread", "-o", str(exe), str(ROOT / "tests/workloads/clean_faults.c")],
+                   check=True)
+    workload = ["taskset", "-c", "0", str(exe), str(pages)]
+    rates: dict[str, list[float]] = {"untraced": [], "traced": [], "traced --events": []}
+    for _ in range(runs):
+        rates["untraced"].append(fault_rate(workload))
+        for output in ([], ["--events"]):
+            name = "traced --events" if output else "traced"
+            rates[name].append(fault_rate([str(UFFDTRACE), "--mode", mode, "trace", "-j", *output, "--", *workload]))
+    plain = statistics.median(rates["untraced"])
+    for name in ("traced", "traced --events"):
+        traced = statistics.median(rates[name])
+        print(f"uffd faults/s pinned  untraced {plain:,.0f}  {name} {traced:,.0f}  ratio {traced / plain:.3f}  "
+              f"({pages} faults, median of {runs})")
 
 
 def busy_seconds(scratch: Path) -> float:
@@ -55,42 +227,35 @@ def busy_seconds(scratch: Path) -> float:
     return time.monotonic() - t0
 
 
+def bench_busy(mode: str, runs: int, scratch: Path) -> None:
+    idle = [busy_seconds(scratch) for _ in range(runs)]
+    tracer = Tracer([str(UFFDTRACE), "--mode", mode, "trace", "-j"], '"type":"header"')
+    try:
+        busy = [busy_seconds(scratch) for _ in range(runs)]
+    finally:
+        tracer.stop()
+    t_idle, t_busy = statistics.median(idle), statistics.median(busy)
+    print(f"unrelated gcc builds  untraced {t_idle:.3f}s  traced {t_busy:.3f}s  "
+          f"slowdown ratio {t_busy / t_idle:.3f}  (median of {runs})")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mode", default="auto")
     ap.add_argument("--pages", type=int, default=20000)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--only", choices=["stress", "micro", "busy"])
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench.py: run as root", file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory() as tmp:
-        scratch = Path(tmp)
-        exe = build(scratch)
-        workload = ["taskset", "-c", "0", str(exe), str(args.pages)]
-        plain = [fault_rate(workload) for _ in range(args.runs)]
-        rate_plain = statistics.median(plain)
-        for output in ([], ["--events"]):
-            traced = [fault_rate([str(UFFDTRACE), "--mode", args.mode, "trace", "-j", *output, "--", *workload])
-                      for _ in range(args.runs)]
-            rate_traced = statistics.median(traced)
-            print(f"uffd faults/s  untraced {rate_plain:,.0f}  traced{' --events' if output else ''} "
-                  f"{rate_traced:,.0f}  ratio {rate_traced / rate_plain:.3f}  ({args.pages} faults, median of "
-                  f"{args.runs})")
-
-        idle = [busy_seconds(scratch) for _ in range(args.runs)]
-        tracer = subprocess.Popen([str(UFFDTRACE), "--mode", args.mode, "trace", "-j"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        assert tracer.stdout is not None
-        tracer.stdout.readline()  # header: probes are live
-        try:
-            busy = [busy_seconds(scratch) for _ in range(args.runs)]
-        finally:
-            tracer.terminate()
-            tracer.wait()
-        t_idle, t_busy = statistics.median(idle), statistics.median(busy)
-        print(f"unrelated gcc builds  untraced {t_idle:.3f}s  traced {t_busy:.3f}s  "
-              f"slowdown ratio {t_busy / t_idle:.3f}  (median of {args.runs})")
+        if args.only in (None, "stress"):
+            bench_stress(args.mode, args.runs)
+        if args.only in (None, "micro"):
+            bench_micro(args.mode, args.runs, args.pages, Path(tmp))
+        if args.only in (None, "busy"):
+            bench_busy(args.mode, args.runs, Path(tmp))
     return 0
 
 

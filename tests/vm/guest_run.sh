@@ -2,19 +2,17 @@
 # Runs inside a virtme-ng guest (the host's root filesystem, read-only):
 # every scenario of one kernel in one boot, driving uffdtrace exactly as a
 # user would. Results go to $1 (a --rwdir shared with the host).
-#   guest_run.sh OUTDIR UFFDTRACE SCENARIO...
-# A scenario is NAME|MODE|ARGS: `uffdtrace --mode MODE ARGS` (ARGS split on
-# spaces); its output lands in OUTDIR/NAME.{jsonl,err,rc}.
+#   guest_run.sh OUTDIR UFFDTRACE
+# OUTDIR/scenarios holds one scenario a line (not the kernel command line,
+# which virtme-ng's --exec travels on and which x86 caps at 2048 bytes):
+# NAME|MODE|ARGS runs `uffdtrace --mode MODE ARGS` (ARGS split on spaces);
+# its output lands in OUTDIR/NAME.{jsonl,err,rc}.
 out=$1 uffdtrace=$2
-shift 2
 export UFFDTRACE_CACHE="$out/cache"
 uname -r > "$out/uname"
 "$uffdtrace" doctor > "$out/doctor.txt" 2>&1
 echo $? > "$out/doctor.rc"
-for scenario in "$@"; do
-	IFS='|' read -r name mode args <<-END
-	$scenario
-	END
+while IFS='|' read -r name mode args; do
 	if [ "$name" = move_pageout ]; then
 		# MADV_PAGEOUT only unmaps anon pages (the rmap walk) when they can
 		# go to swap: give the guest a small zram swap device.
@@ -25,5 +23,5 @@ for scenario in "$@"; do
 	# shellcheck disable=SC2086 # ARGS is a word list on purpose
 	"$uffdtrace" --mode "$mode" $args > "$out/$name.jsonl" 2> "$out/$name.err" < /dev/null
 	echo $? > "$out/$name.rc"
-done
+done < "$out/scenarios"
 echo done > "$out/finished"

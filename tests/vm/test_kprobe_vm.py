@@ -9,7 +9,6 @@ from __future__ import annotations
 import glob
 import os
 import re
-import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -94,8 +93,8 @@ def vm(request: pytest.FixtureRequest, workloads: Path, uffd_stress: Path) -> Vm
     out = BUILD / f"vm-{version}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    guest = [str(ROOT / "tests" / "vm" / "guest_run.sh"), str(out), str(ROOT / ".venv" / "bin" / "uffdtrace"),
-             *(shlex.quote(x) for x in scenarios(workloads, uffd_stress))]
+    (out / "scenarios").write_text("".join(f"{x}\n" for x in scenarios(workloads, uffd_stress)))
+    guest = [str(ROOT / "tests" / "vm" / "guest_run.sh"), str(out), str(ROOT / ".venv" / "bin" / "uffdtrace")]
     env = {**os.environ, "PATH": f"{vng.parent}:{os.environ['PATH']}"}
     # /dev/kvm exists on these machines but hangs: always TCG.
     cmd = [str(vng), "--run", str(kernel), "--disable-kvm", "--force-9p", "--cpus", "2", "--memory", "2G",
