@@ -121,8 +121,8 @@ def test_printer_renders_lifecycles_and_flags() -> None:
     import io
     import json
 
+    from uffdtrace.model import Evidence, Flag
     from uffdtrace.output import Printer
-    from uffdtrace.rules import Evidence, Flag
 
     from .test_lifecycle import FAULTER, HANDLER, PAGE, T0, clean, correlate, dontwake_stall
 

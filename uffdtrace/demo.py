@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from . import workloads
-from .lifecycle import Lifecycle
+from .model import Flag, Lifecycle
 from .output import Printer
-from .rules import Flag
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 Events from any EventSource go in (``feed``); time moves forward with
 ``advance(horizon)``; finished lifecycles and flags come out through a Sink.
+The facts it keeps are ``model.py``'s; which flags they earn, ``rules.py``'s.
 
 A lifecycle is one thread's wait for one page of one uffd, keyed by
 (ctx, tid, page): raised -> read -> resolved -> woken -> returned. A thread
@@ -27,35 +28,34 @@ import collections
 import heapq
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from .events import Event, Kind, Op, op_name
+from .model import REASONS, AioPoll, Attempt, BlockedThread, Evidence, Flag, Lifecycle
 from .procscan import TaskState
 from .rules import (
     EEXIST,
     FROM_ABSENCE,
-    MS,
     WHILE_BLOCKED,
-    Evidence,
-    Flag,
     Thresholds,
+    aio_poll_stuck,
+    anon_vma_retry,
+    counts_as_failure,
+    released_with_waiters,
     resolves,
-    retry_cause,
+    retry_loop,
+    sigbus,
     timed_flags,
 )
 
-VM_FAULT_SIGBUS = 0x2
 UFFD_EVENT_PAGEFAULT = 0x12
 PAGE_MASK = ~0xFFF
-REASONS = {0x200: "missing", 0x1000: "wp"}  # VM_UFFD_MISSING, VM_UFFD_WP; anything else is MINOR
 # x86 page-fault error code bits (tracepoint mode's fault records carry it).
 X86_PF_PROT, X86_PF_WRITE = 0x1, 0x2
 # UFFDIO_REGISTER modes.
 REGISTER_MISSING, REGISTER_MINOR = 0x1, 0x4
-MAX_HISTORY = 16
 MAX_ATTEMPTS = 16
 MAX_AIO = 4096
-MOVE_WINDOW_NS = 10 * MS
 
 # Asks the system (live) where a thread (tgid, tid) is now: waiting in
 # handle_userfault, elsewhere, or gone. None when it cannot tell.
@@ -70,132 +70,6 @@ class Sink(Protocol):
     def lifecycle(self, lc: Lifecycle) -> None: ...
 
     def flag(self, flag: Flag) -> None: ...
-
-
-@dataclass
-class Attempt:
-    """One resolving ioctl that covered the page."""
-
-    ts_ns: int
-    tid: int
-    op: str
-    ret: int
-    dontwake: bool
-    outcome: str  # ok | eexist | failed
-
-
-@dataclass
-class Lifecycle:
-    ctx: int
-    tgid: int
-    tid: int
-    comm: str
-    page: int | None
-    wait_since: int  # start of the current round's wait
-    last_ts: int
-    reason: str | None = None  # missing | wp | minor, None when unknown
-    lost_at_start: int = 0  # records lost before this fault began (to tell whether any were lost during it)
-    t_raised: int | None = None
-    rounds: int = 1
-    reads: int = 0
-    round_reads: int = 0
-    t_read: int | None = None
-    t_resolved: int | None = None
-    t_woken: int | None = None
-    t_returned: int | None = None
-    resolve: Attempt | None = None
-    attempts: list[Attempt] = field(default_factory=list)
-    reader_tid: int | None = None
-    resolver_tid: int | None = None
-    waker_tid: int | None = None
-    waiting: bool = True  # in handle_userfault, not woken or returned this round
-    asleep: bool = False  # proof that this round waits (entered, slept, or its message was read)
-    present: bool = False  # the page is known to be there (resolved, or EEXIST)
-    returned: bool = False
-    round_woken: bool = False
-    round_end: int | None = None
-    pending_waker: int | None = None  # woke it; its ioctl record will say whether it resolved
-    closer: int | None = None  # closed the uffd while this waited
-    other_since: int | None = None  # the kernel says the thread left handle_userfault, unseen
-    state: str = "blocked"
-    ended_at: int = 0
-    history: list[Evidence] = field(default_factory=list)
-    history_dropped: int = 0
-    flags: dict[str, Flag] = field(default_factory=dict)
-    round_causes: collections.Counter[str] = field(default_factory=collections.Counter)
-
-    def note(self, what: str, ts: int | None, tid: int | None = None) -> None:
-        if len(self.history) < MAX_HISTORY:
-            self.history.append(Evidence(what, ts, tid))
-        else:
-            self.history_dropped += 1
-
-    def evidence(self, conclusion: Evidence | None = None) -> list[Evidence]:
-        out = list(self.history)
-        if self.history_dropped:
-            out.append(Evidence(f"... {self.history_dropped} more events"))
-        if conclusion is not None:
-            out.append(conclusion)
-        return out
-
-    @property
-    def start_known(self) -> bool:
-        """False for a thread found waiting when tracing began."""
-        return self.t_raised is not None
-
-    @property
-    def waiting_since(self) -> int:
-        """How long the thread has waited for this page: since it was raised, when known."""
-        return self.t_raised if self.t_raised is not None else self.wait_since
-
-    def latencies(self) -> dict[str, int | None]:
-        def span(a: int | None, b: int | None) -> int | None:
-            return b - a if a is not None and b is not None and b >= a else None
-
-        wake = span(self.t_resolved, self.t_woken)
-        if wake is None and self.t_woken is not None and self.t_resolved is not None \
-                and self.waker_tid == self.resolver_tid:
-            wake = 0  # woken inside the resolving ioctl, which is recorded when it returns
-        return {"pickup": span(self.t_raised, self.t_read), "service": span(self.t_read, self.t_resolved),
-                "wake": wake,
-                "resume": span(self.t_woken, self.t_returned)}
-
-    def to_json(self) -> dict[str, Any]:
-        res = self.resolve
-        return {"type": "lifecycle", "tgid": self.tgid, "tid": self.tid, "comm": self.comm,
-                "uffd": self.ctx or None, "addr": self.page, "reason": self.reason,
-                "rounds": self.rounds, "reads": self.reads,
-                "resolve_op": res.op if res else None, "resolve_ret": res.ret if res else None,
-                "resolve_dontwake": res.dontwake if res else None,
-                "reader_tid": self.reader_tid, "resolver_tid": self.resolver_tid, "waker_tid": self.waker_tid,
-                "t_raised_ns": self.t_raised, "t_read_ns": self.t_read, "t_resolved_ns": self.t_resolved,
-                "t_woken_ns": self.t_woken, "t_returned_ns": self.t_returned,
-                "latency_ns": self.latencies(), "state": self.state, "flags": list(self.flags)}
-
-
-@dataclass
-class AioPoll:
-    """An IOCB_CMD_POLL request on a uffd (key: the user iocb pointer)."""
-
-    iocb: int
-    tgid: int
-    tid: int
-    comm: str
-    uffd: int
-    data: int
-    t_ready: int | None = None
-    history: list[Evidence] = field(default_factory=list)
-    flagged: bool = False
-
-
-@dataclass
-class BlockedThread:
-    """A thread found in /proc waiting in handle_userfault when tracing began."""
-
-    tgid: int
-    tid: int
-    comm: str
-    since_ns: int  # last time it ran, on the trace clock (an upper bound of its wait start)
 
 
 @dataclass
@@ -385,7 +259,7 @@ class Correlator:
 
     def _report(self, flag: Flag) -> None:
         self.counters.flags[flag.name] += 1
-        self.counters.failing += flag.counts_as_failure
+        self.counters.failing += counts_as_failure(flag.name)
         self.sink.flag(flag)
 
     def _report_update(self, lc: Lifecycle, flag: Flag, now: int) -> None:
@@ -415,9 +289,8 @@ class Correlator:
         lc.wait_since = ts
         lc.round_causes[cause] += 1
         lc.note(f"round {lc.rounds} ({cause.replace('_', ' ')})", ts)
-        if lc.rounds >= self.th.retry_threshold:
-            self._raise(lc, "retry_loop", ts, Evidence(
-                f"entered handle_userfault {lc.rounds} times for the same page (causes: {retry_cause(lc)})"))
+        if (conclusion := retry_loop(lc, self.th)) is not None:
+            self._raise(lc, "retry_loop", ts, conclusion)
 
     # -- events ------------------------------------------------------------------
     def _reason(self, ev: Event) -> str | None:
@@ -469,8 +342,8 @@ class Correlator:
         lc.waiting = False
         lc.round_end = ev.ts_ns
         lc.note(f"returned {ev.ret:#x}", ev.ts_ns, ev.tid)
-        if ev.ret & VM_FAULT_SIGBUS:
-            self._raise(lc, "sigbus", ev.ts_ns, Evidence("handle_userfault refused the fault with VM_FAULT_SIGBUS"))
+        if (conclusion := sigbus(ev.ret)) is not None:
+            self._raise(lc, "sigbus", ev.ts_ns, conclusion)
             self._close_lifecycle(lc, "sigbus", ev.ts_ns)
         elif lc.present or lc.closer is not None:
             self._close_lifecycle(lc, self._finished_state(lc), ev.ts_ns)
@@ -598,9 +471,8 @@ class Correlator:
         lc.round_woken = True
         lc.round_end = ev.ts_ns
         lc.note("woken", ev.ts_ns, ev.tid)
-        if lc.closer is not None and "released_with_waiters" not in lc.flags and lc.closer == ev.tid:
-            self._raise(lc, "released_with_waiters", ev.ts_ns, Evidence(
-                f"the uffd was closed by tid {lc.closer} while the thread waited"))
+        if (conclusion := released_with_waiters(lc, waker=ev.tid)) is not None:
+            self._raise(lc, "released_with_waiters", ev.ts_ns, conclusion)
         # Woken by the thread that closed the uffd: the close was its record.
         settled = lc.present or lc.closer == ev.tid
         if settled and not self.sees_returns:
@@ -649,14 +521,10 @@ class Correlator:
         self.aio.pop(ev.addr, None)
 
     def _anon_vma_lock(self, ev: Event) -> None:
-        if ev.ret < 0 or ev.aux < 1:
-            return  # tracepoint mode cannot count retries; no retry here
-        start = ev.ts_ns - ev.len
-        evidence = [Evidence(f"folio_lock_anon_vma_read: {ev.flags} trylocks, {ev.aux} retries over "
-                             f"{ev.len / 1000:.1f} us, {'locked' if ev.ret else 'returned NULL'}", ev.ts_ns, ev.tid)]
-        evidence += [Evidence("concurrent UFFDIO_MOVE returned", ts, tid) for ts, tid in self.recent_moves
-                     if start - MOVE_WINDOW_NS <= ts <= ev.ts_ns + MOVE_WINDOW_NS]
-        self._report(Flag("anon_vma_retry", ev.ts_ns, ev.tgid, ev.tid, ev.comm, 0, None, None, "returned", evidence))
+        evidence = anon_vma_retry(ev, self.recent_moves)
+        if evidence:
+            self._report(Flag("anon_vma_retry", ev.ts_ns, ev.tgid, ev.tid, ev.comm, 0, None, None, "returned",
+                              evidence))
 
     # -- watchdog ------------------------------------------------------------------
     def _where(self, lc: Lifecycle) -> TaskState | None:
@@ -672,12 +540,10 @@ class Correlator:
                 # new round in tracepoint mode.)
                 self._close_lifecycle(lc, self._finished_state(lc), now)
         for req in self.aio.values():
-            if req.t_ready is not None and not req.flagged and now - req.t_ready > self.th.stuck_ns:
+            if not req.flagged and (conclusion := aio_poll_stuck(req, now, self.th)) is not None:
                 req.flagged = True
-                self._report(Flag(
-                    "aio_poll_stuck", now, req.tgid, req.tid, req.comm, req.uffd, req.iocb, None, "pending",
-                    [*req.history, Evidence(f"IOCB_CMD_POLL (aio_data {req.data:#x}) not completed "
-                                            f"{(now - req.t_ready) / MS:.0f} ms after the uffd was ready")]))
+                self._report(Flag("aio_poll_stuck", now, req.tgid, req.tid, req.comm, req.uffd, req.iocb, None,
+                                  "pending", [*req.history, conclusion]))
 
     def _check_waiting(self, lc: Lifecycle, now: int) -> None:
         if not lc.asleep:

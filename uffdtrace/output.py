@@ -9,8 +9,7 @@ from typing import Any, TextIO
 
 from .escape import printable
 from .events import Event, Kind, op_name
-from .lifecycle import Lifecycle
-from .rules import Flag
+from .model import Flag, Lifecycle
 
 # Per kind, the fields worth showing in text output (README "Event fields").
 TEXT_FIELDS: dict[Kind, tuple[str, ...]] = {

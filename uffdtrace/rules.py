@@ -1,24 +1,25 @@
 """Race rules (DESIGN §5): which lifecycles are wrong, and the evidence.
 
-The correlator (``lifecycle.py``) records what happened to each fault; the
-functions here decide, from those facts and the current time, which flags a
-lifecycle earns. Time-based rules (``never_woken``, ``unread``,
+The correlator (``lifecycle.py``) records what happened to each fault in the
+model (``model.py``); every flag decision is a function here, reading those
+facts and the current time, and returning the conclusion that completes the
+flag's evidence (or None); which ioctl resolves which fault is decided here
+too. The correlator only says when to ask. Time-based rules (``never_woken``, ``unread``,
 ``*_without_wake``, ``missed_wakeup``) are evaluated on every watchdog tick
 while the thread is still blocked, so they are raised live.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from dataclasses import dataclass
 
-from .events import Op
-
-if TYPE_CHECKING:
-    from .lifecycle import Attempt, Lifecycle
+from .events import Event, Op
+from .model import MS, AioPoll, Attempt, Evidence, Lifecycle
 
 EEXIST = 17
-MS = 1_000_000
+VM_FAULT_SIGBUS = 0x2
+MOVE_WINDOW_NS = 10 * MS  # a UFFDIO_MOVE this close to an anon_vma retry is named in its evidence
 WP_MODE_WP = 1  # UFFDIO_WRITEPROTECT_MODE_WP: protecting, not resolving
 
 # Which faults each ioctl brings the page for (fs/userfaultfd.c): COPY,
@@ -34,6 +35,11 @@ FLAG_NAMES = ("never_woken", "missed_wakeup", "dontwake_without_wake", "eexist_w
               "retry_loop", "released_with_waiters", "sigbus", "aio_poll_stuck", "anon_vma_retry")
 # Flags that describe a decision of the uffd user, not a defect: not counted by --fail-on-flags.
 INFORMATIONAL = frozenset({"sigbus"})
+
+
+def counts_as_failure(name: str) -> bool:
+    """Whether --fail-on-flags counts this flag."""
+    return name not in INFORMATIONAL
 # Flags about a thread that is still blocked: re-reported with the final numbers when it ends.
 WHILE_BLOCKED = frozenset({"never_woken", "unread"})
 # Flags concluded from an event that did not come: raised only once the kernel
@@ -64,44 +70,6 @@ class Thresholds:
     @property
     def wake_ns(self) -> int:
         return int(self.wake_ms * MS)
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """One fact behind a flag: an event (with its time) or a conclusion (without)."""
-
-    what: str
-    ts_ns: int | None = None
-    tid: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"ts_ns": self.ts_ns, "tid": self.tid, "what": self.what}
-
-
-@dataclass
-class Flag:
-    name: str
-    ts_ns: int  # when it was raised (trace clock)
-    tgid: int
-    tid: int
-    comm: str
-    uffd: int
-    addr: int | None
-    blocked_ns: int | None
-    state: str  # the lifecycle's state when reported ("blocked" while still blocked)
-    evidence: list[Evidence] = field(default_factory=list)
-    update: bool = False  # a re-report of a flag raised earlier, with final numbers
-
-    @property
-    def counts_as_failure(self) -> bool:
-        return self.name not in INFORMATIONAL
-
-    def to_json(self) -> dict[str, Any]:
-        return {"type": "flag", "flag": self.name, "tgid": self.tgid, "tid": self.tid, "comm": self.comm,
-                "uffd": self.uffd, "addr": self.addr,
-                "blocked_ms": None if self.blocked_ns is None else round(self.blocked_ns / MS, 3),
-                "state": self.state, "t_ns": self.ts_ns, "update": self.update,
-                "evidence": [e.to_json() for e in self.evidence]}
 
 
 def _since(lc: Lifecycle, outcome: str, dontwake: bool | None = None) -> list[Attempt]:
@@ -145,3 +113,45 @@ def timed_flags(lc: Lifecycle, now: int, th: Thresholds) -> list[tuple[str, Evid
 def retry_cause(lc: Lifecycle) -> str:
     causes = ", ".join(f"{name} x{n}" for name, n in sorted(lc.round_causes.items()))
     return causes or "unknown"
+
+
+def retry_loop(lc: Lifecycle, th: Thresholds) -> Evidence | None:
+    if lc.rounds < th.retry_threshold:
+        return None
+    return Evidence(f"entered handle_userfault {lc.rounds} times for the same page (causes: {retry_cause(lc)})")
+
+
+def sigbus(fault_ret: int) -> Evidence | None:
+    """Informational: the uffd refused the fault (UFFD_FEATURE_SIGBUS, or a
+    fault it cannot take), which the program asked for or must handle."""
+    if not fault_ret & VM_FAULT_SIGBUS:
+        return None
+    return Evidence("handle_userfault refused the fault with VM_FAULT_SIGBUS")
+
+
+def released_with_waiters(lc: Lifecycle, waker: int) -> Evidence | None:
+    """Positive proof only: the thread that closed the uffd woke this waiter
+    (the release wakes every waiter). A lifecycle that merely looks open at
+    the close, its return record lost, is not accused."""
+    if lc.closer is None or lc.closer != waker or "released_with_waiters" in lc.flags:
+        return None
+    return Evidence(f"the uffd was closed by tid {lc.closer} while the thread waited")
+
+
+def anon_vma_retry(ev: Event, recent_moves: Iterable[tuple[int, int]]) -> list[Evidence]:
+    """folio_lock_anon_vma_read looped (kprobe mode counts its trylocks);
+    UFFDIO_MOVEs (time, tid) that returned around it are named."""
+    if ev.ret < 0 or ev.aux < 1:
+        return []  # tracepoint mode cannot count retries; no retry here
+    start = ev.ts_ns - ev.len
+    return [Evidence(f"folio_lock_anon_vma_read: {ev.flags} trylocks, {ev.aux} retries over "
+                     f"{ev.len / 1000:.1f} us, {'locked' if ev.ret else 'returned NULL'}", ev.ts_ns, ev.tid),
+            *(Evidence("concurrent UFFDIO_MOVE returned", ts, tid) for ts, tid in recent_moves
+              if start - MOVE_WINDOW_NS <= ts <= ev.ts_ns + MOVE_WINDOW_NS)]
+
+
+def aio_poll_stuck(req: AioPoll, now: int, th: Thresholds) -> Evidence | None:
+    if req.t_ready is None or now - req.t_ready <= th.stuck_ns:
+        return None
+    return Evidence(f"IOCB_CMD_POLL (aio_data {req.data:#x}) not completed "
+                    f"{(now - req.t_ready) / MS:.0f} ms after the uffd was ready")

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__, procscan
-from .lifecycle import BlockedThread, Correlator
+from .lifecycle import Correlator
+from .model import BlockedThread
 from .output import Printer
 from .rules import Thresholds
 from .source import LiveSource

@@ -1,0 +1,174 @@
+"""The facts about faults, as the correlator (``lifecycle.py``) records them
+and the rules (``rules.py``) read them: a lifecycle and its resolution
+attempts, an aio poll request, a thread found waiting at start, a flag and
+its evidence. No behaviour beyond rendering lives here."""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Any
+
+MS = 1_000_000
+MAX_HISTORY = 16
+REASONS = {0x200: "missing", 0x1000: "wp"}  # VM_UFFD_MISSING, VM_UFFD_WP; anything else is MINOR
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One fact behind a flag: an event (with its time) or a conclusion (without)."""
+
+    what: str
+    ts_ns: int | None = None
+    tid: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ts_ns": self.ts_ns, "tid": self.tid, "what": self.what}
+
+
+@dataclass
+class Flag:
+    name: str
+    ts_ns: int  # when it was raised (trace clock)
+    tgid: int
+    tid: int
+    comm: str
+    uffd: int
+    addr: int | None
+    blocked_ns: int | None
+    state: str  # the lifecycle's state when reported ("blocked" while still blocked)
+    evidence: list[Evidence] = field(default_factory=list)
+    update: bool = False  # a re-report of a flag raised earlier, with final numbers
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "flag", "flag": self.name, "tgid": self.tgid, "tid": self.tid, "comm": self.comm,
+                "uffd": self.uffd, "addr": self.addr,
+                "blocked_ms": None if self.blocked_ns is None else round(self.blocked_ns / MS, 3),
+                "state": self.state, "t_ns": self.ts_ns, "update": self.update,
+                "evidence": [e.to_json() for e in self.evidence]}
+
+
+@dataclass
+class Attempt:
+    """One resolving ioctl that covered the page."""
+
+    ts_ns: int
+    tid: int
+    op: str
+    ret: int
+    dontwake: bool
+    outcome: str  # ok | eexist | failed
+
+
+@dataclass
+class Lifecycle:
+    ctx: int
+    tgid: int
+    tid: int
+    comm: str
+    page: int | None
+    wait_since: int  # start of the current round's wait
+    last_ts: int
+    reason: str | None = None  # missing | wp | minor, None when unknown
+    lost_at_start: int = 0  # records lost before this fault began (to tell whether any were lost during it)
+    t_raised: int | None = None
+    rounds: int = 1
+    reads: int = 0
+    round_reads: int = 0
+    t_read: int | None = None
+    t_resolved: int | None = None
+    t_woken: int | None = None
+    t_returned: int | None = None
+    resolve: Attempt | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    reader_tid: int | None = None
+    resolver_tid: int | None = None
+    waker_tid: int | None = None
+    waiting: bool = True  # in handle_userfault, not woken or returned this round
+    asleep: bool = False  # proof that this round waits (entered, slept, or its message was read)
+    present: bool = False  # the page is known to be there (resolved, or EEXIST)
+    returned: bool = False
+    round_woken: bool = False
+    round_end: int | None = None
+    pending_waker: int | None = None  # woke it; its ioctl record will say whether it resolved
+    closer: int | None = None  # closed the uffd while this waited
+    other_since: int | None = None  # the kernel says the thread left handle_userfault, unseen
+    state: str = "blocked"
+    ended_at: int = 0
+    history: list[Evidence] = field(default_factory=list)
+    history_dropped: int = 0
+    flags: dict[str, Flag] = field(default_factory=dict)
+    round_causes: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def note(self, what: str, ts: int | None, tid: int | None = None) -> None:
+        if len(self.history) < MAX_HISTORY:
+            self.history.append(Evidence(what, ts, tid))
+        else:
+            self.history_dropped += 1
+
+    def evidence(self, conclusion: Evidence | None = None) -> list[Evidence]:
+        out = list(self.history)
+        if self.history_dropped:
+            out.append(Evidence(f"... {self.history_dropped} more events"))
+        if conclusion is not None:
+            out.append(conclusion)
+        return out
+
+    @property
+    def start_known(self) -> bool:
+        """False for a thread found waiting when tracing began."""
+        return self.t_raised is not None
+
+    @property
+    def waiting_since(self) -> int:
+        """How long the thread has waited for this page: since it was raised, when known."""
+        return self.t_raised if self.t_raised is not None else self.wait_since
+
+    def latencies(self) -> dict[str, int | None]:
+        def span(a: int | None, b: int | None) -> int | None:
+            return b - a if a is not None and b is not None and b >= a else None
+
+        wake = span(self.t_resolved, self.t_woken)
+        if wake is None and self.t_woken is not None and self.t_resolved is not None \
+                and self.waker_tid == self.resolver_tid:
+            wake = 0  # woken inside the resolving ioctl, which is recorded when it returns
+        return {"pickup": span(self.t_raised, self.t_read), "service": span(self.t_read, self.t_resolved),
+                "wake": wake,
+                "resume": span(self.t_woken, self.t_returned)}
+
+    def to_json(self) -> dict[str, Any]:
+        res = self.resolve
+        return {"type": "lifecycle", "tgid": self.tgid, "tid": self.tid, "comm": self.comm,
+                "uffd": self.ctx or None, "addr": self.page, "reason": self.reason,
+                "rounds": self.rounds, "reads": self.reads,
+                "resolve_op": res.op if res else None, "resolve_ret": res.ret if res else None,
+                "resolve_dontwake": res.dontwake if res else None,
+                "reader_tid": self.reader_tid, "resolver_tid": self.resolver_tid, "waker_tid": self.waker_tid,
+                "t_raised_ns": self.t_raised, "t_read_ns": self.t_read, "t_resolved_ns": self.t_resolved,
+                "t_woken_ns": self.t_woken, "t_returned_ns": self.t_returned,
+                "latency_ns": self.latencies(), "state": self.state, "flags": list(self.flags)}
+
+
+@dataclass
+class AioPoll:
+    """An IOCB_CMD_POLL request on a uffd (key: the user iocb pointer)."""
+
+    iocb: int
+    tgid: int
+    tid: int
+    comm: str
+    uffd: int
+    data: int
+    t_ready: int | None = None
+    history: list[Evidence] = field(default_factory=list)
+    flagged: bool = False
+
+
+@dataclass
+class BlockedThread:
+    """A thread found in /proc waiting in handle_userfault when tracing began."""
+
+    tgid: int
+    tid: int
+    comm: str
+    since_ns: int  # last time it ran, on the trace clock (an upper bound of its wait start)
