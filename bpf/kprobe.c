@@ -14,7 +14,7 @@
 BPF_HASH(poll_iocbs, u64, u8, 65536);
 
 struct wake_entry { u64 ctx; u64 addr; u64 start; u64 len; u32 pid; u32 tgid; };
-struct aio_entry { u64 iocb; u64 obj; u64 data; u32 mask; u32 events; u8 scheduled; };
+struct aio_entry { u64 uctx; u64 obj; u64 data; u32 mask; u32 events; u8 scheduled; };
 struct flavr_entry { u64 ts; u64 folio; u32 trylocks; };
 
 /* tid -> the fault it is handling now (entry to return of handle_userfault);
@@ -272,9 +272,17 @@ static __always_inline u64 iocb_of_poll(u64 req)
 	return req - OFF_KIOCB_POLL;
 }
 
+/* The uffd context a poll request waits on (its file's private_data). */
+static __always_inline u64 uffd_of_poll(u64 req)
+{
+	return read_u64(read_u64(req + OFF_POLL_FILE) + OFF_FILE_PRIVATE_DATA);
+}
+
+/* aio records name the uffd in ctx, and the request by its user iocb
+ * pointer (addr) and aio_data (aux), as the process knows it. */
 static __always_inline void fill_aio(struct uffdtrace_event *e, u64 iocb)
 {
-	e->ctx = iocb;
+	e->ctx = uffd_of_poll(iocb + OFF_KIOCB_POLL);
 	e->addr = read_u64(iocb + OFF_KIOCB_RES_OBJ);   /* user iocb pointer */
 	e->aux = read_u64(iocb + OFF_KIOCB_RES_DATA);   /* aio_data cookie */
 }
@@ -285,6 +293,7 @@ int kp_aio_poll_wake(struct pt_regs *ctx)
 	struct aio_entry ae = {};
 	u64 req = PT_REGS_PARM1(ctx) - OFF_POLL_WAIT;
 	u32 tid = current_tid();
+	u64 iocb;
 	u8 one = 1;
 
 #ifdef UFFD_FOPS
@@ -292,17 +301,18 @@ int kp_aio_poll_wake(struct pt_regs *ctx)
 	if (read_u64(read_u64(req + OFF_POLL_FILE) + OFF_FILE_F_OP) != UFFD_FOPS)
 		return 0;
 #endif
-	ae.iocb = iocb_of_poll(req);
-	if (!followed(current_tgid()) && !poll_iocbs.lookup(&ae.iocb))
+	iocb = iocb_of_poll(req);
+	if (!followed(current_tgid()) && !poll_iocbs.lookup(&iocb))
 		return 0;
-	ae.obj = read_u64(ae.iocb + OFF_KIOCB_RES_OBJ);
-	ae.data = read_u64(ae.iocb + OFF_KIOCB_RES_DATA);
+	ae.uctx = uffd_of_poll(req);
+	ae.obj = read_u64(iocb + OFF_KIOCB_RES_OBJ);
+	ae.data = read_u64(iocb + OFF_KIOCB_RES_DATA);
 	ae.mask = (u32)PT_REGS_PARM4(ctx);
 	ae.events = read_u32(req + OFF_POLL_EVENTS);
 #ifdef OFF_POLL_WORK_SCHEDULED
 	ae.scheduled = read_u8(req + OFF_POLL_WORK_SCHEDULED);
 #endif
-	poll_iocbs.update(&ae.iocb, &one);
+	poll_iocbs.update(&iocb, &one);
 	aio_waking.update(&tid, &ae);
 	return 0;
 }
@@ -317,7 +327,7 @@ int kr_aio_poll_wake(struct pt_regs *ctx)
 		return 0;
 	init_event(&e, UT_AIO_POLL_WAKE);
 	/* The request may be completed (freed) by now: use what entry read. */
-	e.ctx = ae->iocb;
+	e.ctx = ae->uctx;
 	e.addr = ae->obj;
 	e.aux = ae->data;
 	e.mode = ae->mask;

@@ -153,6 +153,9 @@ def check_aio_poll(s: Scenario) -> None:
     if s.mode == "kprobe":
         wakes = s.of("aio_poll_wake", addr=w["iocb"], aux=w["aio_data"], ret=1)
         assert wakes and all(e["mode"] & POLLIN for e in wakes)
+        # Every aio record names the polled uffd: the faulting thread's.
+        [fault] = s.of("fault", tid=w["faulter_tid"])
+        assert {e["ctx"] for e in [*wakes, done]} == {fault["ctx"]}
         # Woken from the faulting thread: handle_userfault's wake_up_poll.
         assert wakes[0]["tid"] == w["faulter_tid"]
     else:

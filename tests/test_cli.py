@@ -90,22 +90,22 @@ def test_help_and_version() -> None:
 
 
 def test_missing_symbols_degrade_tracepoint_mode_instead_of_refusing(tmp_path: Path) -> None:
-    from uffdtrace import probes
+    from uffdtrace import tracepoint_mode
     from uffdtrace.kallsyms import Kallsyms
 
     for tp in ("sched/sched_switch", "sched/sched_waking", "syscalls/sys_enter_read", "syscalls/sys_enter_readv",
                "syscalls/sys_enter_ioctl"):
         (tmp_path / "events" / tp).mkdir(parents=True)
     no_symbols = Kallsyms("ffffffff81000000 T _stext\n")
-    plan = probes.tracepoint_plan(no_symbols, tmp_path)
-    assert probes.tracepoint_mode_unusable(plan) is None
+    plan = tracepoint_mode.tracepoint_plan(no_symbols, tmp_path)
+    assert tracepoint_mode.tracepoint_mode_unusable(plan) is None
     assert plan.defines["HU_START"] == plan.defines["HU_END"] == 0  # block events never match: degraded
-    lost = " ".join(probes.degraded(plan))
+    lost = " ".join(tracepoint_mode.degraded(plan))
     assert "handle_userfault not in kallsyms" in lost and "userfaultfd_wake_function not in kallsyms" in lost
     assert "HAVE_PF_TRACEPOINTS" not in plan.defines  # no page-fault tracepoints: that code is left out
     (tmp_path / "events" / "sched" / "sched_waking").rmdir()
-    assert "no tracepoint sched/sched_waking" in (probes.tracepoint_mode_unusable(probes.tracepoint_plan(
-        no_symbols, tmp_path)) or "")
+    unusable = tracepoint_mode.tracepoint_mode_unusable(tracepoint_mode.tracepoint_plan(no_symbols, tmp_path))
+    assert "no tracepoint sched/sched_waking" in (unusable or "")
 
 
 @pytest.mark.parametrize("args", [["trace", "--stuck-ms", "-1"], ["trace", "--wake-ms", "-5"],

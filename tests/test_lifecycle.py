@@ -325,16 +325,17 @@ def test_sigbus_is_informational() -> None:
 
 
 def aio_wake(at: float, ret: int = 1) -> Event:
-    return ev(Kind.AIO_POLL_WAKE, at, FAULTER, ctx=7, addr=0x5000, aux=0x1234, mode=1, flags=1, ret=ret)
+    """kprobe mode's aio records: ctx the polled uffd, addr the user iocb, aux aio_data."""
+    return ev(Kind.AIO_POLL_WAKE, at, FAULTER, ctx=CTX, addr=0x5000, aux=0x1234, mode=1, flags=1, ret=ret)
 
 
 def aio_complete(at: float) -> Event:
-    return ev(Kind.AIO_COMPLETE, at, HANDLER, ctx=7, addr=0x5000, aux=0x1234, ret=1)
+    return ev(Kind.AIO_COMPLETE, at, HANDLER, ctx=CTX, addr=0x5000, aux=0x1234, ret=1)
 
 
 def test_aio_poll_stuck_kprobe() -> None:
     out, _ = correlate([aio_wake(0)], "kprobe", ticks=[500, 1500])
-    assert out.raised() == ["aio_poll_stuck"] and out.flags[0].addr == 0x5000
+    assert out.raised() == ["aio_poll_stuck"] and (out.flags[0].uffd, out.flags[0].addr) == (CTX, 0x5000)
     out, _ = correlate([aio_wake(0), aio_complete(2)], "kprobe", ticks=[500, 1500])
     assert not out.flags
     out, _ = correlate([aio_wake(0, ret=0)], "kprobe", ticks=[1500])

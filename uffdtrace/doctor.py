@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import kernel, offsets, probes, source
+from . import kernel, kprobe_mode, offsets, source, tracepoint_mode
 from .btf import BtfError
 from .errors import UffdtraceError
 from .kallsyms import Kallsyms
@@ -71,7 +71,7 @@ def _kprobe_mode(rep: Report, feats: kernel.Features, kallsyms: Kallsyms | None)
         return why or f"cannot read BTF: {exc}"
     if not kallsyms.readable:
         why = why or "kallsyms addresses hidden: run as root"
-    the_plan = probes.plan(kallsyms, member_offsets)
+    the_plan = kprobe_mode.plan(kallsyms, member_offsets)
     rep.probes = [s.to_json() for s in the_plan.status]
     if "fault" not in the_plan.chosen:
         why = why or "handle_userfault not in kallsyms (CONFIG_USERFAULTFD off?)"
@@ -83,9 +83,9 @@ def _tracepoint_mode(rep: Report, feats: kernel.Features, kallsyms: Kallsyms | N
     why = _environment_problem(feats, "tracepoint")
     if feats.tracefs is None or kallsyms is None:
         return why or "cannot read /proc/kallsyms"
-    the_plan = probes.tracepoint_plan(kallsyms, feats.tracefs)
+    the_plan = tracepoint_mode.tracepoint_plan(kallsyms, feats.tracefs)
     rep.tracepoint_caps = [s.to_json() for s in the_plan.status]
-    return why or probes.tracepoint_mode_unusable(the_plan)
+    return why or tracepoint_mode.tracepoint_mode_unusable(the_plan)
 
 
 def render(rep: Report) -> str:
@@ -101,7 +101,7 @@ def render(rep: Report) -> str:
         out.append("tracepoint-mode capabilities:")
         for p in rep.tracepoint_caps:
             out.append(f"  {'ok  ' if p['attached'] else 'MISS'} {p['probe']:<14} {p['detail']}")
-        out.append(f"  not visible in this mode: {', '.join(probes.TRACEPOINT_DEGRADED)}")
+        out.append(f"  not visible in this mode: {', '.join(tracepoint_mode.TRACEPOINT_DEGRADED)}")
     out.append("")
     for mode, why in rep.modes.items():
         out.append(f"mode {mode}: {'usable' if why is None else 'unusable: ' + why}")

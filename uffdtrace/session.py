@@ -36,7 +36,7 @@ def run(src: LiveSource, printer: Printer, th: Thresholds, *, raw_events: bool, 
         src.start()
         printer.header(header(src, command, pids, th))
         printer.set_origin(src.info.started_ns)  # before the command's first fault
-        corr = Correlator(printer, th, sees_returns=src.info.mode == "kprobe", tasks=procscan.thread_state,
+        corr = Correlator(printer, th, sees_returns=src.backend.sees_returns, tasks=procscan.thread_state,
                           faults=src.fault_page)
         now = time.monotonic_ns()
         for pid, t in src.blocked_before:  # waiting before tracing began (DESIGN §5)

@@ -20,12 +20,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import kernel, offsets, probes, procscan
-from .btf import BtfError
+from . import kernel, probes, procscan
 from .errors import UffdtraceError
 from .events import RECORD, RECORD_SIZE, Event, PointerIds, decode_many, slot_layout
 from .kallsyms import Kallsyms
+from .kprobe_mode import KprobeBackend
 from .ringbuf import HEADER_SIZE, RingReader, slot_size
+from .tracepoint_mode import TracepointBackend
 
 POLL_MS = 100
 TICK_S = 0.05  # how often the main thread correlates what was drained, and checks the rules
@@ -80,6 +81,10 @@ def resolve_mode(features: kernel.Features, requested: str) -> str:
     if requested == "auto":
         return "kprobe" if features.kprobes else "tracepoint"
     return requested
+
+
+def backend(mode: str) -> probes.Backend:
+    return KprobeBackend() if mode == "kprobe" else TracepointBackend()
 
 
 def check_environment(features: kernel.Features, mode: str) -> None:
@@ -146,6 +151,8 @@ class Stopper:
 class LiveSource:
     """Live source in kprobe or tracepoint mode (``auto`` picks at start)."""
 
+    backend: probes.Backend  # chosen by start()
+
     def __init__(self, opts: Options, mode: str = "auto") -> None:
         self.opts = opts
         self.info = RunInfo(mode=mode)
@@ -170,12 +177,14 @@ class LiveSource:
         features = kernel.probe()
         self.info.mode = resolve_mode(features, self.info.mode)
         check_environment(features, self.info.mode)
+        self.backend = backend(self.info.mode)
         from bcc import BPF  # system package, imported only once root is checked
 
         kallsyms = Kallsyms.load()
         if not kallsyms.readable:
             raise UffdtraceError("/proc/kallsyms shows no addresses (kptr_restrict): run as root")
-        the_plan = self._plan(kallsyms, features)
+        the_plan = self.backend.plan(kallsyms, features)
+        self.info.degraded = self.backend.degraded(the_plan)
         self.info.probes = the_plan.status
         self.info.transport = choose_transport(kallsyms, self.opts.transport)
         defines: dict[str, int | None] = dict(the_plan.defines)
@@ -186,15 +195,11 @@ class LiveSource:
         if self.opts.pids or self._command:
             defines["FILTER"] = None
             defines["SPAWN_PARENT"] = os.getpid() if self._command else 0
-        program = "kprobe.c" if self.info.mode == "kprobe" else "tracepoint.c"
         try:
-            self._bpf = BPF(text=probes.source_text(program), cflags=probes.cflags(defines))
+            self._bpf = BPF(text=probes.source_text(self.backend.program), cflags=probes.cflags(defines))
         except Exception as exc:  # bcc raises bare Exception for compile/load errors
             raise UffdtraceError(f"bcc could not compile/load the probes: {exc}") from exc
-        if self.info.mode == "kprobe":
-            probes.attach(self._bpf, the_plan)
-            if not any(s.attached for s in the_plan.status):
-                raise UffdtraceError("no probe could be attached: see 'uffdtrace doctor'")
+        self.backend.attach(self._bpf, the_plan)
         follow = self._bpf["follow"]
         for pid in self.opts.pids:
             follow[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
@@ -212,57 +217,20 @@ class LiveSource:
             self._proc = subprocess.Popen(self._command)
             self.info.command_pid = self._proc.pid
 
-    def _plan(self, kallsyms: Kallsyms, features: kernel.Features) -> probes.Plan:
-        if self.info.mode == "tracepoint":
-            assert features.tracefs is not None  # check_environment made sure
-            the_plan = probes.tracepoint_plan(kallsyms, features.tracefs)
-            why = probes.tracepoint_mode_unusable(the_plan)
-            if why:
-                raise UffdtraceError(f"tracepoint mode cannot work on this kernel: {why}")
-            self.info.degraded = probes.degraded(the_plan)
-            return the_plan
-        try:
-            member_offsets = offsets.load()
-        except BtfError as exc:
-            raise UffdtraceError(f"cannot read kernel BTF: {exc}") from exc
-        the_plan = probes.plan(kallsyms, member_offsets)
-        if "fault" not in the_plan.chosen:
-            raise UffdtraceError("handle_userfault is not in kallsyms: is CONFIG_USERFAULTFD enabled?")
-        self.info.degraded = [f"{s.name} ({s.detail})" for s in the_plan.status if s.symbol is None]
-        return the_plan
-
     def _scan_proc(self) -> None:
         """One walk of /proc at start (probes attached): tracepoint mode learns
         the uffds that already exist; threads already blocked in
         handle_userfault are kept for the correlator (a command started here
         has none)."""
         want_blocked = not self._command or bool(self.opts.pids)
-        if self.info.mode != "tracepoint" and not want_blocked:
+        if not self.backend.learns_every_uffd and not want_blocked:
             return
-        # Tracepoint mode needs every uffd (a handler may live in another process).
-        found = procscan.scan(self.opts.pids if self.info.mode == "kprobe" else (),
-                              include_blocked_only=want_blocked).processes  # as root: nothing hidden
-        if self.info.mode == "tracepoint":
-            self._learn_existing_uffds([p for p in found if p.fds])
+        pids = () if self.backend.learns_every_uffd else self.opts.pids
+        found = procscan.scan(pids, include_blocked_only=want_blocked).processes  # as root: nothing hidden
+        self.info.existing = self.backend.learn(self._bpf, [p for p in found if p.fds])
         if want_blocked:
             self.blocked_before = [(p.pid, t) for p in found if not self.opts.pids or p.pid in self.opts.pids
                                    for t in p.blocked]
-
-    def _learn_existing_uffds(self, found: list[procscan.UffdProcess]) -> None:
-        """Tracepoint mode sees uffds created from now on; the ones that
-        already exist, and their registered ranges, come from /proc."""
-        self.info.existing = [p.pid for p in found]
-        users, fds, ranges = self._bpf["uffd_users"], self._bpf["uffd_fds"], self._bpf["ranges"]
-        for proc in found:
-            users[ctypes.c_uint32(proc.pid)] = ctypes.c_uint8(1)
-            for ufd in proc.fds:
-                fds[ctypes.c_uint64(proc.pid << 32 | ufd.fd)] = ctypes.c_uint8(1)
-            # /proc does not say which uffd a range belongs to: the first one.
-            owner = proc.pid << 32 | proc.fds[0].fd
-            rs = ranges.Leaf()
-            for i, (start, end) in enumerate(proc.ranges[: len(rs.start)]):
-                rs.start[i], rs.end[i], rs.ctx[i] = start, end, owner
-            ranges[ctypes.c_uint32(proc.pid)] = rs
 
     def _on_perf_record(self, _cpu: int, data: Any, _size: int) -> None:
         # Only copy here: the kernel keeps producing while the poll drains,
