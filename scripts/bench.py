@@ -50,9 +50,9 @@ TICKS = os.sysconf("SC_CLK_TCK")
 # The peer: what a bpftrace user would write to watch the same steps.
 BPFTRACE_SCRIPT = """
 tracepoint:exceptions:page_fault_user /comm == "uffd-stress"/ { @faults[tid] = count(); }
-tracepoint:sched:sched_switch /args.prev_state != 0 && comm == "uffd-stress"/ { @block[kstack(8)] = count(); }
-tracepoint:sched:sched_waking /args.comm == "uffd-stress"/ { @wake[kstack(8)] = count(); }
-tracepoint:syscalls:sys_exit_ioctl /comm == "uffd-stress"/ { @ioctl[args.ret] = count(); }
+tracepoint:sched:sched_switch /args->prev_state != 0 && comm == "uffd-stress"/ { @block[kstack(8)] = count(); }
+tracepoint:sched:sched_waking /args->comm == "uffd-stress"/ { @wake[kstack(8)] = count(); }
+tracepoint:syscalls:sys_exit_ioctl /comm == "uffd-stress"/ { @ioctl[args->ret] = count(); }
 tracepoint:syscalls:sys_exit_read /comm == "uffd-stress"/ { @read = count(); }
 """
 

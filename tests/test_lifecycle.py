@@ -98,8 +98,7 @@ def correlate(events: list[Event], mode: str, ticks: list[float] = (), end: floa
     corr = Correlator(out, Thresholds(**th), sees_returns=mode == "kprobe",
                       tasks=(lambda _p, t: tasks.get(t)) if tasks is not None else None,
                       faults=faults.get if faults is not None else None)
-    for e in events:
-        corr.feed(e)
+    corr.feed(list(events))
     for at in ticks:
         corr.advance(T0 + int(at * MS))
         if lost and at in lost:
@@ -377,8 +376,7 @@ def test_fault_blocked_before_tracing_began() -> None:
     corr.advance(T0)
     assert out.raised() == ["never_woken"] and out.flags[0].addr is None
     assert out.flags[0].blocked_ns == 5000 * MS
-    for e in [woken(10), copy(10.1)]:  # the wake-up tells the page
-        corr.feed(e)
+    corr.feed([woken(10), copy(10.1)])  # the wake-up tells the page
     corr.advance(T0 + 200 * MS)
     corr.finish(T0 + 300 * MS)
     [lc] = out.lifecycles
@@ -418,8 +416,7 @@ def test_late_read_record_still_counts() -> None:
 def test_open_lifecycles_are_bounded() -> None:
     out = Out()
     corr = Correlator(out, Thresholds(), sees_returns=True, max_open=10)
-    for i in range(25):
-        corr.feed(fault(i * 0.01, tid=1000 + i))
+    corr.feed([fault(i * 0.01, tid=1000 + i) for i in range(25)])
     corr.advance(T0 + 1 * MS)
     assert len(corr.open) == 10 and corr.counters.evicted == 15
     assert {lc.tid for lc in corr.open.values()} == set(range(1015, 1025))

@@ -140,12 +140,12 @@ class PointerIds:
     """Replaces kernel pointers by small ids, in order of first sighting."""
 
     def __init__(self) -> None:
-        self._ids: dict[int, int] = {}
+        self.known: dict[int, int] = {}  # pointer -> id, for lookups without a call
 
     def __call__(self, pointer: int) -> int:
         if pointer == 0:
             return 0
-        return self._ids.setdefault(pointer, len(self._ids) + 1)
+        return self.known.setdefault(pointer, len(self.known) + 1)
 
 
 def slot_layout(header: int, slot: int) -> struct.Struct:
@@ -153,9 +153,23 @@ def slot_layout(header: int, slot: int) -> struct.Struct:
     return struct.Struct(f"<{header}x{RECORD.format[1:]}{slot - header - RECORD_SIZE}x")
 
 
+class _Comms(dict[bytes, str]):
+    """comm[16] as the kernel wrote it -> text, decoded once per distinct name."""
+
+    def __missing__(self, raw: bytes) -> str:
+        if len(self) >= 65536:  # names are few; a fork storm must not grow this without end
+            self.clear()
+        text = self[raw] = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+        return text
+
+
+_COMMS = _Comms()
+
+
 def decode_many(data: bytes, ids: PointerIds, layout: struct.Struct = RECORD) -> list[Event]:
     """Decode back-to-back records (one C call to split them); ``ids`` hides kernel pointers."""
-    return [Event(ts_ns, _KINDS[kind], cpu, tgid, tid, comm.split(b"\0", 1)[0].decode("utf-8", "replace"), ids(ctx),
+    kinds, comms, known = _KINDS, _COMMS, ids.known
+    return [Event(ts_ns, kinds[kind], cpu, tgid, tid, comms[comm], known.get(ctx) or ids(ctx),
                   addr, length, flags, mode, ret, peer_tid, op, aux)
             for (ts_ns, kind, cpu, tgid, tid, comm, ctx, addr, length, flags, mode, ret, peer_tid, op, aux)
             in layout.iter_unpack(data)]

@@ -24,8 +24,8 @@ starts when a wake-up did not resolve the page (the thread retries at once).
 
 from __future__ import annotations
 
+import bisect
 import collections
-import heapq
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -64,6 +64,10 @@ TaskProbe = Callable[[int, int], TaskState | None]
 # is faulting on: in kprobe mode while it is inside handle_userfault, in
 # tracepoint mode its last fault in a registered range. None when unknown.
 FaultProbe = Callable[[int], int | None]
+
+
+def _ts(ev: Event) -> int:
+    return ev.ts_ns
 
 
 class Sink(Protocol):
@@ -155,8 +159,9 @@ class Correlator:
         self.aio: dict[int, AioPoll] = {}
         self.recent_moves: collections.deque[tuple[int, int]] = collections.deque(maxlen=64)
         self.counters = Counters()
-        self._queue: list[tuple[int, int, Event]] = []
-        self._seq = 0
+        # Fed, not yet handled: sorted by time in advance() (a stable sort of
+        # nearly sorted data, cheaper than a heap operation per event).
+        self._queue: list[Event] = []
         self._handlers: dict[Kind, Callable[[Event], None]] = {
             Kind.FAULT: self._fault, Kind.FAULT_RET: self._fault_ret, Kind.BLOCK: self._block,
             Kind.READ_MSG: self._read, Kind.RESOLVE: self._resolve, Kind.UFFD_REGISTER: self._register,
@@ -166,9 +171,9 @@ class Correlator:
         }
 
     # -- driving -------------------------------------------------------------
-    def feed(self, ev: Event) -> None:
-        heapq.heappush(self._queue, (ev.ts_ns, self._seq, ev))
-        self._seq += 1
+    def feed(self, events: list[Event]) -> None:
+        """Events in delivery order (equal timestamps keep it)."""
+        self._queue += events
 
     def note_lost(self, total: int) -> None:
         """The source's count of lost records so far (flags concluded from a
@@ -178,11 +183,14 @@ class Correlator:
     def advance(self, horizon: int) -> None:
         """Handle every event up to ``horizon`` in time order, then check the
         rules as of ``horizon`` (the watchdog tick)."""
-        while self._queue and self._queue[0][0] <= horizon:
-            ev = heapq.heappop(self._queue)[2]
-            handler = self._handlers.get(ev.kind)
+        self._queue.sort(key=_ts)
+        due = bisect.bisect_right(self._queue, horizon, key=_ts)
+        handlers = self._handlers
+        for ev in self._queue[:due]:
+            handler = handlers.get(ev.kind)
             if handler is not None:
                 handler(ev)
+        del self._queue[:due]
         self._tick(horizon)
         for lc in self.settling.due(horizon, self.th.wake_ns, self.th.stuck_ns):
             self._emit(lc)
@@ -195,7 +203,7 @@ class Correlator:
     def finish(self, now: int) -> None:
         """End of the trace: everything is handled; lifecycles still open are
         reported as they stand (state ``blocked`` when the thread still waits)."""
-        last = max([now, *(ts for ts, _, _ in self._queue)])
+        last = max([now, *(ev.ts_ns for ev in self._queue)])
         self.advance(last)
         for lc in list(self.open.values()):
             if lc.waiting and self._where(lc) == "gone":

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__, procscan
+from .events import Kind
 from .lifecycle import Correlator
 from .model import BlockedThread
 from .output import Printer
@@ -30,7 +31,7 @@ def header(src: LiveSource, command: Sequence[str], pids: Sequence[int], th: Thr
 def run(src: LiveSource, printer: Printer, th: Thresholds, *, raw_events: bool, command: Sequence[str] = (),
         pids: Sequence[int] = ()) -> dict[str, Any]:
     """Trace until the source ends; returns the summary (also printed)."""
-    by_kind: collections.Counter[str] = collections.Counter()
+    kinds: collections.Counter[Kind] = collections.Counter()
     lost_seen = 0
     try:
         src.start()
@@ -42,11 +43,11 @@ def run(src: LiveSource, printer: Printer, th: Thresholds, *, raw_events: bool, 
         for pid, t in src.blocked_before:  # waiting before tracing began (DESIGN §5)
             corr.add_blocked(BlockedThread(pid, t.tid, t.comm, min(t.last_ran_ns or now, now)))
         for batch, horizon in src.batches():
-            for ev in batch:
-                by_kind[ev.kind.name.lower()] += 1
-                if raw_events:
+            kinds.update(ev.kind for ev in batch)
+            if raw_events:
+                for ev in batch:
                     printer.event(ev)
-                corr.feed(ev)
+            corr.feed(batch)
             corr.advance(horizon)
             # After the batch: a loss counted now may have happened during the
             # faults it opened, and their flags will say so (never the reverse).
@@ -60,10 +61,11 @@ def run(src: LiveSource, printer: Printer, th: Thresholds, *, raw_events: bool, 
         src.close()
     if src.lost > lost_seen:
         printer.lost(src.lost)
+    by_kind = {kind.name.lower(): n for kind, n in kinds.items()}
     summary = {"lifecycles": corr.counters.lifecycles, "flags": dict(corr.counters.flags),
                "failing_flags": corr.counters.failing,
                "evicted": corr.counters.evicted, "unmatched_reads": corr.counters.unmatched_reads,
-               "events": sum(by_kind.values()), "by_kind": dict(by_kind), "lost": src.lost,
+               "events": sum(by_kind.values()), "by_kind": by_kind, "lost": src.lost,
                "lost_causes": src.lost_causes,
                "command_status": src.info.command_status, "pids_exited": src.info.pids_exited}
     printer.summary(summary)

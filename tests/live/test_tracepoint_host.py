@@ -135,7 +135,9 @@ def test_ps_and_a_fault_blocked_before_tracing_began() -> None:
     try:
         tid = waiting_thread(wl.pid, "wl-dontwake")
         ps = subprocess.run([str(UFFDTRACE), "ps", "-j"], capture_output=True, text=True, check=True)
-        [proc] = [p for p in map(json.loads, ps.stdout.splitlines()) if p["pid"] == wl.pid]
+        records = [json.loads(line) for line in ps.stdout.splitlines()]
+        assert records[-1] == {"type": "ps_summary", "processes": len(records) - 1, "hidden": 0}  # root sees all
+        [proc] = [p for p in records[:-1] if p["pid"] == wl.pid]
         assert proc["comm"] == "python" and len(proc["uffds"]) == 1
         assert proc["uffds"][0]["total"] == 1 and proc["uffds"][0]["pending"] == 0  # read, never woken
         [blocked] = proc["blocked"]
