@@ -33,7 +33,9 @@ BPF_HASH(uffd_users, u32, u8, 65536);
 
 struct fault_entry { u64 ts; u64 ctx; u64 addr; };
 struct read_entry { u64 ctx; u64 buf; };
-struct ioctl_entry { u64 ctx; u64 cmd; u64 arg; u64 in[5]; };
+/* relevant: the ioctl can matter to a lifecycle (see ioctl_wanted). */
+struct ioctl_entry { u64 ctx; u64 cmd; u64 arg; u64 in[5]; u64 relevant; };
+BPF_HASH(in_ioctl, u32, struct ioctl_entry, 65536);  /* tid -> its uffd ioctl in progress */
 
 #define MAX_MSGS_PER_READ 32
 #define UFFD_MSG_SIZE 32
@@ -169,6 +171,107 @@ static __always_inline void emit_messages(void *ctx, u64 uctx, u64 buf, s64 ret)
 		e.aux = i;
 		emit(ctx, &e);
 	}
+}
+
+/* ---- in-kernel filter of resolutions --------------------------------- */
+
+/* A post-copy destination copies every page with an ioctl of its own, and
+ * almost none covers a page a thread waits for. Without --events
+ * (ALL_RESOLVES), a resolving ioctl is sent to user space only when it can
+ * matter to a lifecycle: a fault waits in its range when it starts or
+ * returns, or it woke a uffd waiter on the way; the others are counted in
+ * `filtered`. UFFDIO_WAKE, MOVE (anon_vma evidence), (UN)REGISTER and API
+ * always go out, and so does a range too long to check page by page. */
+struct page_key { u64 ctx; u64 page; };
+BPF_TABLE("lru_hash", struct page_key, u64, waiting_pages, 65536);  /* -> fault time */
+BPF_PERCPU_ARRAY(filtered, u64, 1);
+#define MAX_CHECKED_PAGES 16
+#define FILTER_PAGE 4096ULL
+
+static __always_inline void page_waits(u64 uctx, u64 page, u64 ts)
+{
+	struct page_key k = { .ctx = uctx, .page = page & ~(FILTER_PAGE - 1) };
+
+	waiting_pages.update(&k, &ts);
+}
+
+static __always_inline void page_done(u64 uctx, u64 page)
+{
+	struct page_key k = { .ctx = uctx, .page = page & ~(FILTER_PAGE - 1) };
+
+	waiting_pages.delete(&k);
+}
+
+/* The range a resolving ioctl covers: {dst, src, len, ...} for COPY and
+ * MOVE, {start, len, ...} for the others. */
+static __always_inline void ioctl_range(struct ioctl_entry *ie, u64 *start, u64 *len)
+{
+	u32 nr = ie->cmd & 0xff;
+
+	*start = ie->in[0];
+	*len = (nr == UT_OP_COPY || nr == UT_OP_MOVE) ? ie->in[2] : ie->in[1];
+}
+
+static __always_inline bool filterable(struct ioctl_entry *ie)
+{
+#ifdef ALL_RESOLVES
+	return false;
+#else
+	u32 nr = ie->cmd & 0xff;
+
+	return nr == UT_OP_COPY || nr == UT_OP_ZEROPAGE || nr == UT_OP_CONTINUE || nr == UT_OP_WRITEPROTECT ||
+	       nr == UT_OP_POISON;
+#endif
+}
+
+/* Whether a fault waits in the ioctl's range (true when it cannot tell). */
+static __always_inline bool range_has_waiter(struct ioctl_entry *ie)
+{
+	u64 start, len, first;
+
+	ioctl_range(ie, &start, &len);
+	if (len == 0 || len > MAX_CHECKED_PAGES * FILTER_PAGE)
+		return true;
+	first = start & ~(FILTER_PAGE - 1);
+	for (int i = 0; i < MAX_CHECKED_PAGES; i++) {
+		struct page_key k = { .ctx = ie->ctx, .page = first + i * FILTER_PAGE };
+
+		if (k.page >= start + len)
+			break;
+		if (waiting_pages.lookup(&k))
+			return true;
+	}
+	return false;
+}
+
+/* At entry: ie->relevant says whether a fault waits in range now. */
+static __always_inline void ioctl_entered(struct ioctl_entry *ie)
+{
+	ie->relevant = !filterable(ie) || range_has_waiter(ie);
+}
+
+/* The current thread, inside a uffd ioctl, woke a uffd waiter. */
+static __always_inline void ioctl_woke(void)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct ioctl_entry *ie = in_ioctl.lookup(&tid);
+
+	if (ie)
+		ie->relevant = 1;
+}
+
+/* At return: relevant at entry, woke someone, or a fault arrived meanwhile. */
+static __always_inline bool ioctl_wanted(struct ioctl_entry *ie)
+{
+	int zero = 0;
+	u64 *n;
+
+	if (ie->relevant || range_has_waiter(ie))
+		return true;
+	n = filtered.lookup(&zero);
+	if (n)
+		*n += 1;
+	return false;
 }
 
 /* The event for a returned uffd ioctl: ie holds the request and the user

@@ -21,7 +21,6 @@ struct flavr_entry { u64 ts; u64 folio; u32 trylocks; };
  * user space reads it to confirm that a thread still waits for its page. */
 BPF_HASH(thread_fault, u32, struct fault_entry, 65536);
 BPF_HASH(reading, u32, struct read_entry, 65536);
-BPF_HASH(in_ioctl, u32, struct ioctl_entry, 65536);
 BPF_HASH(ioctl_fd, u32, u64, 65536);
 BPF_HASH(waking, u32, struct wake_entry, 4096);
 BPF_HASH(aio_waking, u32, struct aio_entry, 4096);
@@ -52,6 +51,7 @@ int kp_handle_userfault(struct pt_regs *ctx)
 	fe.ctx = e.ctx;
 	fe.addr = e.addr;
 	thread_fault.update(&tid, &fe);
+	page_waits(fe.ctx, fe.addr, fe.ts);
 	mark_user(e.tgid, e.ctx);
 	emit(ctx, &e);
 	return 0;
@@ -70,6 +70,7 @@ int kr_handle_userfault(struct pt_regs *ctx)
 	e.addr = fe->addr;
 	e.ret = (u32)PT_REGS_RC(ctx);
 	e.aux = e.ts_ns - fe->ts;
+	page_done(fe->ctx, fe->addr);
 	thread_fault.delete(&tid);
 	emit(ctx, &e);
 	return 0;
@@ -184,6 +185,7 @@ int kp_userfaultfd_ioctl(struct pt_regs *ctx)
 	ie.cmd = PT_REGS_PARM2(ctx);
 	ie.arg = PT_REGS_PARM3(ctx);
 	bpf_probe_read_user(ie.in, sizeof(ie.in), (void *)ie.arg);
+	ioctl_entered(&ie);
 	in_ioctl.update(&tid, &ie);
 	return 0;
 }
@@ -197,6 +199,10 @@ int kr_userfaultfd_ioctl(struct pt_regs *ctx)
 
 	if (!ie)
 		return 0;
+	if (!ioctl_wanted(ie)) {
+		in_ioctl.delete(&tid);
+		return 0;
+	}
 	fill_ioctl_event(&e, ie, PT_REGS_RC(ctx), fd ? (s64)(u32)*fd : -1);
 	in_ioctl.delete(&tid);
 	emit(ctx, &e);
@@ -261,6 +267,8 @@ int kr_userfaultfd_wake_function(struct pt_regs *ctx)
 	e.len = we->len;
 	e.ret = (int)PT_REGS_RC(ctx);
 	waking.delete(&tid);
+	if (e.ret == 1)
+		ioctl_woke();
 	emit(ctx, &e);
 	return 0;
 }

@@ -36,7 +36,6 @@ BPF_HASH(uffd_fds, u64, u8, 65536);              /* (tgid, fd) of every known uf
  * confirm that a thread still waits for that page) */
 BPF_HASH(thread_fault, u32, struct fault_entry, 65536);
 BPF_HASH(reading, u32, struct read_entry, 65536);
-BPF_HASH(in_ioctl, u32, struct ioctl_entry, 65536);
 BPF_HASH(new_uffd, u32, u8, 65536);               /* tid inside /dev/userfaultfd IOC_NEW */
 BPF_HASH(getting, u32, struct getevents_entry, 65536);
 BPF_HASH(aio_polls, u64, u64, 65536);             /* user iocb -> uffd ctx */
@@ -154,6 +153,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_ioctl)
 	ie.cmd = args->cmd;
 	ie.arg = args->arg;
 	bpf_probe_read_user(ie.in, sizeof(ie.in), (void *)ie.arg);
+	ioctl_entered(&ie);
 	in_ioctl.update(&tid, &ie);
 	return 0;
 }
@@ -173,6 +173,10 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 	ie = in_ioctl.lookup(&tid);
 	if (!ie)
 		return 0;
+	if (!ioctl_wanted(ie)) {
+		in_ioctl.delete(&tid);
+		return 0;
+	}
 	fill_ioctl_event(&e, ie, args->ret, (u32)ie->ctx);
 	in_ioctl.delete(&tid);
 	if (e.ret == 0 && e.op == UT_OP_REGISTER)
@@ -208,6 +212,7 @@ static __always_inline void on_page_fault(void *ctx, u64 address, u64 error_code
 	struct uffdtrace_event e = {};
 	struct fault_entry fe = {};
 	u32 tgid = current_tgid(), tid = current_tid();
+	struct fault_entry *last;
 	struct range_set *rs;
 
 	if (!tracked(tgid))
@@ -221,6 +226,11 @@ static __always_inline void on_page_fault(void *ctx, u64 address, u64 error_code
 			break;
 		}
 	}
+	/* The thread's previous fault is over: it runs (tracepoint mode sees no
+	 * return from handle_userfault). */
+	last = thread_fault.lookup(&tid);
+	if (last && (last->ctx != fe.ctx || last->addr != (address & ~0xfffULL)))
+		page_done(last->ctx, last->addr);
 	if (!fe.ctx) {
 		thread_fault.delete(&tid);
 		return;
@@ -233,6 +243,7 @@ static __always_inline void on_page_fault(void *ctx, u64 address, u64 error_code
 	fe.ts = e.ts_ns;
 	fe.addr = e.addr;
 	thread_fault.update(&tid, &fe);
+	page_waits(fe.ctx, fe.addr, fe.ts);
 	emit(ctx, &e);
 }
 
@@ -267,6 +278,7 @@ TRACEPOINT_PROBE(sched, sched_switch)
 	e.ctx = fe->ctx;
 	e.addr = fe->addr;
 	e.aux = e.ts_ns - fe->ts;
+	page_waits(fe->ctx, fe->addr, e.ts_ns);  /* again, after a wake-up without the page */
 	emit(args, &e);
 	return 0;
 }
@@ -291,6 +303,7 @@ TRACEPOINT_PROBE(sched, sched_waking)
 	found = stack_has(args, UWF_START, UWF_END, WU_START, WU_END);
 	if (!(found & 1))
 		return 0;   /* not a uffd wake-up (a signal, an unrelated wait) */
+	ioctl_woke();
 	e.peer_tid = pid;
 	e.ret = 1;
 	e.mode = (found & 2) ? 1 : 0;

@@ -118,7 +118,7 @@ def trace_cmd(ctx: click.Context, /, pids: tuple[int, ...], tids: tuple[int, ...
               command: tuple[str, ...], **kw: Any) -> int:
     """Per-fault lifecycles and race flags, live; with -- CMD, run CMD and follow it."""
     src = LiveSource(Options(pids=pids, command=command, duration=duration, transport=kw["transport"],
-                             buffer_kb=kw["buffer_kb"]), ctx.obj["mode"])
+                             buffer_kb=kw["buffer_kb"], every_record=kw["raw_events"]), ctx.obj["mode"])
     printer = Printer(kw["as_json"], tids=tids, flagged_only=kw["flagged"])
     summary = session.run(src, printer, thresholds(kw), raw_events=kw["raw_events"], command=command, pids=pids)
     return 3 if kw["fail_on_flags"] and summary["failing_flags"] else 0

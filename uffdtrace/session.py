@@ -66,7 +66,7 @@ def run(src: LiveSource, printer: Printer, th: Thresholds, *, raw_events: bool, 
                "failing_flags": corr.counters.failing,
                "evicted": corr.counters.evicted, "unmatched_reads": corr.counters.unmatched_reads,
                "events": sum(by_kind.values()), "by_kind": by_kind, "lost": src.lost,
-               "lost_causes": src.lost_causes,
+               "lost_causes": src.lost_causes, "filtered_resolves": src.filtered,
                "command_status": src.info.command_status, "pids_exited": src.info.pids_exited}
     printer.summary(summary)
     return summary

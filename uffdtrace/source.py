@@ -59,6 +59,7 @@ class Options:
     duration: float | None = None
     transport: str = "auto"  # auto | ringbuf | perf
     buffer_kb: int = DEFAULT_BUFFER_KB  # kernel buffer: the ring, or the perf buffers of all CPUs together
+    every_record: bool = False  # --events: no in-kernel filtering of resolutions (bpf/common.h)
 
 
 @dataclass
@@ -167,6 +168,7 @@ class LiveSource:
         self._bpf: Any = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._lost_at_close = dict.fromkeys(LOST_CAUSES, 0)
+        self._filtered_at_close = 0
         self.stopper = Stopper()
         self._command = resolve_command(opts.command) if opts.command else []
         check_pids(opts.pids)
@@ -192,6 +194,8 @@ class LiveSource:
         if self.info.transport == "ringbuf":
             defines["USE_RINGBUF"] = None
             defines["RINGBUF_PAGES"] = buffer_pages
+        if self.opts.every_record:
+            defines["ALL_RESOLVES"] = None
         if self.opts.pids or self._command:
             defines["FILTER"] = None
             defines["SPAWN_PARENT"] = os.getpid() if self._command else 0
@@ -307,6 +311,14 @@ class LiveSource:
         return None if entry is None else int(entry.addr)
 
     @property
+    def filtered(self) -> int:
+        """Resolving ioctls the kernel did not send: none of them could matter
+        to a lifecycle (bpf/common.h ioctl_wanted)."""
+        if self._bpf is not None:
+            self._filtered_at_close = int(sum(self._bpf["filtered"][ctypes.c_int(0)]))
+        return self._filtered_at_close
+
+    @property
     def lost_causes(self) -> dict[str, int]:
         """What went unseen so far, per cause (bpf/common.h ``enum lost_cause``)."""
         if self._bpf is None:
@@ -332,5 +344,6 @@ class LiveSource:
             self._ring = None
         if self._bpf is not None:
             self._lost_at_close = self.lost_causes
+            self._filtered_at_close = self.filtered
             self._bpf.cleanup()
             self._bpf = None
