@@ -10,7 +10,8 @@ DISCARD bit 30) followed by the data, padded to 8 bytes.
 uffdtrace's records all have one size, so a span of committed records is a
 byte string that ``struct.iter_unpack`` decodes in one C call: this reader
 copies whole spans and advances the consumer position, and decoding happens
-later, in the correlating thread.
+later, in the correlating thread. The producers send no wake-ups
+(BPF_RB_NO_WAKEUP): the reader is called on a timer.
 
 The positions are read and written with plain loads and stores: correct on
 x86-64 (loads are not reordered with loads, stores not with stores), the
@@ -21,7 +22,6 @@ architectures would need the acquire/release barriers libbpf uses.
 from __future__ import annotations
 
 import mmap
-import select
 import struct
 
 HEADER_SIZE = 8
@@ -46,12 +46,6 @@ class RingReader:
         self._consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         self._producer = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
         self._data = memoryview(self._producer)[page:]
-        self._epoll = select.epoll()
-        self._epoll.register(map_fd, select.EPOLLIN)
-
-    def wait(self, timeout_s: float) -> None:
-        """Sleep until the ring holds data (level-triggered), or ``timeout_s``."""
-        self._epoll.poll(timeout_s)
 
     def read(self) -> tuple[bytes, bool]:
         """Every committed record now in the ring, as one byte string of
@@ -80,7 +74,6 @@ class RingReader:
         return span, stalled
 
     def close(self) -> None:
-        self._epoll.close()
         self._data.release()
         self._producer.close()
         self._consumer.close()

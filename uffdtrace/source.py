@@ -30,8 +30,8 @@ from .tracepoint_mode import TracepointBackend
 
 POLL_MS = 100
 TICK_S = 0.05  # how often the main thread correlates what was drained, and checks the rules
-# After a non-empty read the drain thread lets records gather this long: a
-# few large copies instead of many small ones (16 MiB hold ~150k records).
+# The drain thread reads the ring this often: a few large copies instead of
+# many small ones (16 MiB hold ~150k records, a few 100 ms at the worst rate seen).
 DRAIN_PAUSE_S = 0.005
 DEFAULT_BUFFER_KB = 16384
 SPILL_PAGES_PER_CPU = 16  # per-CPU perf buffer for the records the ring refused (bpf/common.h emit)
@@ -243,8 +243,9 @@ class LiveSource:
 
     # -- running -------------------------------------------------------------
     def _poll(self, timeout_ms: int) -> None:
-        """Move what the kernel buffer holds to ``_pending``, waiting up to
-        ``timeout_ms`` for something to arrive when it is empty."""
+        """Move what the kernel buffers hold to ``_pending``. With a
+        ``timeout_ms``, then wait: the perf buffer up to that long for a
+        record, the ring (whose producers send no wake-up) DRAIN_PAUSE_S."""
         started = time.monotonic_ns()
         if self._ring is None:
             self._bpf.perf_buffer_poll(timeout_ms)
@@ -314,9 +315,9 @@ class LiveSource:
     def filtered(self) -> int:
         """Resolving ioctls the kernel did not send: none of them could matter
         to a lifecycle (bpf/common.h ioctl_wanted)."""
-        if self._bpf is not None:
-            self._filtered_at_close = int(sum(self._bpf["filtered"][ctypes.c_int(0)]))
-        return self._filtered_at_close
+        if self._bpf is None:
+            return self._filtered_at_close
+        return int(sum(self._bpf["filtered"][ctypes.c_int(0)]))
 
     @property
     def lost_causes(self) -> dict[str, int]:
