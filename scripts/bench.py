@@ -20,7 +20,10 @@ Wall time swings by tens of percent between runs on these machines, hence
 the alternation, the medians and the CPU-cost ratio beside the wall ratio.
 
 Usage (root; bpftrace from Debian's package for the peer column):
-  .venv/bin/python scripts/bench.py [--mode M] [--runs R] [--only stress|micro|busy]
+  .venv/bin/python scripts/bench.py [--mode M] [--runs R] [--only stress|micro|busy] [--stress TYPE:MIB:BOUNCES]
+Kprobe mode in the Debian 6.12 VM (ratios only: the guest is emulated), from the checkout:
+  vng --run /boot/vmlinuz-6.12.*+deb12-amd64 --disable-kvm --force-9p --cpus 2 --memory 2G
+      --exec '.venv/bin/python scripts/bench.py --mode kprobe --only stress --runs 2 --stress anon:8:4'
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 UFFDTRACE = ROOT / ".venv" / "bin" / "uffdtrace"
 UFFD_STRESS = ROOT / ".build" / "uffd-stress"
 SOURCES = sorted((ROOT / "tests" / "workloads").glob("*.c"))
-STRESS_CONFIGS = (("anon", "64", "8"), ("shmem", "64", "8"), ("hugetlb", "64", "8"))
+STRESS_CONFIGS = ("anon:64:8", "shmem:64:8", "hugetlb:64:8")  # uffd-stress TYPE:MiB:BOUNCES
 HUGEPAGES = 64  # 2 MiB pages reserved for the hugetlb run (and given back afterwards)
 TICKS = os.sysconf("SC_CLK_TCK")
 # The peer: what a bpftrace user would write to watch the same steps.
@@ -145,7 +148,7 @@ def reserve_hugepages() -> int | None:
     return old
 
 
-def bench_stress(mode: str, runs: int) -> None:
+def bench_stress(mode: str, runs: int, configs: list[str]) -> None:
     if not UFFD_STRESS.exists():
         subprocess.run([str(ROOT / "scripts" / "build_uffd_stress.sh")], check=True)
     variants: dict[str, tuple[list[str] | None, str]] = {
@@ -157,7 +160,7 @@ def bench_stress(mode: str, runs: int) -> None:
         variants["bpftrace (peer)"] = (["bpftrace", "-e", BPFTRACE_SCRIPT], "Attaching")
     else:
         print("  (no bpftrace: apt-get install bpftrace for the peer column)")
-    for config in STRESS_CONFIGS:
+    for config in (tuple(c.split(":")) for c in configs):
         old_huge = reserve_hugepages() if config[0] == "hugetlb" else None
         if config[0] == "hugetlb" and old_huge is None:
             print(f"uffd-stress {' '.join(config)}: skipped (cannot reserve {HUGEPAGES} huge pages)")
@@ -245,13 +248,15 @@ def main() -> int:
     ap.add_argument("--pages", type=int, default=20000)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--only", choices=["stress", "micro", "busy"])
+    ap.add_argument("--stress", action="append", metavar="TYPE:MIB:BOUNCES",
+                    help=f"uffd-stress configuration (repeatable; default {' '.join(STRESS_CONFIGS)})")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench.py: run as root", file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory() as tmp:
         if args.only in (None, "stress"):
-            bench_stress(args.mode, args.runs)
+            bench_stress(args.mode, args.runs, args.stress or list(STRESS_CONFIGS))
         if args.only in (None, "micro"):
             bench_micro(args.mode, args.runs, args.pages, Path(tmp))
         if args.only in (None, "busy"):
