@@ -397,11 +397,14 @@ class Correlator:
         from ``waker`` (the woken thread can move on before that ioctl returns)."""
         return [*self.open.values(), *self.settling.woken_by(waker)]
 
-    def _covering(self, ev: Event) -> Iterator[Lifecycle]:
+    @staticmethod
+    def _covers(ev: Event, lc: Lifecycle) -> bool:
+        """Whether ioctl ``ev``'s range holds the lifecycle's page (len 0: all)."""
         start, length = ev.addr & PAGE_MASK, ev.len
-        for lc in self._awaiting(ev.tid):
-            if lc.ctx == ev.ctx and lc.page is not None and (length == 0 or start <= lc.page < start + length):
-                yield lc
+        return lc.ctx == ev.ctx and lc.page is not None and (length == 0 or start <= lc.page < start + length)
+
+    def _covering(self, ev: Event) -> Iterator[Lifecycle]:
+        return (lc for lc in self._awaiting(ev.tid) if self._covers(ev, lc))
 
     def _resolve(self, ev: Event) -> None:
         if ev.op == Op.MOVE:
@@ -437,14 +440,20 @@ class Correlator:
             self._close_lifecycle(lc, self._finished_state(lc), ev.ts_ns)
 
     def _settle_wakes(self, ev: Event) -> None:
-        """The waker's ioctl record arrived: the wake-ups it did inside that
-        ioctl either came with the page (done) or without it (a retry)."""
+        """The waker's next ioctl record arrived. If its range holds the page
+        (every ioctl wakes only the waiters of its range), it is the one that
+        did the wake-up, which came with the page (done) or without it (a
+        retry). If not, the waking ioctl's record was lost: whether the page
+        came is unknown, and no retry is inferred from that absence."""
         for lc in self._awaiting(ev.tid):
             if lc.pending_waker != ev.tid:
                 continue
             lc.pending_waker = None
             if not self._is_open(lc):
                 self.settling.waker_reported(lc, waker=ev.tid)
+                continue
+            if not self._covers(ev, lc):
+                lc.note("the record of the ioctl that woke it is missing", ev.ts_ns)
                 continue
             if lc.present or lc.closer is not None:
                 if lc.returned or not self.sees_returns:
