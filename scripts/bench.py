@@ -15,6 +15,9 @@
    result measures idle vCPU wake-up instead), untraced vs traced.
 3. `busy`: an unrelated busy workload (gcc builds) with and without a
    host-wide tracer: what processes that never touch userfaultfd pay.
+4. `rate`: the record rate `--events` consumed with zero loss, rising with the
+   faulting threads of tests/workloads/postcopy_shape (the rate over the
+   records' own time span), and where loss starts, if it does.
 
 Wall time swings by tens of percent between runs on these machines, hence
 the alternation, the medians and the CPU-cost ratio beside the wall ratio.
@@ -242,12 +245,27 @@ def bench_busy(mode: str, runs: int, scratch: Path) -> None:
           f"slowdown ratio {t_busy / t_idle:.3f}  (median of {runs})")
 
 
+def bench_rate(mode: str, scratch: Path) -> None:
+    exe = scratch / "postcopy_shape"
+    subprocess.run(["gcc", "-O2", "-pthread", "-o", str(exe), str(ROOT / "tests/workloads/postcopy_shape.c")],
+                   check=True)
+    for faulters in (1, 2, 4, 8, 16):
+        out = subprocess.run([str(UFFDTRACE), "--mode", mode, "trace", "-j", "--events", "--", str(exe), "4096",
+                              "20", str(faulters)], capture_output=True, text=True, check=True).stdout
+        stamps = [int(m[1]) for m in re.finditer(r'^\{"type":"event".*?"ts_ns":(\d+)', out, re.MULTILINE)]
+        summary = json.loads(out.splitlines()[-1])
+        span = (max(stamps) - min(stamps)) / 1e9 if stamps else 0.0
+        rate = len(stamps) / span if span else 0.0
+        print(f"--events  {faulters:>2} faulting threads: {len(stamps):>9,} records in {span:.2f} s = "
+              f"{rate:>10,.0f} records/s, lost {summary['lost']}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mode", default="auto")
     ap.add_argument("--pages", type=int, default=20000)
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--only", choices=["stress", "micro", "busy"])
+    ap.add_argument("--only", choices=["stress", "micro", "busy", "rate"])
     ap.add_argument("--stress", action="append", metavar="TYPE:MIB:BOUNCES",
                     help=f"uffd-stress configuration (repeatable; default {' '.join(STRESS_CONFIGS)})")
     args = ap.parse_args()
@@ -261,6 +279,8 @@ def main() -> int:
             bench_micro(args.mode, args.runs, args.pages, Path(tmp))
         if args.only in (None, "busy"):
             bench_busy(args.mode, args.runs, Path(tmp))
+        if args.only in (None, "rate"):
+            bench_rate(args.mode, Path(tmp))
     return 0
 
 
