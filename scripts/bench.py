@@ -199,6 +199,13 @@ def report(title: str, results: dict[str, list[Run]], runs: int) -> None:
               f"{rss:>8}  {detail}")
 
 
+def build_workload(name: str, scratch: Path) -> Path:
+    exe = scratch / name
+    subprocess.run(["gcc", "-O2", "-pthread", "-o", str(exe), str(ROOT / "tests" / "workloads" / f"{name}.c")],
+                   check=True)
+    return exe
+
+
 def fault_rate(cmd: list[str]) -> float:
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     w = next(json.loads(line) for line in out.splitlines() if line.startswith('{"workload"'))
@@ -209,9 +216,7 @@ def fault_rate(cmd: list[str]) -> float:
 
 
 def bench_micro(mode: str, runs: int, pages: int, scratch: Path) -> None:
-    exe = scratch / "clean_faults"
-    subprocess.run(["gcc", "-O2", "-pthread", "-o", str(exe), str(ROOT / "tests/workloads/clean_faults.c")],
-                   check=True)
+    exe = build_workload("clean_faults", scratch)
     workload = ["taskset", "-c", "0", str(exe), str(pages)]
     rates: dict[str, list[float]] = {"untraced": [], "traced": [], "traced --events": []}
     for _ in range(runs):
@@ -246,9 +251,7 @@ def bench_busy(mode: str, runs: int, scratch: Path) -> None:
 
 
 def bench_rate(mode: str, scratch: Path) -> None:
-    exe = scratch / "postcopy_shape"
-    subprocess.run(["gcc", "-O2", "-pthread", "-o", str(exe), str(ROOT / "tests/workloads/postcopy_shape.c")],
-                   check=True)
+    exe = build_workload("postcopy_shape", scratch)
     for faulters in (1, 2, 4, 8, 16):
         out = subprocess.run([str(UFFDTRACE), "--mode", mode, "trace", "-j", "--events", "--", str(exe), "4096",
                               "20", str(faulters)], capture_output=True, text=True, check=True).stdout

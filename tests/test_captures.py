@@ -16,8 +16,9 @@ import pytest
 
 from uffdtrace.events import Event, Kind, Op
 from uffdtrace.lifecycle import Correlator
-from uffdtrace.model import Flag, Lifecycle
 from uffdtrace.rules import FROM_ABSENCE, Thresholds
+
+from .test_lifecycle import Out
 
 CAPTURE = Path(__file__).parent / "captures" / "uffd_stress_anon_2_2.jsonl.gz"
 TICK_NS = 50_000_000  # the live session's watchdog tick
@@ -41,18 +42,6 @@ def load() -> tuple[list[Event], list[str]]:
                 rec["op"] = Op[rec["op"].upper()]
             events.append(Event(**rec))
     return events, text
-
-
-class Out:
-    def __init__(self) -> None:
-        self.lifecycles: list[Lifecycle] = []
-        self.flags: list[Flag] = []
-
-    def lifecycle(self, lc: Lifecycle) -> None:
-        self.lifecycles.append(lc)
-
-    def flag(self, flag: Flag) -> None:
-        self.flags.append(flag)
 
 
 def replay(events: list[Event], tasks: Any = None) -> Out:

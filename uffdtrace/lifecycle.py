@@ -36,6 +36,7 @@ from .procscan import TaskState
 from .rules import (
     EEXIST,
     FROM_ABSENCE,
+    RESOLVES,
     WHILE_BLOCKED,
     Thresholds,
     aio_poll_stuck,
@@ -409,9 +410,10 @@ class Correlator:
     def _resolve(self, ev: Event) -> None:
         if ev.op == Op.MOVE:
             self.recent_moves.append((ev.ts_ns, ev.tid))
-        for lc in self._covering(ev):
-            if resolves(ev.op, ev.mode, lc.reason):
-                self._attempt(lc, ev)
+        if ev.op in RESOLVES:  # UFFDIO_WAKE and the like only settle wake-ups
+            for lc in self._covering(ev):
+                if resolves(ev.op, ev.mode, lc.reason):
+                    self._attempt(lc, ev)
         self._settle_wakes(ev)
 
     def _attempt(self, lc: Lifecycle, ev: Event) -> None:
