@@ -13,7 +13,7 @@
 
 BPF_HASH(poll_iocbs, u64, u8, 65536);
 
-struct wake_entry { u64 ctx; u64 addr; u64 start; u64 len; u32 pid; u32 tgid; };
+struct wake_entry { u64 ts; u64 ctx; u64 addr; u64 start; u64 len; u32 pid; u32 tgid; };
 struct aio_entry { u64 uctx; u64 obj; u64 data; u32 mask; u32 events; u8 scheduled; };
 struct flavr_entry { u64 ts; u64 folio; u32 trylocks; };
 
@@ -236,6 +236,7 @@ int kp_userfaultfd_wake_function(struct pt_regs *ctx)
 	u64 task = read_u64(wq + OFF_WQE_PRIVATE);
 	u32 tid = current_tid();
 
+	we.ts = bpf_ktime_get_ns();
 	we.ctx = read_u64(uwq + OFF_UWQ_CTX);
 	we.addr = read_u64(uwq + OFF_UWQ_MSG + OFF_MSG_ADDRESS);
 	we.pid = read_u32(task + OFF_TASK_PID);
@@ -259,6 +260,9 @@ int kr_userfaultfd_wake_function(struct pt_regs *ctx)
 	if (!we)
 		return 0;
 	init_event(&e, UT_WAKE_TASK);
+	/* Timed at entry, before try_to_wake_up: the woken thread may run and
+	 * return from handle_userfault on another CPU before this return. */
+	e.ts_ns = we->ts;
 	e.ctx = we->ctx;
 	e.addr = we->addr;
 	e.peer_tid = we->pid;
