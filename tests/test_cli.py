@@ -59,6 +59,12 @@ def test_missing_command() -> None:
     one_line_error(out, "command not found")
 
 
+def test_unwritable_output_file(tmp_path: Path) -> None:
+    code, out = run("trace", "-o", str(tmp_path / "no" / "such" / "dir" / "trace.txt"), "--duration", "1")
+    assert code == 1
+    one_line_error(out, "cannot write")
+
+
 @pytest.mark.parametrize("args", [["trace", "--events", "--duration", "-3"], ["trace", "--events", "-p", "0"],
                                   ["--mode", "bogus", "doctor"], ["no-such-command"]])
 def test_usage_errors_exit_1(args: list[str]) -> None:

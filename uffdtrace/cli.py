@@ -3,11 +3,13 @@ with --fail-on-flags."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
+import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
@@ -111,17 +113,31 @@ def tracing_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("-t", "--tid", "tids", type=click.IntRange(min=1), multiple=True,
               help="Show only what concerns this thread (its faults, or the ones it read, resolved or woke).")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Stop after S seconds.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write to FILE (created 0600) instead of stdout, which then stays the command's own.")
 @tracing_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def trace_cmd(ctx: click.Context, /, pids: tuple[int, ...], tids: tuple[int, ...], duration: float | None,
-              command: tuple[str, ...], **kw: Any) -> int:
+              output: str | None, command: tuple[str, ...], **kw: Any) -> int:
     """Per-fault lifecycles and race flags, live; with -- CMD, run CMD and follow it."""
     src = LiveSource(Options(pids=pids, command=command, duration=duration, transport=kw["transport"],
                              buffer_kb=kw["buffer_kb"], every_record=kw["raw_events"]), ctx.obj["mode"])
-    printer = Printer(kw["as_json"], tids=tids, flagged_only=kw["flagged"])
-    summary = session.run(src, printer, thresholds(kw), raw_events=kw["raw_events"], command=command, pids=pids)
+    with open_output(output) as out:
+        printer = Printer(kw["as_json"], out, tids=tids, flagged_only=kw["flagged"])
+        summary = session.run(src, printer, thresholds(kw), raw_events=kw["raw_events"], command=command, pids=pids)
     return 3 if kw["fail_on_flags"] and summary["failing_flags"] else 0
+
+
+def open_output(path: str | None) -> contextlib.AbstractContextManager[TextIO]:
+    """FILE for -o (0600: it names others' processes), else stdout, left open."""
+    if path is None:
+        return contextlib.nullcontext(sys.stdout)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise UffdtraceError(f"cannot write {path}: {exc.strerror}") from exc
+    return os.fdopen(fd, "w", encoding="utf-8")
 
 
 def thresholds(kw: dict[str, Any]) -> Thresholds:

@@ -36,6 +36,7 @@ def run(src: LiveSource, printer: Printer, th: Thresholds, *, raw_events: bool, 
     try:
         src.start()
         printer.header(header(src, command, pids, th))
+        src.release_command()
         printer.set_origin(src.info.started_ns)  # before the command's first fault
         corr = Correlator(printer, th, sees_returns=src.backend.sees_returns, tasks=procscan.thread_state,
                           faults=src.fault_page)

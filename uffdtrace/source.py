@@ -14,6 +14,7 @@ import os
 import signal
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -124,6 +125,16 @@ def check_pids(pids: Sequence[int]) -> None:
             raise UffdtraceError(f"no such process: {pid}")
 
 
+# argv: gate fd, command. EOF before "go" (the tracer died) exits 125 without
+# running the command. Python, not sh: dash cannot redirect from fd 10 and up.
+COMMAND_GATE = ("import os, sys\n"
+                "fd = int(sys.argv[1])\n"
+                "if os.read(fd, 3) != b'go\\n':\n"
+                "    sys.exit(125)\n"
+                "os.close(fd)\n"
+                "os.execv(sys.argv[2], sys.argv[2:])\n")
+
+
 def resolve_command(command: Sequence[str]) -> list[str]:
     import shutil
 
@@ -167,6 +178,7 @@ class LiveSource:
         self.blocked_before: list[tuple[int, procscan.BlockedTask]] = []  # (pid, thread) found at start
         self._bpf: Any = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._gate: int | None = None  # write end of the pipe the command waits on
         self._lost_at_close = dict.fromkeys(LOST_CAUSES, 0)
         self._filtered_at_close = 0
         self.stopper = Stopper()
@@ -218,8 +230,20 @@ class LiveSource:
         self.stopper.install()
         self.info.started_ns = time.monotonic_ns()
         if self._command:
-            self._proc = subprocess.Popen(self._command)
+            # The command waits at a gate until release_command(): it shares
+            # our stdout, and its first line must not come before the header.
+            gate_r, self._gate = os.pipe()
+            self._proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", COMMAND_GATE, str(gate_r),
+                                           *self._command], pass_fds=(gate_r,))
+            os.close(gate_r)
             self.info.command_pid = self._proc.pid
+
+    def release_command(self) -> None:
+        """Let the command run (once the header is out); exec keeps its pid."""
+        if self._gate is not None:
+            os.write(self._gate, b"go\n")
+            os.close(self._gate)
+            self._gate = None
 
     def _scan_proc(self) -> None:
         """One walk of /proc at start (probes attached): tracepoint mode learns
@@ -332,6 +356,9 @@ class LiveSource:
         return sum(self.lost_causes.values())
 
     def close(self) -> None:
+        if self._gate is not None:  # never released: the gate sees EOF and the command never runs
+            os.close(self._gate)
+            self._gate = None
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
             try:

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,10 +46,14 @@ def live_host() -> None:
 
 
 def trace(*args: str, events: bool = True) -> Scenario:
-    proc = subprocess.run([str(UFFDTRACE), "--mode", "tracepoint", "trace", *(["--events"] if events else []), "-j",
-                           *args], capture_output=True, text=True, timeout=TIMEOUT_S, stdin=subprocess.DEVNULL,
-                          check=False)
-    return Scenario.parse(proc.stdout, proc.returncode, proc.stderr)
+    """`trace -j -o FILE ARGS`: the command keeps stdout to itself."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "trace.jsonl"
+        proc = subprocess.run([str(UFFDTRACE), "--mode", "tracepoint", "trace", *(["--events"] if events else []),
+                               "-j", "-o", str(out), *args], capture_output=True, text=True, timeout=TIMEOUT_S,
+                              stdin=subprocess.DEVNULL, check=False)
+        traced = out.read_text() if out.exists() else ""
+    return Scenario.parse(f"{proc.stdout}\n{traced}", proc.returncode, proc.stderr)
 
 
 def test_clean_faults(workloads: Path) -> None:
@@ -259,3 +264,22 @@ def test_hostile_process_name_is_shown_not_obeyed(workloads: Path, tmp_path: Pat
     assert proc.returncode == 0, proc.stderr
     assert "\x1b" not in proc.stdout and "\r" not in proc.stdout
     assert proc.stdout.count("\\x1b[31mred\\x0dx") >= 3 * 3  # every fault's events and lifecycle
+
+
+def test_command_output_never_splits_the_tracers(tmp_path: Path) -> None:
+    """A command started with -- CMD shares stdout: it waits until the header
+    is out (a race once put uffd-stress's first line before it). With -o the
+    trace goes to a 0600 file and stdout stays the command's own."""
+    base = [str(UFFDTRACE), "--mode", "tracepoint", "trace", "-j"]
+    shared = subprocess.run([*base, "--", "/bin/echo", "hello"], capture_output=True, text=True, timeout=TIMEOUT_S,
+                            stdin=subprocess.DEVNULL, check=True)
+    lines = shared.stdout.splitlines()
+    assert json.loads(lines[0])["type"] == "header" and lines[1] == "hello", shared.stdout
+    out = tmp_path / "trace.jsonl"
+    alone = subprocess.run([*base, "-o", str(out), "--", "/bin/echo", "hello"], capture_output=True, text=True,
+                           timeout=TIMEOUT_S, stdin=subprocess.DEVNULL, check=True)
+    assert alone.stdout == "hello\n"
+    assert out.stat().st_mode & 0o777 == 0o600
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert records[0]["type"] == "header" and records[-1]["type"] == "summary"
+    assert records[-1]["command_status"] == 0

@@ -6,7 +6,7 @@
 # OUTDIR/scenarios holds one scenario a line (not the kernel command line,
 # which virtme-ng's --exec travels on and which x86 caps at 2048 bytes):
 # NAME|MODE|ARGS runs `uffdtrace --mode MODE ARGS` (ARGS split on spaces);
-# its output lands in OUTDIR/NAME.{jsonl,err,rc}.
+# its output lands in OUTDIR/NAME.{out,err,rc} (NAME.out: its stdout).
 out=$1 uffdtrace=$2
 export UFFDTRACE_CACHE="$out/cache"
 uname -r > "$out/uname"
@@ -21,7 +21,7 @@ while IFS='|' read -r name mode args; do
 		cat /proc/swaps > "$out/swaps"
 	fi
 	# shellcheck disable=SC2086 # ARGS is a word list on purpose
-	"$uffdtrace" --mode "$mode" $args > "$out/$name.jsonl" 2> "$out/$name.err" < /dev/null
+	"$uffdtrace" --mode "$mode" $args > "$out/$name.out" 2> "$out/$name.err" < /dev/null
 	echo $? > "$out/$name.rc"
 done < "$out/scenarios"
 echo done > "$out/finished"

@@ -39,24 +39,32 @@ MOVE_PAGES = 64
 PYTHON = ROOT / ".venv" / "bin" / "python"
 
 
-def scenarios(wl: Path, stress: Path) -> list[str]:
-    """NAME|MODE|uffdtrace arguments, for guest_run.sh."""
-    events = "trace --events -j --"
+def scenarios(wl: Path, stress: Path, out: Path) -> list[str]:
+    """NAME|MODE|uffdtrace arguments, for guest_run.sh. `trace` writes to
+    NAME.trace, the workload to stdout (NAME.out): its lines never split ours."""
+
+    def trace(name: str, args: str) -> str:
+        return f"trace -o {out}/{name}.trace {args}"
+
+    events = "--events -j --"
     stress_args = " ".join(map(str, UFFD_STRESS_VM))
-    return [
-        f"uffd_stress|kprobe|trace --events -j --fail-on-flags -- {stress} {stress_args}",
-        f"tp_uffd_stress|tracepoint|trace -j --fail-on-flags -- {stress} {stress_args}",
-        f"postcopy|kprobe|trace -j --fail-on-flags -- {wl}/postcopy_shape 512 10 4",
-        f"clean|kprobe|{events} {wl}/clean_faults {CLEAN_PAGES}",
-        f"dontwake|kprobe|{events} {wl}/dontwake {DONTWAKE_STALL_S}",
-        f"aio|kprobe|{events} {wl}/aio_poll",
-        f"move_pageout|kprobe|{events} {wl}/move_pageout {MOVE_PAGES}",
-        *(f"{name}|kprobe|trace -j -- {PYTHON} -m uffdtrace.workloads {' '.join(args)}"
-          for name, (args, _check) in sorted(PYTHON_SCENARIOS.items())),
-        "demo|kprobe|demo -j",
+    lines = {
+        "uffd_stress": ("kprobe", trace("uffd_stress", f"--events -j --fail-on-flags -- {stress} {stress_args}")),
+        "tp_uffd_stress": ("tracepoint", trace("tp_uffd_stress", f"-j --fail-on-flags -- {stress} {stress_args}")),
+        "postcopy": ("kprobe", trace("postcopy", f"-j --fail-on-flags -- {wl}/postcopy_shape 512 10 4")),
+        "clean": ("kprobe", trace("clean", f"{events} {wl}/clean_faults {CLEAN_PAGES}")),
+        "dontwake": ("kprobe", trace("dontwake", f"{events} {wl}/dontwake {DONTWAKE_STALL_S}")),
+        "aio": ("kprobe", trace("aio", f"{events} {wl}/aio_poll")),
+        "move_pageout": ("kprobe", trace("move_pageout", f"{events} {wl}/move_pageout {MOVE_PAGES}")),
+        **{name: ("kprobe", trace(name, f"-j -- {PYTHON} -m uffdtrace.workloads {' '.join(args)}"))
+           for name, (args, _check) in sorted(PYTHON_SCENARIOS.items())},
+        "demo": ("kprobe", "demo -j"),
         # The same clean workload once more in tracepoint mode, for parity.
-        f"tp_clean|tracepoint|{events} {wl}/clean_faults {CLEAN_PAGES}",
-    ]
+        "tp_clean": ("tracepoint", trace("tp_clean", f"{events} {wl}/clean_faults {CLEAN_PAGES}")),
+    }
+    return [f"{name}|{mode}|{args}" for name, (mode, args) in lines.items()]
+
+
 KERNEL_GLOBS = {"6.1": "/boot/vmlinuz-6.1.0-*-amd64", "6.12": "/boot/vmlinuz-6.12.*+deb12-amd64"}
 
 
@@ -73,7 +81,9 @@ class VmRun:
         return (self.out / name).read_text()
 
     def scenario(self, name: str) -> Scenario:
-        return Scenario.parse(self.text(f"{name}.jsonl"), int(self.text(f"{name}.rc")), self.text(f"{name}.err"))
+        traced = self.out / f"{name}.trace"
+        stdout = f"{self.text(f'{name}.out')}\n{traced.read_text() if traced.exists() else ''}"
+        return Scenario.parse(stdout, int(self.text(f"{name}.rc")), self.text(f"{name}.err"))
 
 
 _runs: dict[str, VmRun] = {}
@@ -93,7 +103,7 @@ def vm(request: pytest.FixtureRequest, workloads: Path, uffd_stress: Path) -> Vm
     out = BUILD / f"vm-{version}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    (out / "scenarios").write_text("".join(f"{x}\n" for x in scenarios(workloads, uffd_stress)))
+    (out / "scenarios").write_text("".join(f"{x}\n" for x in scenarios(workloads, uffd_stress, out)))
     guest = [str(ROOT / "tests" / "vm" / "guest_run.sh"), str(out), str(ROOT / ".venv" / "bin" / "uffdtrace")]
     env = {**os.environ, "PATH": f"{vng.parent}:{os.environ['PATH']}"}
     # /dev/kvm exists on these machines but hangs: always TCG.
@@ -137,7 +147,7 @@ def test_python_workload_lifecycles(vm: VmRun, name: str) -> None:
 
 
 def test_demo(vm: VmRun) -> None:
-    check_demo(vm.text("demo.jsonl"), int(vm.text("demo.rc")), vm.text("demo.err"))
+    check_demo(vm.text("demo.out"), int(vm.text("demo.rc")), vm.text("demo.err"))
 
 
 def test_aio_poll_on_the_uffd_woken_and_completed(vm: VmRun) -> None:
