@@ -238,6 +238,37 @@ def test_unread_and_never_woken(mode: str) -> None:
     assert lc.state == "blocked" and lc.reads == 0
 
 
+def test_unread_fault_without_sleep_records_is_confirmed_by_the_kernel() -> None:
+    """Tracepoint mode without --events sends no BLOCK record: a fault
+    nobody read is known to wait only once its thread's wchan says so, and
+    then earns the same flags; a thread that is not waiting earns none."""
+    out, _ = correlate([fault(0)], "tracepoint", ticks=[500, 1200], end=1200, tasks={FAULTER: "uffd"})
+    assert out.raised() == ["unread", "never_woken"]
+    assert [lc.state for lc in out.lifecycles] == ["blocked"]
+    out, _ = correlate([fault(0)], "tracepoint", ticks=[500, 1200], end=1200, tasks={FAULTER: "other"})
+    assert not out.flags and [lc.state for lc in out.lifecycles] == ["returned"]
+    # Traced for less than --wake-ms: the end of the trace asks the kernel too.
+    out, _ = correlate([fault(0)], "tracepoint", end=50, tasks={FAULTER: "uffd"})
+    assert not out.flags and [lc.state for lc in out.lifecycles] == ["blocked"]
+
+
+def test_sleep_folded_into_the_next_fault_record_counts_as_a_round() -> None:
+    """The kernel reports that an attempt slept with the thread's next fault
+    on the page (FAULT len: when it slept): a thread that slept, was never
+    woken by the uffd (a signal) and faulted again has had two rounds,
+    exactly as with the BLOCK record; without a sleep it is the same round."""
+    slept_at = T0 + int(0.01 * MS)
+    again = ev(Kind.FAULT, 5, FAULTER, addr=PAGE, mode=0x200, len=slept_at)
+    out, _ = correlate([fault(0), again, read(6), woken(7), copy(8)], "tracepoint")
+    [lc] = out.lifecycles
+    assert (lc.rounds, dict(lc.round_causes)) == (2, {"returned_unwoken": 1})
+    assert [e.ts_ns for e in lc.history] == sorted(e.ts_ns or 0 for e in lc.history)
+    assert "slept in handle_userfault" in [e.what for e in lc.history]
+    out, _ = correlate([fault(0), fault(5), read(6), woken(7), copy(8)], "tracepoint")
+    [lc] = out.lifecycles
+    assert lc.rounds == 1 and not out.flags
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_read_but_not_yet_stuck_is_not_flagged(mode: str) -> None:
     seq = [fault(0)] + ([block(0.01)] if mode == "tracepoint" else []) + [read(0.1)]
@@ -543,3 +574,18 @@ def test_release_is_flagged_on_the_closers_wake_only() -> None:
     return record was lost) is not accused; the release's wake-up is proof."""
     out, _ = correlate([fault(0), read(0.1), close(50)], "kprobe", ticks=[40, 100], end=100)
     assert "released_with_waiters" not in out.raised()
+
+
+@pytest.mark.parametrize(("length", "expected"), [(4096, {0}), (3 * 4096, {0, 1, 2}), (200 * 4096, {0, 1, 2, 3, 100}),
+                                                  (1, {0})])
+def test_a_copy_reaches_every_waiter_in_its_range_and_no_other(length: int, expected: set[int]) -> None:
+    """Open lifecycles are found through their (uffd, page) index, or by a
+    scan when the range is long; a waiter on another uffd is never touched."""
+    pages = [0, 1, 2, 3, 100]
+    seq = [fault(0.01 * i, tid=1000 + p, page=PAGE + p * 4096) for i, p in enumerate(pages)]
+    seq.append(ev(Kind.FAULT, 0.1, 2000, addr=PAGE, mode=0x200, ctx=CTX + 1))
+    seq.append(ev(Kind.RESOLVE, 1, HANDLER, op=Op.COPY, addr=PAGE, len=length, ret=0, aux=length or 4096))
+    out, _ = correlate(seq, "kprobe", end=2)
+    assert len(out.lifecycles) == len(pages) + 1
+    assert {(lc.page - PAGE) // 4096 for lc in out.lifecycles if lc.resolve is not None and lc.ctx == CTX} == expected
+    assert all(lc.resolve is None for lc in out.lifecycles if lc.ctx != CTX)

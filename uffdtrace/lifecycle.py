@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import bisect
 import collections
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from .events import Event, Kind, Op, op_name
 from .model import REASONS, AioPoll, Attempt, BlockedThread, Evidence, Flag, Lifecycle
@@ -50,7 +50,8 @@ from .rules import (
 )
 
 UFFD_EVENT_PAGEFAULT = 0x12
-PAGE_MASK = ~0xFFF
+PAGE_SIZE = 0x1000
+PAGE_MASK = ~(PAGE_SIZE - 1)
 # x86 page-fault error code bits (tracepoint mode's fault records carry it).
 X86_PF_PROT, X86_PF_WRITE = 0x1, 0x2
 # UFFDIO_REGISTER modes.
@@ -144,6 +145,86 @@ class Settling:
         return out
 
 
+class OpenTable:
+    """Open lifecycles (one per thread), indexed so that a message or an
+    ioctl finds its faults without scanning them all: by (uffd, page), and
+    by the waker whose ioctl record is due. Fields behind an index change
+    only through ``set_page`` and ``set_pending``."""
+
+    MAX_PAGES_LOOKED_UP = 64  # a longer range scans every open lifecycle
+
+    def __init__(self) -> None:
+        self._by_tid: dict[int, Lifecycle] = {}
+        self._by_page: dict[tuple[int, int | None], dict[int, Lifecycle]] = {}
+        self._by_waker: dict[int, dict[int, Lifecycle]] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_tid)
+
+    def get(self, tid: int) -> Lifecycle | None:
+        return self._by_tid.get(tid)
+
+    def values(self) -> list[Lifecycle]:
+        """A copy: the caller may close lifecycles while it walks them."""
+        return list(self._by_tid.values())
+
+    def add(self, lc: Lifecycle) -> None:
+        old = self._by_tid.get(lc.tid)
+        if old is not None:
+            self.remove(old)
+        self._by_tid[lc.tid] = lc
+        self._by_page.setdefault((lc.ctx, lc.page), {})[lc.tid] = lc
+        if lc.pending_waker is not None:
+            self._by_waker.setdefault(lc.pending_waker, {})[lc.tid] = lc
+
+    def remove(self, lc: Lifecycle) -> None:
+        if self._by_tid.get(lc.tid) is not lc:
+            return
+        del self._by_tid[lc.tid]
+        _discard(self._by_page, (lc.ctx, lc.page), lc.tid)
+        if lc.pending_waker is not None:
+            _discard(self._by_waker, lc.pending_waker, lc.tid)
+
+    def set_page(self, lc: Lifecycle, page: int, ctx: int) -> None:
+        """A lifecycle found in /proc learns its page (and uffd) from an event."""
+        _discard(self._by_page, (lc.ctx, lc.page), lc.tid)
+        lc.page = page
+        if ctx:
+            lc.ctx = ctx
+        self._by_page.setdefault((lc.ctx, lc.page), {})[lc.tid] = lc
+
+    def set_pending(self, lc: Lifecycle, waker: int | None) -> None:
+        if lc.pending_waker is not None:
+            _discard(self._by_waker, lc.pending_waker, lc.tid)
+        lc.pending_waker = waker
+        if waker is not None:
+            self._by_waker.setdefault(waker, {})[lc.tid] = lc
+
+    def on_page(self, ctx: int, page: int) -> list[Lifecycle]:
+        return list(self._by_page.get((ctx, page), {}).values())
+
+    def in_range(self, ctx: int, start: int, length: int) -> list[Lifecycle]:
+        """Lifecycles of uffd ``ctx`` whose page is in [start, start+length) (length 0: all)."""
+        if 0 < length <= PAGE_SIZE:  # the common case: one page
+            return list(self._by_page.get((ctx, start), {}).values())
+        pages = -(-length // PAGE_SIZE)
+        if length == 0 or pages > self.MAX_PAGES_LOOKED_UP:
+            return [lc for lc in self._by_tid.values() if lc.ctx == ctx and lc.page is not None
+                    and (length == 0 or start <= lc.page < start + length)]
+        return [lc for i in range(pages) for lc in self._by_page.get((ctx, start + i * PAGE_SIZE), {}).values()]
+
+    def woken_by(self, waker: int) -> list[Lifecycle]:
+        return list(self._by_waker.get(waker, {}).values())
+
+
+def _discard(index: dict[Any, dict[int, Lifecycle]], key: Any, tid: int) -> None:
+    entries = index.get(key)
+    if entries is not None:
+        entries.pop(tid, None)
+        if not entries:
+            del index[key]
+
+
 class Correlator:
     def __init__(self, sink: Sink, thresholds: Thresholds | None = None, *, sees_returns: bool,
                  tasks: TaskProbe | None = None, faults: FaultProbe | None = None, max_open: int = 65536) -> None:
@@ -155,7 +236,7 @@ class Correlator:
         self.lost = 0  # records the source lost so far
         self.register_modes: collections.defaultdict[int, int] = collections.defaultdict(int)  # per uffd
         self.max_open = max_open
-        self.open: dict[int, Lifecycle] = {}
+        self.open = OpenTable()
         self.settling = Settling()
         self.aio: dict[int, AioPoll] = {}
         self.recent_moves: collections.deque[tuple[int, int]] = collections.deque(maxlen=64)
@@ -206,11 +287,14 @@ class Correlator:
         reported as they stand (state ``blocked`` when the thread still waits)."""
         last = max([now, *(ev.ts_ns for ev in self._queue)])
         self.advance(last)
-        for lc in list(self.open.values()):
-            if lc.waiting and self._where(lc) == "gone":
+        for lc in self.open.values():
+            # Without --events tracepoint mode has no sleep records: ask the kernel.
+            where = self._where(lc) if lc.waiting else None
+            if where == "gone":
                 self._close_lifecycle(lc, "exited", last)
             else:
-                self._close_lifecycle(lc, "blocked" if lc.waiting and lc.asleep else self._finished_state(lc), last)
+                blocked = lc.waiting and (lc.asleep or where == "uffd")
+                self._close_lifecycle(lc, "blocked" if blocked else self._finished_state(lc), last)
         for lc in self.settling.due(None, 0, 0):
             self._emit(lc)
 
@@ -224,10 +308,9 @@ class Correlator:
     # -- lifecycle table -------------------------------------------------------
     def _open(self, lc: Lifecycle) -> None:
         lc.lost_at_start = self.lost
-        self.open[lc.tid] = lc
+        self.open.add(lc)
         if len(self.open) > self.max_open:
-            oldest = min(self.open.values(), key=lambda x: x.last_ts)
-            del self.open[oldest.tid]
+            self.open.remove(min(self.open.values(), key=lambda x: x.last_ts))
             self.counters.evicted += 1
 
     def _mine(self, tid: int, page: int | None, ctx: int | None = None) -> Lifecycle | None:
@@ -237,9 +320,7 @@ class Correlator:
         if lc is None:
             return None
         if lc.page is None and page is not None:
-            lc.page = page
-            if ctx:
-                lc.ctx = ctx
+            self.open.set_page(lc, page, ctx or 0)
         return lc if page is None or lc.page == page else None
 
     def _is_open(self, lc: Lifecycle) -> bool:
@@ -279,8 +360,7 @@ class Correlator:
 
     def _close_lifecycle(self, lc: Lifecycle, state: str, now: int) -> None:
         """The lifecycle is over: it leaves the table and settles before it is emitted."""
-        if self._is_open(lc):
-            del self.open[lc.tid]
+        self.open.remove(lc)
         lc.state = state
         lc.ended_at = now
         self.settling.add(lc)
@@ -327,6 +407,8 @@ class Correlator:
                 lc.reason = reason
         # The same page for another reason (write-protect after the copy) is another fault.
         if lc is not None and lc.page == page and lc.ctx == ev.ctx and lc.reason == reason:
+            if not self.sees_returns and ev.len:  # the previous attempt slept (its BLOCK, folded in the kernel)
+                self._slept(lc, ev.len)
             lc.last_ts = ev.ts_ns
             # Tracepoint mode: a round that a wake-up retry just opened is the
             # same one (this exception is the thread coming back after a signal).
@@ -359,10 +441,15 @@ class Correlator:
 
     def _block(self, ev: Event) -> None:
         lc = self._mine(ev.tid, ev.addr & PAGE_MASK, ev.ctx)
-        if lc is not None and lc.waiting and not lc.asleep:
+        if lc is not None:
+            self._slept(lc, ev.ts_ns)
+
+    @staticmethod
+    def _slept(lc: Lifecycle, ts: int) -> None:
+        if lc.waiting and not lc.asleep:
             lc.asleep = True
-            lc.last_ts = ev.ts_ns
-            lc.note("slept in handle_userfault", ev.ts_ns, ev.tid)
+            lc.last_ts = max(lc.last_ts, ts)
+            lc.note("slept in handle_userfault", ts, lc.tid)
 
     def _read(self, ev: Event) -> None:
         if ev.mode != UFFD_EVENT_PAGEFAULT:
@@ -388,15 +475,11 @@ class Correlator:
                 return lc
             return self.settling.of_thread(ev.peer_tid, page)
         # No UFFD_FEATURE_THREAD_ID: the least-read waiter on this page of this uffd.
-        candidates = [x for x in self.open.values() if x.page == page and x.ctx == ev.ctx]
+        candidates = self.open.on_page(ev.ctx, page)
         if not candidates:
             return self.settling.of_page(ev.ctx, page)
         return min(candidates, key=lambda x: (x.reads - x.rounds, x.wait_since))
 
-    def _awaiting(self, waker: int) -> list[Lifecycle]:
-        """Open lifecycles, and ended ones whose waker's ioctl record is due
-        from ``waker`` (the woken thread can move on before that ioctl returns)."""
-        return [*self.open.values(), *self.settling.woken_by(waker)]
 
     @staticmethod
     def _covers(ev: Event, lc: Lifecycle) -> bool:
@@ -404,8 +487,12 @@ class Correlator:
         start, length = ev.addr & PAGE_MASK, ev.len
         return lc.ctx == ev.ctx and lc.page is not None and (length == 0 or start <= lc.page < start + length)
 
-    def _covering(self, ev: Event) -> Iterator[Lifecycle]:
-        return (lc for lc in self._awaiting(ev.tid) if self._covers(ev, lc))
+    def _covering(self, ev: Event) -> list[Lifecycle]:
+        """Open lifecycles in the ioctl's range, and ended ones whose waker's
+        ioctl record is due from it (the woken thread can move on before that
+        ioctl returns)."""
+        return [*self.open.in_range(ev.ctx, ev.addr & PAGE_MASK, ev.len),
+                *(lc for lc in self.settling.woken_by(ev.tid) if self._covers(ev, lc))]
 
     def _resolve(self, ev: Event) -> None:
         if ev.op == Op.MOVE:
@@ -447,13 +534,11 @@ class Correlator:
         did the wake-up, which came with the page (done) or without it (a
         retry). If not, the waking ioctl's record was lost: whether the page
         came is unknown, and no retry is inferred from that absence."""
-        for lc in self._awaiting(ev.tid):
-            if lc.pending_waker != ev.tid:
-                continue
+        for lc in self.settling.woken_by(ev.tid):
             lc.pending_waker = None
-            if not self._is_open(lc):
-                self.settling.waker_reported(lc, waker=ev.tid)
-                continue
+            self.settling.waker_reported(lc, waker=ev.tid)
+        for lc in self.open.woken_by(ev.tid):
+            self.open.set_pending(lc, None)
             if not self._covers(ev, lc):
                 lc.note("the record of the ioctl that woke it is missing", ev.ts_ns)
                 continue
@@ -472,10 +557,9 @@ class Correlator:
         if ev.op == Op.REGISTER:
             self.register_modes[ev.ctx] |= ev.mode
             return
-        for lc in list(self.open.values()):
-            if lc.pending_waker == ev.tid:
-                lc.note("range unregistered", ev.ts_ns, ev.tid)
-                self._close_lifecycle(lc, "unregistered", ev.ts_ns)
+        for lc in self.open.woken_by(ev.tid):
+            lc.note("range unregistered", ev.ts_ns, ev.tid)
+            self._close_lifecycle(lc, "unregistered", ev.ts_ns)
 
     def _wake(self, ev: Event) -> None:
         if ev.ret != 1:
@@ -497,10 +581,10 @@ class Correlator:
         if settled and not self.sees_returns:
             self._close_lifecycle(lc, self._finished_state(lc), ev.ts_ns)
         elif not settled:
-            lc.pending_waker = ev.tid
+            self.open.set_pending(lc, ev.tid)
 
     def _close(self, ev: Event) -> None:
-        for lc in list(self.open.values()):
+        for lc in self.open.values():
             if lc.ctx != ev.ctx or not lc.waiting:
                 continue
             lc.closer = ev.tid
@@ -519,6 +603,8 @@ class Correlator:
 
     def _aio_readable(self, ev: Event) -> None:
         """Tracepoint mode: a fault on a polled uffd makes it readable."""
+        if not self.aio:
+            return
         for req in self.aio.values():
             if req.uffd == ev.ctx and req.t_ready is None:
                 req.t_ready = ev.ts_ns
@@ -550,7 +636,7 @@ class Correlator:
         return self.tasks(lc.tgid, lc.tid) if self.tasks is not None else None
 
     def _tick(self, now: int) -> None:
-        for lc in list(self.open.values()):
+        for lc in self.open.values():
             if lc.waiting:
                 self._check_waiting(lc, now)
             elif lc.round_end is not None and now - lc.round_end > self._settle_ns(lc):
