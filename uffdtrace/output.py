@@ -3,9 +3,10 @@ and the lifecycle/flag records of README "Output")."""
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any, TextIO
+
+import orjson
 
 from .escape import printable
 from .events import Event, Kind, op_name
@@ -116,7 +117,8 @@ class Printer:
         self.out.flush()
 
     def _json(self, obj: dict[str, Any]) -> None:
-        self.out.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        # orjson: a fifth of json.dumps's time, and this runs once per lifecycle or event.
+        self.out.write(orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE).decode())
 
     def header(self, info: dict[str, Any]) -> None:
         if self.as_json:
