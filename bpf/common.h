@@ -31,7 +31,8 @@ BPF_HASH(follow, u32, u8, 65536);
 BPF_HASH(follow_ctx, u64, u8, 65536);
 BPF_HASH(uffd_users, u32, u8, 65536);
 
-struct fault_entry { u64 ts; u64 ctx; u64 addr; };
+/* slept: tracepoint mode, when the thread first slept on this fault (0: not yet) */
+struct fault_entry { u64 ts; u64 ctx; u64 addr; u64 slept; };
 struct read_entry { u64 ctx; u64 buf; };
 /* relevant: the ioctl can matter to a lifecycle (see ioctl_wanted). */
 struct ioctl_entry { u64 ctx; u64 cmd; u64 arg; u64 in[5]; u64 relevant; };
@@ -177,7 +178,7 @@ static __always_inline void emit_messages(void *ctx, u64 uctx, u64 buf, s64 ret)
 
 /* A post-copy destination copies every page with an ioctl of its own, and
  * almost none covers a page a thread waits for. Without --events
- * (ALL_RESOLVES), a resolving ioctl is sent to user space only when it can
+ * (EVERY_RECORD), a resolving ioctl is sent to user space only when it can
  * matter to a lifecycle: a fault waits in its range when it starts or
  * returns, or it woke a uffd waiter on the way; the others are counted in
  * `filtered`. UFFDIO_WAKE, MOVE (anon_vma evidence), (UN)REGISTER and API
@@ -214,7 +215,7 @@ static __always_inline void ioctl_range(struct ioctl_entry *ie, u64 *start, u64 
 
 static __always_inline bool filterable(struct ioctl_entry *ie)
 {
-#ifdef ALL_RESOLVES
+#ifdef EVERY_RECORD
 	return false;
 #else
 	u32 nr = ie->cmd & 0xff;

@@ -227,10 +227,13 @@ static __always_inline void on_page_fault(void *ctx, u64 address, u64 error_code
 		}
 	}
 	/* The thread's previous fault is over: it runs (tracepoint mode sees no
-	 * return from handle_userfault). */
+	 * return from handle_userfault). Another attempt at the same page says
+	 * whether the previous one slept (see sched_switch). */
 	last = thread_fault.lookup(&tid);
 	if (last && (last->ctx != fe.ctx || last->addr != (address & ~0xfffULL)))
 		page_done(last->ctx, last->addr);
+	else if (last)
+		e.len = last->slept;
 	if (!fe.ctx) {
 		thread_fault.delete(&tid);
 		return;
@@ -260,7 +263,8 @@ TRACEPOINT_PROBE(exceptions, page_fault_kernel)
 }
 #endif
 
-/* A thread that faulted in a range goes to sleep inside handle_userfault. */
+/* A thread that faulted in a range goes to sleep inside handle_userfault:
+ * a BLOCK record with --events, otherwise kept in its thread_fault entry. */
 TRACEPOINT_PROBE(sched, sched_switch)
 {
 	struct uffdtrace_event e = {};
@@ -279,7 +283,14 @@ TRACEPOINT_PROBE(sched, sched_switch)
 	e.addr = fe->addr;
 	e.aux = e.ts_ns - fe->ts;
 	page_waits(fe->ctx, fe->addr, e.ts_ns);  /* again, after a wake-up without the page */
+	if (!fe->slept)
+		fe->slept = e.ts_ns;
+#ifdef EVERY_RECORD
 	emit(args, &e);
+#endif
+	/* Otherwise no record: a fault whose message is read was asleep anyway,
+	 * the watchdog asks the thread's wchan about one that was not, and the
+	 * thread's next fault on the page carries the time (FAULT len). */
 	return 0;
 }
 

@@ -67,6 +67,7 @@ tracepoint:syscalls:sys_exit_read /comm == "uffd-stress"/ { @read = count(); }
 class Run:
     wall_s: float
     cpu_s: float  # workload user+sys, plus the tracer's CPU over the same interval
+    tracer_cpu_s: float = 0.0  # the tracer's part of cpu_s (the rest: the workload, probes included)
     startup_s: float | None = None
     peak_rss_mib: float | None = None
     summary: dict[str, Any] = field(default_factory=dict)
@@ -137,7 +138,7 @@ def traced_run(tracer_cmd: list[str] | None, ready: str, workload: list[str]) ->
     rss, out = tracer.stop()
     summary: dict[str, Any] = next(
         (json.loads(line) for line in out.splitlines() if line.startswith('{"type":"summary"')), {})
-    return Run(wall, cpu + tracer_cpu, tracer.startup_s, rss, summary, counted_faults(text))
+    return Run(wall, cpu + tracer_cpu, tracer_cpu, tracer.startup_s, rss, summary, counted_faults(text))
 
 
 def reserve_hugepages() -> int | None:
@@ -183,8 +184,8 @@ def report(title: str, results: dict[str, list[Run]], runs: int) -> None:
     base = results["untraced"]
     wall0, cpu0 = statistics.median(r.wall_s for r in base), statistics.median(r.cpu_s for r in base)
     print(f"{title} (median of {runs}; ratios are untraced/traced, 1.0 = free)")
-    print(f"  {'variant':<20} {'wall s':>7} {'wall ratio':>10} {'cpu s':>7} {'cpu ratio':>9} {'start s':>7} "
-          f"{'peak MiB':>8}  records, lost, reads/counted, flags")
+    print(f"  {'variant':<20} {'wall s':>7} {'wall ratio':>10} {'cpu s':>7} {'cpu ratio':>9} {'tracer s':>8} "
+          f"{'us/lc':>6} {'start s':>7} {'peak MiB':>8}  records, lost, reads/counted, flags")
     for name, rs in results.items():
         wall, cpu = statistics.median(r.wall_s for r in rs), statistics.median(r.cpu_s for r in rs)
         start = "-" if rs[0].startup_s is None else f"{statistics.median(r.startup_s or 0 for r in rs):.2f}"
@@ -195,8 +196,12 @@ def report(title: str, results: dict[str, list[Run]], runs: int) -> None:
             flags = [r.summary["flags"] for r in rs if r.summary["flags"]] or "none"
             detail = (f"{statistics.median(r.summary['events'] for r in rs):,.0f}, "
                       f"{sum(r.summary['lost'] for r in rs)}, {reads}, {flags}")
-        print(f"  {name:<20} {wall:>7.2f} {wall0 / wall:>10.2f} {cpu:>7.2f} {cpu0 / cpu:>9.2f} {start:>7} "
-              f"{rss:>8}  {detail}")
+        tracer = statistics.median(r.tracer_cpu_s for r in rs)
+        # The tracer's CPU per lifecycle: comparable across runs whose fault counts differ.
+        per_lc = (f"{statistics.median(r.tracer_cpu_s / max(1, r.summary['lifecycles']) * 1e6 for r in rs):.1f}"
+                  if rs[0].summary else "-")
+        print(f"  {name:<20} {wall:>7.2f} {wall0 / wall:>10.2f} {cpu:>7.2f} {cpu0 / cpu:>9.2f} {tracer:>8.2f} "
+              f"{per_lc:>6} {start:>7} {rss:>8}  {detail}")
 
 
 def build_workload(name: str, scratch: Path) -> Path:

@@ -101,10 +101,15 @@ class Lifecycle:
     round_causes: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def note(self, what: str, ts: int | None, tid: int | None = None) -> None:
-        if len(self.history) < MAX_HISTORY:
-            self.history.append(Evidence(what, ts, tid))
-        else:
+        """Kept in time order: a fact can arrive late (a sleep the kernel
+        reports with the thread's next fault)."""
+        if len(self.history) >= MAX_HISTORY:
             self.history_dropped += 1
+            return
+        i = len(self.history)
+        while ts is not None and i and (self.history[i - 1].ts_ns or 0) > ts:
+            i -= 1
+        self.history.insert(i, Evidence(what, ts, tid))
 
     def evidence(self, conclusion: Evidence | None = None) -> list[Evidence]:
         out = list(self.history)

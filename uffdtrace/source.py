@@ -207,7 +207,7 @@ class LiveSource:
             defines["USE_RINGBUF"] = None
             defines["RINGBUF_PAGES"] = buffer_pages
         if self.opts.every_record:
-            defines["ALL_RESOLVES"] = None
+            defines["EVERY_RECORD"] = None
         if self.opts.pids or self._command:
             defines["FILTER"] = None
             defines["SPAWN_PARENT"] = os.getpid() if self._command else 0
