@@ -194,15 +194,17 @@ def test_text_output_shows_control_characters_instead_of_obeying_them() -> None:
 
 def _as_nobody(tmp_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run `uffdtrace ARGS` as user nobody, from a world-readable copy of
-    the package and click (the checkout itself may not be readable to it)."""
+    the package and its dependencies (the checkout and its venv may not be
+    readable to it)."""
     import shutil
     import sys
 
     import click
+    import orjson
 
     import uffdtrace
 
-    for pkg in (uffdtrace, click):
+    for pkg in (uffdtrace, click, orjson):
         shutil.copytree(Path(pkg.__file__).parent, tmp_dir / pkg.__name__,
                         ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(Path(uffdtrace.__file__).parent.parent / "bpf", tmp_dir / "bpf")
