@@ -159,6 +159,7 @@ def bench_stress(mode: str, runs: int, configs: list[str]) -> None:
         "untraced": (None, ""),
         "uffdtrace": ([str(UFFDTRACE), "--mode", mode, "trace", "-j"], '"type":"header"'),
         "uffdtrace --events": ([str(UFFDTRACE), "--mode", mode, "trace", "-j", "--events"], '"type":"header"'),
+        "uffdtrace --flagged": ([str(UFFDTRACE), "--mode", mode, "trace", "-j", "--flagged"], '"type":"header"'),
     }
     if shutil.which("bpftrace"):
         variants["bpftrace (peer)"] = (["bpftrace", "-e", BPFTRACE_SCRIPT], "Attaching")
