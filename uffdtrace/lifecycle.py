@@ -185,7 +185,7 @@ class OpenTable:
         if lc.pending_waker is not None:
             _discard(self._by_waker, lc.pending_waker, lc.tid)
 
-    def set_page(self, lc: Lifecycle, page: int, ctx: int) -> None:
+    def set_page(self, lc: Lifecycle, page: int, ctx: int | None) -> None:
         """A lifecycle found in /proc learns its page (and uffd) from an event."""
         _discard(self._by_page, (lc.ctx, lc.page), lc.tid)
         lc.page = page
@@ -205,16 +205,18 @@ class OpenTable:
 
     def in_range(self, ctx: int, start: int, length: int) -> list[Lifecycle]:
         """Lifecycles of uffd ``ctx`` whose page is in [start, start+length) (length 0: all)."""
-        if 0 < length <= PAGE_SIZE:  # the common case: one page
-            return list(self._by_page.get((ctx, start), {}).values())
-        pages = -(-length // PAGE_SIZE)
-        if length == 0 or pages > self.MAX_PAGES_LOOKED_UP:
-            return [lc for lc in self._by_tid.values() if lc.ctx == ctx and lc.page is not None
-                    and (length == 0 or start <= lc.page < start + length)]
-        return [lc for i in range(pages) for lc in self._by_page.get((ctx, start + i * PAGE_SIZE), {}).values()]
+        if length == 0 or length > self.MAX_PAGES_LOOKED_UP * PAGE_SIZE:
+            return [lc for lc in self._by_tid.values() if in_range(lc, ctx, start, length)]
+        return [lc for page in range(start, start + length, PAGE_SIZE)
+                for lc in self._by_page.get((ctx, page), {}).values()]
 
     def woken_by(self, waker: int) -> list[Lifecycle]:
         return list(self._by_waker.get(waker, {}).values())
+
+
+def in_range(lc: Lifecycle, ctx: int, start: int, length: int) -> bool:
+    """Whether the lifecycle's page is in [start, start+length) of uffd ``ctx`` (length 0: all)."""
+    return lc.ctx == ctx and lc.page is not None and (length == 0 or start <= lc.page < start + length)
 
 
 def _discard(index: dict[Any, dict[int, Lifecycle]], key: Any, tid: int) -> None:
@@ -320,7 +322,7 @@ class Correlator:
         if lc is None:
             return None
         if lc.page is None and page is not None:
-            self.open.set_page(lc, page, ctx or 0)
+            self.open.set_page(lc, page, ctx)
         return lc if page is None or lc.page == page else None
 
     def _is_open(self, lc: Lifecycle) -> bool:
@@ -480,12 +482,10 @@ class Correlator:
             return self.settling.of_page(ev.ctx, page)
         return min(candidates, key=lambda x: (x.reads - x.rounds, x.wait_since))
 
-
     @staticmethod
     def _covers(ev: Event, lc: Lifecycle) -> bool:
         """Whether ioctl ``ev``'s range holds the lifecycle's page (len 0: all)."""
-        start, length = ev.addr & PAGE_MASK, ev.len
-        return lc.ctx == ev.ctx and lc.page is not None and (length == 0 or start <= lc.page < start + length)
+        return in_range(lc, ev.ctx, ev.addr & PAGE_MASK, ev.len)
 
     def _covering(self, ev: Event) -> list[Lifecycle]:
         """Open lifecycles in the ioctl's range, and ended ones whose waker's
