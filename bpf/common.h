@@ -31,15 +31,37 @@ BPF_HASH(follow, u32, u8, 65536);
 BPF_HASH(follow_ctx, u64, u8, 65536);
 BPF_HASH(uffd_users, u32, u8, 65536);
 
-/* slept: tracepoint mode, when the thread first slept on this fault (0: not yet) */
-struct fault_entry { u64 ts; u64 ctx; u64 addr; u64 slept; };
+/* A thread's current fault: ts (raised), ctx, addr (page). Tracepoint mode
+ * also keeps when it first slept, and, while it folds the fault's steps in
+ * the kernel (state FE_FOLDING, see tracepoint.c), what happened to it. */
+enum fault_state { FE_RAW = 0, FE_FOLDING = 1, FE_HANDED = 2 };
+struct fault_entry {
+	u64 ts;
+	u64 ctx;
+	u64 addr;
+	u64 slept;       /* first sleep in handle_userfault (0: not yet) */
+	u64 t_read;      /* its first message read (0: none) */
+	u64 t_woken;     /* woken (0: not yet) */
+	u64 reads;       /* messages read (64-bit: updated with atomics) */
+	u64 state;       /* enum fault_state (idem) */
+	u32 tgid;
+	u32 reader;
+	u32 waker;
+	u32 error_code;  /* x86 page-fault error code */
+	u32 op_bits;     /* UT_FOLD_* */
+	u32 pad;
+	char comm[16];
+};
 struct read_entry { u64 ctx; u64 buf; };
-/* relevant: the ioctl can matter to a lifecycle (see ioctl_wanted). */
-struct ioctl_entry { u64 ctx; u64 cmd; u64 arg; u64 in[5]; u64 relevant; };
+#define MAX_WOKEN 4
+/* relevant: the ioctl can matter to a lifecycle (see ioctl_wanted);
+ * woken: folded faults it woke, settled when it returns (tracepoint.c). */
+struct ioctl_entry { u64 ctx; u64 cmd; u64 arg; u64 in[5]; u64 relevant; u32 nwoken; u32 woken[MAX_WOKEN]; };
 BPF_HASH(in_ioctl, u32, struct ioctl_entry, 65536);  /* tid -> its uffd ioctl in progress */
 
 #define MAX_MSGS_PER_READ 32
 #define UFFD_MSG_SIZE 32
+#define UFFD_EVENT_PAGEFAULT 0x12
 
 /* read_u64(addr) etc.: one value from kernel or user memory, 0 if unreadable. */
 #define DEFINE_READER(name, type, helper)				\
@@ -145,7 +167,12 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
 #define UFFDIO 0xAA
 #define USERFAULTFD_IOC_NEW 0xAA00
 
-/* One READ_MSG per uffd_msg the reader got (ret bytes at user buf). */
+/* Hooks of tracepoint mode's folding (tracepoint.c; kprobe.c sends every step). */
+static __always_inline bool fold_read(void *ctx, u64 uctx, u64 page, u32 ptid);
+static __always_inline bool waiter_matters(void *ctx, u64 uctx, u64 page, u64 owner, bool at_exit);
+
+/* One READ_MSG per uffd_msg the reader got (ret bytes at user buf), unless
+ * the message's fault is folded in the kernel. */
 static __always_inline void emit_messages(void *ctx, u64 uctx, u64 buf, s64 ret)
 {
 	struct uffdtrace_event e = {};
@@ -170,6 +197,9 @@ static __always_inline void emit_messages(void *ctx, u64 uctx, u64 buf, s64 ret)
 		e.addr = msg[2];             /* arg.pagefault.address */
 		e.peer_tid = (u32)msg[3];    /* arg.pagefault.feat.ptid */
 		e.aux = i;
+		if (e.mode == UFFD_EVENT_PAGEFAULT && fold_read(ctx, uctx, e.addr & ~0xfffULL, e.peer_tid))
+			continue;
+		e.ts_ns = bpf_ktime_get_ns();   /* after any FAULT_STATE fold_read sent */
 		emit(ctx, &e);
 	}
 }
@@ -182,25 +212,40 @@ static __always_inline void emit_messages(void *ctx, u64 uctx, u64 buf, s64 ret)
  * matter to a lifecycle: a fault waits in its range when it starts or
  * returns, or it woke a uffd waiter on the way; the others are counted in
  * `filtered`. UFFDIO_WAKE, MOVE (anon_vma evidence), (UN)REGISTER and API
- * always go out, and so does a range too long to check page by page. */
+ * always go out, and so does a range too long to check page by page.
+ * waiting_pages holds, per page, the thread that waits on it (PAGE_SHARED:
+ * more than one did). */
 struct page_key { u64 ctx; u64 page; };
-BPF_TABLE("lru_hash", struct page_key, u64, waiting_pages, 65536);  /* -> fault time */
+BPF_TABLE("lru_hash", struct page_key, u64, waiting_pages, 65536);  /* -> waiting tid */
 BPF_PERCPU_ARRAY(filtered, u64, 1);
 #define MAX_CHECKED_PAGES 16
 #define FILTER_PAGE 4096ULL
+#define PAGE_SHARED (1ULL << 32)
 
-static __always_inline void page_waits(u64 uctx, u64 page, u64 ts)
+/* Thread tid waits on the page; false when another thread waits there too. */
+static __always_inline bool page_waits(u64 uctx, u64 page, u32 tid)
 {
 	struct page_key k = { .ctx = uctx, .page = page & ~(FILTER_PAGE - 1) };
+	u64 *owner = waiting_pages.lookup(&k);
+	u64 me = tid;
 
-	waiting_pages.update(&k, &ts);
+	if (owner && *owner != me) {
+		*owner |= PAGE_SHARED;
+		return false;
+	}
+	waiting_pages.update(&k, &me);
+	return true;
 }
 
-static __always_inline void page_done(u64 uctx, u64 page)
+/* Thread tid stopped waiting on the page. A shared page goes too: the
+ * threads still there claim it again when they sleep. */
+static __always_inline void page_done(u64 uctx, u64 page, u32 tid)
 {
 	struct page_key k = { .ctx = uctx, .page = page & ~(FILTER_PAGE - 1) };
+	u64 *owner = waiting_pages.lookup(&k);
 
-	waiting_pages.delete(&k);
+	if (owner && (*owner == tid || *owner & PAGE_SHARED))
+		waiting_pages.delete(&k);
 }
 
 /* The range a resolving ioctl covers: {dst, src, len, ...} for COPY and
@@ -225,30 +270,45 @@ static __always_inline bool filterable(struct ioctl_entry *ie)
 #endif
 }
 
-/* Whether a fault waits in the ioctl's range (true when it cannot tell). */
-static __always_inline bool range_has_waiter(struct ioctl_entry *ie)
+/* The ioctls whose range is one of pages (the others carry no range). */
+static __always_inline bool has_range(struct ioctl_entry *ie)
+{
+	u32 nr = ie->cmd & 0xff;
+
+	return nr >= UT_OP_UNREGISTER && nr <= UT_OP_POISON;
+}
+
+/* Whether a fault user space must hear about waits in the ioctl's range
+ * (true when it cannot tell). at_exit: the ioctl has returned, and a fault
+ * folded in the kernel that it did not wake is sent now (waiter_matters). */
+static __always_inline bool range_has_waiter(void *ctx, struct ioctl_entry *ie, bool at_exit)
 {
 	u64 start, len, first;
+	bool found = false;
 
+	if (!has_range(ie))
+		return false;
 	ioctl_range(ie, &start, &len);
 	if (len == 0 || len > MAX_CHECKED_PAGES * FILTER_PAGE)
 		return true;
 	first = start & ~(FILTER_PAGE - 1);
 	for (int i = 0; i < MAX_CHECKED_PAGES; i++) {
 		struct page_key k = { .ctx = ie->ctx, .page = first + i * FILTER_PAGE };
+		u64 *owner;
 
 		if (k.page >= start + len)
 			break;
-		if (waiting_pages.lookup(&k))
-			return true;
+		owner = waiting_pages.lookup(&k);
+		if (owner && waiter_matters(ctx, k.ctx, k.page, *owner, at_exit))
+			found = true;
 	}
-	return false;
+	return found;
 }
 
 /* At entry: ie->relevant says whether a fault waits in range now. */
-static __always_inline void ioctl_entered(struct ioctl_entry *ie)
+static __always_inline void ioctl_entered(void *ctx, struct ioctl_entry *ie)
 {
-	ie->relevant = !filterable(ie) || range_has_waiter(ie);
+	ie->relevant = !filterable(ie) || range_has_waiter(ctx, ie, false);
 }
 
 /* The current thread, inside a uffd ioctl, woke a uffd waiter. */
@@ -262,12 +322,13 @@ static __always_inline void ioctl_woke(void)
 }
 
 /* At return: relevant at entry, woke someone, or a fault arrived meanwhile. */
-static __always_inline bool ioctl_wanted(struct ioctl_entry *ie)
+static __always_inline bool ioctl_wanted(void *ctx, struct ioctl_entry *ie)
 {
 	int zero = 0;
+	bool waiting = range_has_waiter(ctx, ie, true);  /* first: it sends the folded faults in range */
 	u64 *n;
 
-	if (ie->relevant || range_has_waiter(ie))
+	if (ie->relevant || waiting)
 		return true;
 	n = filtered.lookup(&zero);
 	if (n)

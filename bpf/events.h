@@ -30,7 +30,13 @@ enum uffdtrace_kind {
 	UT_UFFD_REGISTER = 15,
 	UT_UFFD_CLOSE = 16,
 	UT_LOST = 17,          /* synthesised by user space from the in-kernel lost counter */
+	UT_FAULT_STATE = 18,   /* a fault folded in the kernel so far, now sent step by step */
+	UT_LIFECYCLE = 19,     /* a fault folded in the kernel from raised to resolved and woken */
 };
+
+/* FAULT_STATE / LIFECYCLE: op bits beside the resolving op (LIFECYCLE). */
+#define UT_FOLD_VIA_READ 0x100  /* woken after its message was read (refiled) */
+#define UT_FOLD_CLOSER 0x200    /* woken by the thread that closed its uffd */
 
 /* RESOLVE / REGISTER ops: the ioctl number (_IOC_NR) of the request. */
 enum uffdtrace_op {
@@ -62,6 +68,8 @@ struct uffdtrace_event {
 	u32 peer_tid;  /* woken / faulting / reading thread, by kind */
 	u32 op;        /* enum uffdtrace_op for RESOLVE and REGISTER */
 	u64 aux;
+	u32 peer2_tid; /* FAULT_STATE / LIFECYCLE: the waker (and resolver) */
+	u32 count;     /* FAULT_STATE / LIFECYCLE: messages read */
 };
 
 #endif

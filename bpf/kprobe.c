@@ -26,6 +26,17 @@ BPF_HASH(waking, u32, struct wake_entry, 4096);
 BPF_HASH(aio_waking, u32, struct aio_entry, 4096);
 BPF_HASH(locking, u32, struct flavr_entry, 65536);
 
+/* Kprobe mode sends every step of a fault (no folding, see tracepoint.c). */
+static __always_inline bool fold_read(void *ctx, u64 uctx, u64 page, u32 ptid)
+{
+	return false;
+}
+
+static __always_inline bool waiter_matters(void *ctx, u64 uctx, u64 page, u64 owner, bool at_exit)
+{
+	return true;
+}
+
 /* ---- handle_userfault: raised / returned ---------------------------- */
 
 int kp_handle_userfault(struct pt_regs *ctx)
@@ -51,7 +62,7 @@ int kp_handle_userfault(struct pt_regs *ctx)
 	fe.ctx = e.ctx;
 	fe.addr = e.addr;
 	thread_fault.update(&tid, &fe);
-	page_waits(fe.ctx, fe.addr, fe.ts);
+	page_waits(fe.ctx, fe.addr, tid);
 	mark_user(e.tgid, e.ctx);
 	emit(ctx, &e);
 	return 0;
@@ -70,7 +81,7 @@ int kr_handle_userfault(struct pt_regs *ctx)
 	e.addr = fe->addr;
 	e.ret = (u32)PT_REGS_RC(ctx);
 	e.aux = e.ts_ns - fe->ts;
-	page_done(fe->ctx, fe->addr);
+	page_done(fe->ctx, fe->addr, tid);
 	thread_fault.delete(&tid);
 	emit(ctx, &e);
 	return 0;
@@ -185,7 +196,7 @@ int kp_userfaultfd_ioctl(struct pt_regs *ctx)
 	ie.cmd = PT_REGS_PARM2(ctx);
 	ie.arg = PT_REGS_PARM3(ctx);
 	bpf_probe_read_user(ie.in, sizeof(ie.in), (void *)ie.arg);
-	ioctl_entered(&ie);
+	ioctl_entered(ctx, &ie);
 	in_ioctl.update(&tid, &ie);
 	return 0;
 }
@@ -199,7 +210,7 @@ int kr_userfaultfd_ioctl(struct pt_regs *ctx)
 
 	if (!ie)
 		return 0;
-	if (!ioctl_wanted(ie)) {
+	if (!ioctl_wanted(ctx, ie)) {
 		in_ioctl.delete(&tid);
 		return 0;
 	}

@@ -12,6 +12,17 @@
  * aio_poll_complete_work), all from /proc/kallsyms (0 when absent), and
  * HAVE_PF_TRACEPOINTS (x86 exceptions:page_fault_{user,kernel}), HAVE_IO_PGETEVENTS
  * (4.18+), HAVE_LOCK_CONTENTION (lock:contention_begin, 5.19+).
+ *
+ * Folding (without --events): a fault's steps are kept in its thread's
+ * thread_fault entry instead of being sent one by one. A fault that is read
+ * once and woken by the ioctl that resolves its page ends as one LIFECYCLE
+ * record when that ioctl returns. Anything else (a second read or round, a
+ * wake-up outside a resolving ioctl, a failed or DONTWAKE resolution, a
+ * resolution that did not wake it, another thread on the same page) sends
+ * what was folded so far as one FAULT_STATE record at that moment, and the
+ * fault's later steps go out one by one as before. User space reads the
+ * entries of faults folded for longer than --wake-ms (its watchdog), so a
+ * fault that nobody reads or wakes is seen all the same.
  */
 #include <uapi/linux/aio_abi.h>
 #include "common.h"
@@ -40,6 +51,13 @@ BPF_HASH(new_uffd, u32, u8, 65536);               /* tid inside /dev/userfaultfd
 BPF_HASH(getting, u32, struct getevents_entry, 65536);
 BPF_HASH(aio_polls, u64, u64, 65536);             /* user iocb -> uffd ctx */
 BPF_PERCPU_ARRAY(stack_buf, struct stack, 1);
+/* Folding: faults woken inside an ioctl, until it returns, and their pages;
+ * the registered modes of each uffd; the uffd each thread last closed. */
+BPF_HASH(handed_faults, u64, struct fault_entry, 65536);   /* (waker << 32 | woken) -> its fault */
+BPF_TABLE("lru_hash", struct page_key, u64, handed_pages, 65536);  /* -> its handed_faults key */
+BPF_HASH(uffd_modes, u64, u64, 65536);
+BPF_TABLE("lru_hash", u32, u64, closing, 4096);
+BPF_PERCPU_ARRAY(folded_buf, struct uffdtrace_event, 1);
 BPF_ARRAY(empty_ranges, struct range_set, 1);      /* all zero: template for new entries */
 
 static __always_inline u64 uffd_key(u32 tgid, u64 fd)
@@ -77,6 +95,285 @@ static __always_inline u32 stack_has(void *ctx, u64 a_start, u64 a_end, u64 b_st
 			found |= 2;
 	}
 	return found;
+}
+
+/* ---- folding ------------------------------------------------------------ */
+
+#if !defined(EVERY_RECORD) && !defined(NO_FOLD)
+#define FOLD 1
+#endif
+#define X86_PF_PROT 0x1
+#define X86_PF_WRITE 0x2
+#define REGISTER_MISSING 0x1
+#define REGISTER_MINOR 0x4
+#define WP_MODE_WP 0x1
+#define WP_MODE_DONTWAKE 0x2
+#define MODE_DONTWAKE 0x1
+enum fault_reason { REASON_ANY, REASON_MISSING, REASON_WP, REASON_MINOR };
+
+/* Readers on other CPUs count messages into an entry while it is being
+ * taken: a consumer seals the count (an atomic or), and a reader that finds
+ * it sealed sends its message itself, stamped after the seal and so after
+ * the record that carries the count (stamped before it). Which consumer
+ * takes a folded fault (its waker, or whoever unfolds it) is decided by a
+ * compare-and-swap of its state. Both are BPF atomics (5.12+, "bpf: Add
+ * BPF_FETCH field / create atomic_fetch_add instruction", 5ca419f2864a). */
+#define READS_SEALED (1ULL << 63)
+
+static __always_inline bool count_read(struct fault_entry *fe)
+{
+	if (fe->reads == 0) {
+		fe->t_read = bpf_ktime_get_ns();
+		fe->reader = current_tid();
+	}
+	return !(__sync_fetch_and_add(&fe->reads, 1) & READS_SEALED);
+}
+
+static __always_inline bool take(struct fault_entry *fe, u64 from, u64 to)
+{
+	return __sync_val_compare_and_swap(&fe->state, from, to) == from;
+}
+
+/* One record for a folded fault (of thread tid), from its entry; ts was
+ * taken before the fault was taken, so that whoever lost it stamps later. */
+static __always_inline void emit_folded(void *ctx, struct fault_entry *fe, u32 tid, u32 kind, u32 op, u64 ts)
+{
+	int zero = 0;
+	struct uffdtrace_event *e = folded_buf.lookup(&zero);
+	u64 reads = __sync_fetch_and_or(&fe->reads, READS_SEALED) & ~READS_SEALED;
+
+	if (!e)
+		return;
+	e->ts_ns = ts;
+	e->kind = kind;
+	e->cpu = bpf_get_smp_processor_id();
+	e->tgid = fe->tgid;
+	e->tid = tid;
+	__builtin_memcpy(e->comm, fe->comm, sizeof(e->comm));
+	e->ctx = fe->ctx;
+	e->addr = fe->addr;
+	e->len = fe->ts;
+	e->flags = fe->error_code;
+	e->mode = fe->slept;
+	e->ret = fe->t_woken;
+	e->aux = fe->t_read;
+	e->peer_tid = fe->reader;
+	e->peer2_tid = fe->waker;
+	e->count = reads;
+	e->op = op | fe->op_bits;
+	emit(ctx, e);
+}
+
+/* The fault stops folding: what was folded goes out now, the rest as it comes. */
+static __always_inline void unfold(void *ctx, struct fault_entry *fe, u32 tid)
+{
+#ifdef FOLD   /* else nothing folds, and no atomic is compiled in */
+	u64 ts = bpf_ktime_get_ns();
+
+	if (take(fe, FE_FOLDING, FE_RAW))
+		emit_folded(ctx, fe, tid, UT_FAULT_STATE, 0, ts);
+#endif
+}
+
+/* Thread tid's fault on this page, if it is still being folded. */
+static __always_inline struct fault_entry *folding(u32 tid, u64 uctx, u64 page)
+{
+	struct fault_entry *fe = thread_fault.lookup(&tid);
+
+	if (!fe || fe->state != FE_FOLDING || fe->ctx != uctx || fe->addr != page)
+		return NULL;
+	return fe;
+}
+
+/* Why the fault came, as user space derives it (uffdtrace/lifecycle.py _reason). */
+static __always_inline u32 fault_reason(struct fault_entry *fe)
+{
+	u64 *modes = uffd_modes.lookup(&fe->ctx);
+	u64 m = modes ? *modes : 0;
+
+	if (fe->error_code & X86_PF_PROT)
+		return (fe->error_code & X86_PF_WRITE) ? REASON_WP : REASON_ANY;
+	if (m & REGISTER_MINOR)
+		return (m & REGISTER_MISSING) ? REASON_ANY : REASON_MINOR;
+	return REASON_MISSING;
+}
+
+/* Whether the returned ioctl resolved the fault it woke, without DONTWAKE
+ * (uffdtrace/rules.py resolves, and Correlator._attempt's "ok"). */
+static __always_inline bool resolved_cleanly(struct ioctl_entry *ie, struct fault_entry *hf, s64 ret)
+{
+	u32 nr = ie->cmd & 0xff;
+	u64 start, len, mode;
+	u32 kind, reason;
+
+	if (ret != 0)
+		return false;
+	ioctl_range(ie, &start, &len);
+	start &= ~(FILTER_PAGE - 1);
+	if (hf->ctx != ie->ctx || hf->addr < start || hf->addr >= start + len)
+		return false;
+	mode = (nr == UT_OP_COPY || nr == UT_OP_MOVE) ? ie->in[3] : ie->in[2];
+	switch (nr) {
+	case UT_OP_COPY:
+	case UT_OP_ZEROPAGE:
+	case UT_OP_MOVE:
+	case UT_OP_POISON:
+		kind = REASON_MISSING;
+		if (mode & MODE_DONTWAKE)
+			return false;
+		break;
+	case UT_OP_CONTINUE:
+		kind = REASON_MINOR;
+		if (mode & MODE_DONTWAKE)
+			return false;
+		break;
+	case UT_OP_WRITEPROTECT:
+		kind = REASON_WP;
+		if (mode & (WP_MODE_WP | WP_MODE_DONTWAKE))
+			return false;
+		break;
+	default:
+		return false;
+	}
+	reason = fault_reason(hf);
+	return reason == REASON_ANY || reason == kind;
+}
+
+static __always_inline void handed_page_done(struct fault_entry *hf, u64 key)
+{
+	struct page_key k = { .ctx = hf->ctx, .page = hf->addr };
+	u64 *v = handed_pages.lookup(&k);
+
+	if (v && *v == key)
+		handed_pages.delete(&k);
+}
+
+/* The ioctl of thread tid returned: each folded fault it woke ends as one
+ * LIFECYCLE record when the ioctl resolved it cleanly, else its FAULT_STATE
+ * goes out (and the ioctl's own record after it). */
+static __always_inline void settle_woken(void *ctx, struct ioctl_entry *ie, s64 ret, u32 tid)
+{
+	for (int i = 0; i < MAX_WOKEN; i++) {
+		struct fault_entry *hf;
+		u64 key;
+		u32 w;
+
+		if (i >= ie->nwoken)
+			break;
+		w = ie->woken[i];
+		key = (u64)tid << 32 | w;
+		hf = handed_faults.lookup(&key);
+		if (!hf)
+			continue;
+		if (resolved_cleanly(ie, hf, ret)) {
+			emit_folded(ctx, hf, w, UT_LIFECYCLE, ie->cmd & 0xff, bpf_ktime_get_ns());
+		} else {
+			emit_folded(ctx, hf, w, UT_FAULT_STATE, 0, bpf_ktime_get_ns());
+			ie->relevant = 1;
+		}
+		handed_page_done(hf, key);
+		handed_faults.delete(&key);
+	}
+}
+
+/* A uffd wake-up of thread pid, whose fault is folded: inside an ioctl, the
+ * fault is handed to it (settle_woken); elsewhere it stops folding. True
+ * when nothing is to be sent now. */
+static __always_inline bool fold_wake(void *ctx, struct fault_entry *fe, u32 pid, u32 via_read)
+{
+	u32 tid = current_tid();
+	struct ioctl_entry *ie = in_ioctl.lookup(&tid);
+	u64 *closed = closing.lookup(&tid);
+	struct fault_entry *old, *copy;
+	struct page_key pk = {};
+	u64 key, ts, reads;
+	u32 n;
+
+	if (fe->state != FE_FOLDING)
+		return false;
+
+	if (!ie || ie->nwoken >= MAX_WOKEN) {
+		if (closed && *closed == fe->ctx)
+			fe->op_bits |= UT_FOLD_CLOSER;   /* the release of the uffd wakes it */
+		unfold(ctx, fe, pid);
+		return false;
+	}
+	ts = bpf_ktime_get_ns();
+	if (!take(fe, FE_FOLDING, FE_HANDED))
+		return false;
+	key = (u64)tid << 32 | pid;
+	old = handed_faults.lookup(&key);
+	if (old) {
+		/* Woken by this ioctl once already: that fault goes out now. */
+		emit_folded(ctx, old, pid, UT_FAULT_STATE, 0, bpf_ktime_get_ns());
+		ie->relevant = 1;
+	}
+	fe->t_woken = ts;
+	fe->waker = tid;
+	fe->op_bits |= via_read ? UT_FOLD_VIA_READ : 0;
+	reads = __sync_fetch_and_or(&fe->reads, READS_SEALED) & ~READS_SEALED;
+	handed_faults.update(&key, fe);
+	copy = handed_faults.lookup(&key);
+	if (copy)
+		copy->reads = reads;   /* readers find the copy only through handed_pages, next */
+	pk.ctx = fe->ctx;
+	pk.page = fe->addr;
+	handed_pages.update(&pk, &key);
+	n = ie->nwoken;
+	if (n < MAX_WOKEN)
+		ie->woken[n] = pid;
+	ie->nwoken = n + 1;
+	page_done(fe->ctx, fe->addr, pid);
+	return true;
+}
+
+static __always_inline bool fold_read(void *ctx, u64 uctx, u64 page, u32 ptid)
+{
+#ifdef FOLD
+	struct page_key k = { .ctx = uctx, .page = page };
+	struct fault_entry *fe;
+	u32 owner = ptid;
+
+	if (!owner) {
+		u64 *o = waiting_pages.lookup(&k);
+
+		if (o && *o & PAGE_SHARED)
+			return false;
+		owner = o ? (u32)*o : 0;
+	}
+	fe = folding(owner, uctx, page);
+	if (!fe) {
+		/* Read while its wake-up was under way: it joins the handed fault. */
+		u64 *key = handed_pages.lookup(&k);
+
+		if (!key || (ptid && (u32)*key != ptid))
+			return false;
+		fe = handed_faults.lookup(key);
+		if (!fe || fe->ctx != uctx || fe->addr != page)
+			return false;
+	}
+	return count_read(fe);
+#else
+	return false;
+#endif
+}
+
+static __always_inline bool waiter_matters(void *ctx, u64 uctx, u64 page, u64 owner, bool at_exit)
+{
+#ifdef FOLD
+	u32 tid = (u32)owner;
+	struct fault_entry *fe;
+
+	if (owner & PAGE_SHARED)
+		return true;
+	fe = folding(tid, uctx, page);
+	if (!fe)
+		return true;
+	if (!at_exit)
+		return false;   /* whether the ioctl wakes it is known when it returns */
+	unfold(ctx, fe, tid);   /* in its range, not woken by it: both go out */
+#endif
+	return true;
 }
 
 /* ---- uffd lifetime and registered ranges --------------------------------- */
@@ -153,7 +450,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_ioctl)
 	ie.cmd = args->cmd;
 	ie.arg = args->arg;
 	bpf_probe_read_user(ie.in, sizeof(ie.in), (void *)ie.arg);
-	ioctl_entered(&ie);
+	ioctl_entered(args, &ie);
 	in_ioctl.update(&tid, &ie);
 	return 0;
 }
@@ -173,14 +470,22 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 	ie = in_ioctl.lookup(&tid);
 	if (!ie)
 		return 0;
-	if (!ioctl_wanted(ie)) {
+#ifdef FOLD
+	settle_woken(args, ie, args->ret, tid);
+#endif
+	if (!ioctl_wanted(args, ie)) {
 		in_ioctl.delete(&tid);
 		return 0;
 	}
 	fill_ioctl_event(&e, ie, args->ret, (u32)ie->ctx);
 	in_ioctl.delete(&tid);
-	if (e.ret == 0 && e.op == UT_OP_REGISTER)
+	if (e.ret == 0 && e.op == UT_OP_REGISTER) {
+		u64 *modes = uffd_modes.lookup(&e.ctx);
+		u64 m = e.mode | (modes ? *modes : 0);
+
+		uffd_modes.update(&e.ctx, &m);
 		track_range(e.tgid, e.addr, e.len, e.ctx);
+	}
 	if (e.ret == 0 && e.op == UT_OP_UNREGISTER)
 		untrack_ranges(e.tgid, e.addr, e.addr + e.len, 0);
 	if (followed(e.tgid))
@@ -191,11 +496,14 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 TRACEPOINT_PROBE(syscalls, sys_enter_close)
 {
 	struct uffdtrace_event e = {};
+	u32 tid = current_tid();
 	u64 key = uffd_key(current_tgid(), args->fd);
 
 	if (!uffd_fds.lookup(&key))
 		return 0;
 	uffd_fds.delete(&key);
+	uffd_modes.delete(&key);
+	closing.update(&tid, &key);
 	init_event(&e, UT_UFFD_CLOSE);
 	e.ctx = key;
 	untrack_ranges(e.tgid, 0, 0, key);
@@ -214,6 +522,7 @@ static __always_inline void on_page_fault(void *ctx, u64 address, u64 error_code
 	u32 tgid = current_tgid(), tid = current_tid();
 	struct fault_entry *last;
 	struct range_set *rs;
+	bool same = false, fold = true;
 
 	if (!tracked(tgid))
 		return;
@@ -228,12 +537,22 @@ static __always_inline void on_page_fault(void *ctx, u64 address, u64 error_code
 	}
 	/* The thread's previous fault is over: it runs (tracepoint mode sees no
 	 * return from handle_userfault). Another attempt at the same page says
-	 * whether the previous one slept (see sched_switch). */
+	 * whether the previous one slept (see sched_switch). A folded fault goes
+	 * out first; the next fault then goes out too, since user space ends
+	 * the previous one at it. After a fault handed to its waker's ioctl
+	 * (even a retry of the same page), the next one folds: settle_woken
+	 * sends the handed one first. */
 	last = thread_fault.lookup(&tid);
-	if (last && (last->ctx != fe.ctx || last->addr != (address & ~0xfffULL)))
-		page_done(last->ctx, last->addr);
-	else if (last)
-		e.len = last->slept;
+	if (last) {
+		same = last->ctx == fe.ctx && last->addr == (address & ~0xfffULL);
+		/* user space ends an unwoken unfolded fault at the next one */
+		fold = last->state == FE_HANDED || (last->state == FE_RAW && last->t_woken);
+		unfold(ctx, last, tid);
+		if (!same)
+			page_done(last->ctx, last->addr, tid);
+		else
+			e.len = last->slept;
+	}
 	if (!fe.ctx) {
 		thread_fault.delete(&tid);
 		return;
@@ -242,11 +561,36 @@ static __always_inline void on_page_fault(void *ctx, u64 address, u64 error_code
 	e.ctx = fe.ctx;
 	e.addr = address & ~0xfffULL;
 	e.aux = address;
-	e.flags = error_code;   /* x86: 0x2 write, 0x4 user */
+	e.flags = error_code;   /* x86: 0x1 present, 0x2 write, 0x4 user */
 	fe.ts = e.ts_ns;
 	fe.addr = e.addr;
+	fe.tgid = tgid;
+	fe.error_code = error_code;
+	__builtin_memcpy(fe.comm, e.comm, sizeof(fe.comm));
+	if (!page_waits(fe.ctx, fe.addr, tid)) {
+		/* Another thread waits on this page: a read or a resolution
+		 * cannot tell the two apart in the kernel. */
+		u64 *owner;
+		struct page_key k = { .ctx = fe.ctx, .page = fe.addr };
+
+		owner = waiting_pages.lookup(&k);
+		if (owner) {
+			u32 other = (u32)*owner;
+			struct fault_entry *ofe = folding(other, fe.ctx, fe.addr);
+
+			if (ofe)
+				unfold(ctx, ofe, other);
+		}
+		fold = false;
+	}
+#ifdef FOLD
+	if (fold) {
+		fe.state = FE_FOLDING;
+		thread_fault.update(&tid, &fe);
+		return;
+	}
+#endif
 	thread_fault.update(&tid, &fe);
-	page_waits(fe.ctx, fe.addr, fe.ts);
 	emit(ctx, &e);
 }
 
@@ -274,7 +618,7 @@ TRACEPOINT_PROBE(sched, sched_switch)
 	if (args->prev_state == 0)
 		return 0;
 	fe = thread_fault.lookup(&tid);
-	if (!fe)
+	if (!fe || fe->state == FE_HANDED)
 		return 0;
 	if (!(stack_has(args, HU_START, HU_END, 0, 0) & 1))
 		return 0;
@@ -282,7 +626,9 @@ TRACEPOINT_PROBE(sched, sched_switch)
 	e.ctx = fe->ctx;
 	e.addr = fe->addr;
 	e.aux = e.ts_ns - fe->ts;
-	page_waits(fe->ctx, fe->addr, e.ts_ns);  /* again, after a wake-up without the page */
+	/* Again (a thread that shared the page may have left it); shared now: unfold. */
+	if (!page_waits(fe->ctx, fe->addr, tid))
+		unfold(args, fe, tid);
 	if (!fe->slept)
 		fe->slept = e.ts_ns;
 #ifdef EVERY_RECORD
@@ -308,12 +654,17 @@ TRACEPOINT_PROBE(sched, sched_waking)
 
 	if (!fe)
 		return 0;
-	init_event(&e, UT_WAKE_TASK);
-	e.ctx = fe->ctx;
-	e.addr = fe->addr;
 	found = stack_has(args, UWF_START, UWF_END, WU_START, WU_END);
 	if (!(found & 1))
 		return 0;   /* not a uffd wake-up (a signal, an unrelated wait) */
+#ifdef FOLD
+	if (fold_wake(args, fe, pid, found & 2))
+		return 0;
+#endif
+	init_event(&e, UT_WAKE_TASK);   /* after any FAULT_STATE fold_wake sent */
+	e.ctx = fe->ctx;
+	e.addr = fe->addr;
+	fe->t_woken = e.ts_ns;
 	ioctl_woke();
 	e.peer_tid = pid;
 	e.ret = 1;

@@ -193,7 +193,7 @@ def report(title: str, results: dict[str, list[Run]], runs: int) -> None:
         rss = "-" if rs[0].peak_rss_mib is None else f"{max(r.peak_rss_mib or 0 for r in rs):.0f}"
         detail = ""
         if rs[0].summary:
-            reads = " ".join(f"{r.summary['by_kind'].get('read_msg', 0)}/{r.counted}" for r in rs)
+            reads = " ".join(f"{r.summary.get('messages_read', 0)}/{r.counted}" for r in rs)
             flags = [r.summary["flags"] for r in rs if r.summary["flags"]] or "none"
             detail = (f"{statistics.median(r.summary['events'] for r in rs):,.0f}, "
                       f"{sum(r.summary['lost'] for r in rs)}, {reads}, {flags}")

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from uffdtrace.events import Event, Kind, Op
+from uffdtrace.events import FOLD_CLOSER, Event, Kind, Op
 from uffdtrace.lifecycle import Correlator
 from uffdtrace.model import BlockedThread, Flag, Lifecycle
 from uffdtrace.procscan import TaskState
@@ -88,16 +88,19 @@ class Out:
 
 def correlate(events: list[Event], mode: str, ticks: list[float] = (), end: float | None = None,
               tasks: dict[int, TaskState] | None = None, faults: dict[int, int] | None = None,
-              lost: dict[float, int] | None = None, **th: Any) -> tuple[Out, Correlator]:
+              lost: dict[float, int] | None = None, folded: list[Event] | None = None,
+              **th: Any) -> tuple[Out, Correlator]:
     """Feed the events (in the given delivery order), tick at ``ticks`` (ms),
     and finish at ``end`` (ms, default: 1 s after the last event). ``tasks``
     and ``faults`` stand for the kernel's view of each thread (wchan, and
     the page of its in-kernel fault state); ``lost`` the source's count of
-    lost records as of a tick."""
+    lost records as of a tick; ``folded`` the faults the kernel is folding
+    (tracepoint mode), a list the caller may change between runs."""
     out = Out()
     corr = Correlator(out, Thresholds(**th), sees_returns=mode == "kprobe",
                       tasks=(lambda _p, t: tasks.get(t)) if tasks is not None else None,
-                      faults=faults.get if faults is not None else None)
+                      faults=faults.get if faults is not None else None,
+                      folded=(lambda _handed: list(folded)) if folded is not None else None)
     corr.feed(list(events))
     for at in ticks:
         corr.advance(T0 + int(at * MS))
@@ -589,3 +592,97 @@ def test_a_copy_reaches_every_waiter_in_its_range_and_no_other(length: int, expe
     assert len(out.lifecycles) == len(pages) + 1
     assert {(lc.page - PAGE) // 4096 for lc in out.lifecycles if lc.resolve is not None and lc.ctx == CTX} == expected
     assert all(lc.resolve is None for lc in out.lifecycles if lc.ctx != CTX)
+
+
+# -- faults folded in the kernel (tracepoint mode without --events) ------------
+
+def folded(kind: Kind, at: float, *, slept: float | None = 0.01, read_at: float | None = 0.1,
+           woken_at: float | None = 0.2, op: int = Op.COPY, tid: int = FAULTER, page: int = PAGE,
+           raised: float = 0.0, bits: int = 0, reads: int | None = None) -> Event:
+    """A LIFECYCLE or FAULT_STATE record as bpf/tracepoint.c sends it."""
+    def ns(ms: float | None) -> int:
+        return 0 if ms is None else T0 + int(ms * MS)
+
+    return ev(kind, at, tid, addr=page, len=ns(raised), flags=0x6, mode=ns(slept), ret=ns(woken_at),
+              aux=ns(read_at), peer_tid=HANDLER if read_at is not None else 0,
+              peer2_tid=HANDLER if woken_at is not None else 0,
+              count=(1 if read_at is not None else 0) if reads is None else reads,
+              op=(op if kind == Kind.LIFECYCLE else 0) | bits)
+
+
+def test_a_folded_lifecycle_is_the_lifecycle_of_its_steps() -> None:
+    """One LIFECYCLE record gives what fault, sleep, read, wake-up and copy
+    records give, field for field."""
+    raw, _ = correlate(clean("tracepoint"), "tracepoint")
+    out, corr = correlate([folded(Kind.LIFECYCLE, 0.3)], "tracepoint")
+    assert [lc.to_json() for lc in out.lifecycles] == [lc.to_json() for lc in raw.lifecycles]
+    assert not out.flags and corr.counters.messages_read == 1 and corr.counters.unmatched_reads == 0
+
+
+def test_a_fault_that_unfolds_is_judged_on_all_its_steps() -> None:
+    """A DONTWAKE copy unfolds the fault: its FAULT_STATE (raised, slept,
+    read) then the copy's own record earn the same flag as the raw steps."""
+    raw_seq = [fault(0), block(0.01), read(0.1), copy(0.3, dontwake=True)]
+    folded_seq = [folded(Kind.FAULT_STATE, 0.3, woken_at=None), copy(0.3, dontwake=True)]
+    results = [correlate(seq, "tracepoint", ticks=[50, 150], end=150) for seq in (raw_seq, folded_seq)]
+    (raw, _), (out, _) = results
+    assert out.raised() == raw.raised() == ["dontwake_without_wake"]
+    assert [lc.to_json() for lc in out.lifecycles] == [lc.to_json() for lc in raw.lifecycles]
+    assert [e.what for e in out.flags[0].evidence] == [e.what for e in raw.flags[0].evidence]
+
+
+def test_the_watchdog_takes_over_a_fault_folded_too_long() -> None:
+    """Nobody reads or wakes a folded fault: nothing is sent, the watchdog
+    finds it in the kernel's map after --wake-ms, and the rules flag it
+    (confirmed by wchan). When it ends at last, its record completes the
+    same lifecycle instead of opening another."""
+    in_kernel = [folded(Kind.FAULT_STATE, 600, read_at=None, woken_at=None)]
+    out = Out()
+    corr = Correlator(out, Thresholds(), sees_returns=False, tasks=lambda _p, _t: "uffd",
+                      folded=lambda _handed: list(in_kernel))
+    for at in (50, 500, 1200):
+        corr.advance(T0 + at * MS)
+    assert out.raised() == ["unread", "never_woken"] and not out.lifecycles
+    in_kernel.clear()  # the kernel ends the fold: woken and resolved by one copy
+    corr.feed([folded(Kind.LIFECYCLE, 1300.3, read_at=1300.1, woken_at=1300.2)])
+    corr.advance(T0 + 1400 * MS)
+    corr.finish(T0 + 1500 * MS)
+    [lc] = out.lifecycles
+    assert (lc.state, lc.reads, lc.t_raised, lc.resolve is not None) == ("woken", 1, T0, True)
+    assert [f.name for f in out.flags if f.update] == ["unread", "never_woken"]
+    assert corr.counters.lifecycles == 1
+
+
+def test_a_fault_folded_for_less_than_wake_ms_is_left_to_the_kernel() -> None:
+    out, _ = correlate([], "tracepoint", ticks=[50], end=60, tasks={FAULTER: "uffd"},
+                       folded=[folded(Kind.FAULT_STATE, 50, read_at=None, woken_at=None, raised=10)])
+    # The end of the trace takes every folded fault, whatever its age.
+    assert [lc.state for lc in out.lifecycles] == ["blocked"] and not out.flags
+
+
+def test_a_read_that_raced_the_fold_joins_its_lifecycle() -> None:
+    """A reader that finds the fault's count sealed sends its message
+    itself; it can come before the record of the fold it missed."""
+    out, corr = correlate([read(0.15), folded(Kind.LIFECYCLE, 0.3, read_at=None, reads=0)], "tracepoint",
+                          ticks=[0.2, 0.4, 200])
+    [lc] = out.lifecycles
+    assert lc.reads == 1 and corr.counters.unmatched_reads == 0 and corr.counters.messages_read == 1
+    out, corr = correlate([read(0.15, page=PAGE + 4096)], "tracepoint", ticks=[0.2, 200])
+    assert corr.counters.unmatched_reads == 1  # one --wake-ms later, nothing claimed it
+
+
+def test_an_unfolded_fault_of_a_thread_that_moved_on_ends_apart() -> None:
+    """The woken thread's next fault is open already when the ioctl that
+    woke the previous one returns without resolving it."""
+    nxt = PAGE + 4096
+    seq = [fault(0.3, page=nxt), folded(Kind.FAULT_STATE, 0.5), uffdio_wake(0.5)]
+    out, _ = correlate(seq, "tracepoint", ticks=[0.6, 400], end=400, tasks={FAULTER: "uffd"}, faults={FAULTER: nxt})
+    states = {lc.page: lc.state for lc in out.lifecycles}
+    assert states == {PAGE: "woken", nxt: "blocked"}
+
+
+def test_release_of_a_folded_fault_is_flagged() -> None:
+    seq = [close(50), folded(Kind.FAULT_STATE, 50.1, woken_at=50.1, bits=FOLD_CLOSER)]
+    out, _ = correlate(seq, "tracepoint", ticks=[40, 100, 200])
+    assert out.raised() == ["released_with_waiters"]
+    assert [lc.state for lc in out.lifecycles] == ["released"]

@@ -33,6 +33,16 @@ class Kind(enum.IntEnum):
     UFFD_REGISTER = 15
     UFFD_CLOSE = 16
     LOST = 17
+    FAULT_STATE = 18
+    LIFECYCLE = 19
+
+
+# FAULT_STATE / LIFECYCLE op bits beside the resolving op (bpf/events.h UT_FOLD_*).
+FOLD_OP_MASK = 0xFF
+FOLD_VIA_READ = 0x100
+FOLD_CLOSER = 0x200
+# bpf/common.h enum fault_state: a thread_fault entry's state in tracepoint mode.
+FE_FOLDING, FE_HANDED = 1, 2
 
 
 class Op(enum.IntEnum):
@@ -81,6 +91,8 @@ class RawEvent(ctypes.Structure):
         ("peer_tid", ctypes.c_uint32),
         ("op", ctypes.c_uint32),
         ("aux", ctypes.c_uint64),
+        ("peer2_tid", ctypes.c_uint32),
+        ("count", ctypes.c_uint32),
     ]
 
 
@@ -112,6 +124,8 @@ class Event:
     peer_tid: int
     op: int
     aux: int
+    peer2_tid: int = 0
+    count: int = 0
 
     @property
     def dontwake(self) -> bool:
@@ -129,11 +143,11 @@ class Event:
         return out
 
 
+_OP_NAMES = {op.value: op.name.lower() for op in Op}
+
+
 def op_name(op: int) -> str:
-    try:
-        return Op(op).name.lower()
-    except ValueError:
-        return f"ioctl_{op:#x}"
+    return _OP_NAMES.get(op) or f"ioctl_{op:#x}"
 
 
 class PointerIds:
@@ -166,12 +180,17 @@ class _Comms(dict[bytes, str]):
 _COMMS = _Comms()
 
 
+def decode_comm(raw: bytes) -> str:
+    return _COMMS[raw]
+
+
 def decode_many(data: bytes, ids: PointerIds, layout: struct.Struct = RECORD) -> list[Event]:
     """Decode back-to-back records (one C call to split them); ``ids`` hides kernel pointers."""
     kinds, comms, known = _KINDS, _COMMS, ids.known
     return [Event(ts_ns, kinds[kind], cpu, tgid, tid, comms[comm], known.get(ctx) or ids(ctx),
-                  addr, length, flags, mode, ret, peer_tid, op, aux)
-            for (ts_ns, kind, cpu, tgid, tid, comm, ctx, addr, length, flags, mode, ret, peer_tid, op, aux)
+                  addr, length, flags, mode, ret, peer_tid, op, aux, peer2_tid, count)
+            for (ts_ns, kind, cpu, tgid, tid, comm, ctx, addr, length, flags, mode, ret, peer_tid, op, aux,
+                 peer2_tid, count)
             in layout.iter_unpack(data)]
 
 

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .events import Event, Kind, Op, op_name
+from .events import FOLD_CLOSER, FOLD_OP_MASK, FOLD_VIA_READ, Event, Kind, Op, op_name
 from .model import REASONS, AioPoll, Attempt, BlockedThread, Evidence, Flag, Lifecycle
 from .procscan import TaskState
 from .rules import (
@@ -66,6 +66,10 @@ TaskProbe = Callable[[int, int], TaskState | None]
 # is faulting on: in kprobe mode while it is inside handle_userfault, in
 # tracepoint mode its last fault in a registered range. None when unknown.
 FaultProbe = Callable[[int], int | None]
+# Asks the kernel which faults it is folding now (tracepoint mode without
+# --events), as FAULT_STATE events; with True, also those woken inside an
+# ioctl that has not returned yet.
+FoldedProbe = Callable[[bool], list[Event]]
 
 
 def _ts(ev: Event) -> int:
@@ -85,6 +89,7 @@ class Counters:
     failing: int = 0  # flags that --fail-on-flags counts
     evicted: int = 0
     unmatched_reads: int = 0
+    messages_read: int = 0  # page-fault messages handlers read (sent one by one or folded in the kernel)
 
 
 class Settling:
@@ -96,7 +101,7 @@ class Settling:
     def __init__(self) -> None:
         self._queue: collections.deque[Lifecycle] = collections.deque()  # by ended_at
         self._by_waker: dict[int, list[Lifecycle]] = {}
-        self._by_tid: dict[int, Lifecycle] = {}
+        self._by_thread_page: dict[tuple[int, int | None], Lifecycle] = {}
         self._by_page: dict[tuple[int, int | None], Lifecycle] = {}
 
     def add(self, lc: Lifecycle) -> None:
@@ -104,7 +109,7 @@ class Settling:
             self._by_waker.setdefault(lc.pending_waker, []).append(lc)
         else:
             self._queue.append(lc)
-        self._by_tid[lc.tid] = lc
+        self._by_thread_page[(lc.tid, lc.page)] = lc
         self._by_page[(lc.ctx, lc.page)] = lc
 
     def waker_reported(self, lc: Lifecycle, waker: int) -> None:
@@ -119,8 +124,7 @@ class Settling:
         return list(self._by_waker.get(waker, ()))
 
     def of_thread(self, tid: int, page: int) -> Lifecycle | None:
-        lc = self._by_tid.get(tid)
-        return lc if lc is not None and lc.page == page else None
+        return self._by_thread_page.get((tid, page))
 
     def of_page(self, ctx: int, page: int) -> Lifecycle | None:
         return self._by_page.get((ctx, page))
@@ -138,8 +142,8 @@ class Settling:
                 if not self._by_waker[waker]:
                     del self._by_waker[waker]
         for lc in out:
-            if self._by_tid.get(lc.tid) is lc:
-                del self._by_tid[lc.tid]
+            if self._by_thread_page.get((lc.tid, lc.page)) is lc:
+                del self._by_thread_page[(lc.tid, lc.page)]
             if self._by_page.get((lc.ctx, lc.page)) is lc:
                 del self._by_page[(lc.ctx, lc.page)]
         return out
@@ -229,8 +233,12 @@ def _discard(index: dict[Any, dict[int, Lifecycle]], key: Any, tid: int) -> None
 
 class Correlator:
     def __init__(self, sink: Sink, thresholds: Thresholds | None = None, *, sees_returns: bool,
-                 tasks: TaskProbe | None = None, faults: FaultProbe | None = None, max_open: int = 65536) -> None:
+                 tasks: TaskProbe | None = None, faults: FaultProbe | None = None,
+                 folded: FoldedProbe | None = None, max_open: int = 65536) -> None:
         self.sink = sink
+        self.folded = folded
+        self._adopted: dict[int, int] = {}  # tid -> raise time of the folded fault the watchdog took over
+        self._orphan_reads: dict[tuple[int, int], list[Event]] = {}  # (uffd, page) -> reads that matched nothing yet
         self.th = thresholds or Thresholds()
         self.sees_returns = sees_returns
         self.tasks = tasks
@@ -251,7 +259,7 @@ class Correlator:
             Kind.READ_MSG: self._read, Kind.RESOLVE: self._resolve, Kind.UFFD_REGISTER: self._register,
             Kind.WAKE_TASK: self._wake, Kind.UFFD_CLOSE: self._close, Kind.AIO_POLL_SUBMIT: self._aio_submit,
             Kind.AIO_POLL_WAKE: self._aio_wake, Kind.AIO_COMPLETE: self._aio_complete,
-            Kind.ANON_VMA_LOCK: self._anon_vma_lock,
+            Kind.ANON_VMA_LOCK: self._anon_vma_lock, Kind.FAULT_STATE: self._unfold, Kind.LIFECYCLE: self._unfold,
         }
 
     # -- driving -------------------------------------------------------------
@@ -289,6 +297,8 @@ class Correlator:
         reported as they stand (state ``blocked`` when the thread still waits)."""
         last = max([now, *(ev.ts_ns for ev in self._queue)])
         self.advance(last)
+        for ev in self.folded(True) if self.folded is not None else ():
+            self._unfold(ev)
         for lc in self.open.values():
             # Without --events tracepoint mode has no sleep records: ask the kernel.
             where = self._where(lc) if lc.waiting else None
@@ -297,6 +307,7 @@ class Correlator:
             else:
                 blocked = lc.waiting and (lc.asleep or where == "uffd")
                 self._close_lifecycle(lc, "blocked" if blocked else self._finished_state(lc), last)
+        self._age_orphan_reads(None)
         for lc in self.settling.due(None, 0, 0):
             self._emit(lc)
 
@@ -378,7 +389,7 @@ class Correlator:
         lc.returned = False
         lc.round_woken = False
         lc.wait_since = ts
-        lc.round_causes[cause] += 1
+        lc.round_causes[cause] = lc.round_causes.get(cause, 0) + 1
         lc.note(f"round {lc.rounds} ({cause.replace('_', ' ')})", ts)
         if (conclusion := retry_loop(lc, self.th)) is not None:
             self._raise(lc, "retry_loop", ts, conclusion)
@@ -456,11 +467,18 @@ class Correlator:
     def _read(self, ev: Event) -> None:
         if ev.mode != UFFD_EVENT_PAGEFAULT:
             return
+        self.counters.messages_read += 1
         page = ev.addr & PAGE_MASK
         lc = self._reader_target(ev, page)
         if lc is None:
-            self.counters.unmatched_reads += 1
+            # Its fault may be folded in the kernel still, the record that
+            # ends the fold due (the read raced its wake-up): it waits one
+            # --wake-ms for that record before it counts as unmatched.
+            self._orphan_reads.setdefault((ev.ctx, page), []).append(ev)
             return
+        self._attach_read(lc, ev)
+
+    def _attach_read(self, lc: Lifecycle, ev: Event) -> None:
         lc.reads += 1
         lc.round_reads += 1
         if lc.t_read is None:
@@ -538,16 +556,19 @@ class Correlator:
             lc.pending_waker = None
             self.settling.waker_reported(lc, waker=ev.tid)
         for lc in self.open.woken_by(ev.tid):
-            self.open.set_pending(lc, None)
-            if not self._covers(ev, lc):
-                lc.note("the record of the ioctl that woke it is missing", ev.ts_ns)
-                continue
-            if lc.present or lc.closer is not None:
-                if lc.returned or not self.sees_returns:
-                    self._close_lifecycle(lc, self._finished_state(lc), ev.ts_ns)
-            elif not self.sees_returns and not lc.waiting:
-                # Woken, page still missing: the thread retries and waits again.
-                self._new_round(lc, lc.t_woken or ev.ts_ns, "woken_unresolved")
+            self._waker_reported(lc, ev)
+
+    def _waker_reported(self, lc: Lifecycle, ev: Event) -> None:
+        self.open.set_pending(lc, None)
+        if not self._covers(ev, lc):
+            lc.note("the record of the ioctl that woke it is missing", ev.ts_ns)
+            return
+        if lc.present or lc.closer is not None:
+            if lc.returned or not self.sees_returns:
+                self._close_lifecycle(lc, self._finished_state(lc), ev.ts_ns)
+        elif not self.sees_returns and not lc.waiting:
+            # Woken, page still missing: the thread retries and waits again.
+            self._new_round(lc, lc.t_woken or ev.ts_ns, "woken_unresolved")
 
     def _register(self, ev: Event) -> None:
         """UFFDIO_REGISTER: which faults the uffd takes. UFFDIO_UNREGISTER
@@ -594,6 +615,114 @@ class Correlator:
             # is not accused. In tracepoint mode close(2) releases only the
             # last reference, and only then are waiters woken.
 
+    # -- faults folded in the kernel (tracepoint mode without --events) ----------
+    def _unfold(self, ev: Event) -> None:
+        """A fault whose steps the kernel folded (bpf/tracepoint.c): a
+        LIFECYCLE record (read once, resolved and woken by one ioctl) becomes
+        a finished lifecycle at once; a FAULT_STATE (the fault went its own
+        way), or the kernel's entry for a fault folded longer than --wake-ms
+        (the watchdog's), replays its steps through the handlers, each once.
+        FAULT_STATE/LIFECYCLE fields: len raised, mode slept, aux read (by
+        peer_tid, count messages), ret woken (by peer2_tid), op the resolving
+        ioctl and FOLD_* bits."""
+        lc = self.open.get(ev.tid)
+        if lc is not None and lc.unfolded != ev.len and (lc.t_raised or 0) > ev.len:
+            self._settle(self._from_folded(ev))  # the thread is on a newer fault: this one is over
+        elif lc is None and ev.kind == Kind.LIFECYCLE:
+            self._settle(self._from_folded(ev))
+        else:
+            self._replay(ev, lc)
+
+    def _from_folded(self, ev: Event) -> Lifecycle:
+        """A finished lifecycle, straight from a folded fault's record."""
+        self.counters.messages_read += ev.count
+        lc = Lifecycle(ctx=ev.ctx, tgid=ev.tgid, tid=ev.tid, comm=ev.comm, page=ev.addr, wait_since=ev.len,
+                       last_ts=ev.ts_ns, reason=self._reason(ev), lost_at_start=self.lost, t_raised=ev.len,
+                       reads=ev.count, round_reads=ev.count, t_read=ev.aux or None,
+                       reader_tid=ev.peer_tid or None, t_woken=ev.ret or None, waker_tid=ev.peer2_tid or None,
+                       waiting=False, asleep=True, round_woken=bool(ev.ret), round_end=ev.ret or None,
+                       unfolded=ev.len)
+        if ev.kind == Kind.LIFECYCLE:
+            attempt = Attempt(ev.ts_ns, ev.peer2_tid, op_name(ev.op & FOLD_OP_MASK), 0, False, "ok")
+            lc.attempts.append(attempt)
+            lc.resolve = attempt
+            lc.resolver_tid = ev.peer2_tid
+            lc.t_resolved = ev.ts_ns
+            lc.present = True
+        elif ev.ret:
+            lc.pending_waker = ev.peer2_tid  # its waker's ioctl record is due
+        self._claim_orphan_reads(lc)
+        return lc
+
+    def _claim_orphan_reads(self, lc: Lifecycle) -> None:
+        """Reads of this fault's page that came before its folded record."""
+        if not self._orphan_reads or lc.page is None:
+            return
+        key = (lc.ctx, lc.page)
+        waiting = self._orphan_reads.pop(key, [])
+        for ev in waiting:
+            if ev.peer_tid in (0, lc.tid):
+                self._attach_read(lc, ev)
+            else:
+                self._orphan_reads.setdefault(key, []).append(ev)
+
+    def _age_orphan_reads(self, now: int | None) -> None:
+        """Reads still unmatched one --wake-ms later (all, at the end) count as unmatched."""
+        for key, evs in list(self._orphan_reads.items()):
+            keep = [ev for ev in evs if now is not None and now - ev.ts_ns <= self.th.wake_ns]
+            self.counters.unmatched_reads += len(evs) - len(keep)
+            if keep:
+                self._orphan_reads[key] = keep
+            else:
+                del self._orphan_reads[key]
+
+    def _settle(self, lc: Lifecycle) -> None:
+        lc.state = self._finished_state(lc)
+        lc.ended_at = lc.last_ts
+        self.settling.add(lc)
+
+    def _replay(self, ev: Event, lc: Lifecycle | None) -> None:
+        page = ev.addr
+        if lc is None or lc.unfolded != ev.len:
+            self._fault(Event(ev.len, Kind.FAULT, ev.cpu, ev.tgid, ev.tid, ev.comm, ev.ctx, page, 0, ev.flags, 0, 0,
+                              0, 0, page))
+            lc = self.open.get(ev.tid)
+            if lc is None:
+                return
+            lc.unfolded = ev.len
+            self._claim_orphan_reads(lc)
+        if ev.mode:
+            self._slept(lc, ev.mode)
+        for _ in range(ev.count - lc.round_reads):
+            self._read(Event(ev.aux, Kind.READ_MSG, ev.cpu, ev.tgid, ev.peer_tid, ev.comm, ev.ctx, page, 0, 0,
+                             UFFD_EVENT_PAGEFAULT, 0, ev.tid, 0, 0))
+        if ev.ret and lc.t_woken != ev.ret:
+            if ev.op & FOLD_CLOSER and lc.waiting and lc.closer is None:
+                lc.closer = ev.peer2_tid
+                lc.note("uffd closed", ev.ret, ev.peer2_tid)
+            self._wake(Event(ev.ret, Kind.WAKE_TASK, ev.cpu, ev.tgid, ev.peer2_tid, ev.comm, ev.ctx, page, 0, 0,
+                             int(bool(ev.op & FOLD_VIA_READ)), 1, ev.tid, 0, 0))
+        if ev.kind == Kind.LIFECYCLE and self._is_open(lc):
+            resolve = Event(ev.ts_ns, Kind.RESOLVE, ev.cpu, ev.tgid, ev.peer2_tid, ev.comm, ev.ctx, page, PAGE_SIZE,
+                            0, 0, 0, 0, ev.op & FOLD_OP_MASK, 0)
+            self._attempt(lc, resolve)
+            if lc.pending_waker == resolve.tid:
+                self._waker_reported(lc, resolve)
+
+    def _adopt_folded(self, now: int) -> None:
+        """Faults the kernel has folded for longer than --wake-ms become open
+        lifecycles, so that the rules see a fault nobody reads or wakes."""
+        for ev in self.folded(False) if self.folded is not None else ():
+            if now - ev.len <= self.th.wake_ns:
+                continue
+            lc = self.open.get(ev.tid)
+            if self._adopted.get(ev.tid) == ev.len and (lc is None or lc.unfolded != ev.len):
+                continue  # taken over before, and closed since
+            if len(self._adopted) >= self.max_open:
+                self._adopted.clear()
+            self._adopted[ev.tid] = ev.len
+            self._unfold(ev)
+
     # -- aio poll and rmap ---------------------------------------------------------
     def _aio_submit(self, ev: Event) -> None:
         if len(self.aio) >= MAX_AIO:
@@ -636,6 +765,9 @@ class Correlator:
         return self.tasks(lc.tgid, lc.tid) if self.tasks is not None else None
 
     def _tick(self, now: int) -> None:
+        self._adopt_folded(now)
+        if self._orphan_reads:
+            self._age_orphan_reads(now)
         for lc in self.open.values():
             if lc.waiting:
                 self._check_waiting(lc, now)

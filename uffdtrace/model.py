@@ -5,7 +5,6 @@ its evidence. No behaviour beyond rendering lives here."""
 
 from __future__ import annotations
 
-import collections
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +47,7 @@ class Flag:
                 "evidence": [e.to_json() for e in self.evidence]}
 
 
-@dataclass
+@dataclass(slots=True)
 class Attempt:
     """One resolving ioctl that covered the page."""
 
@@ -60,7 +59,7 @@ class Attempt:
     outcome: str  # ok | eexist | failed
 
 
-@dataclass
+@dataclass(slots=True)
 class Lifecycle:
     ctx: int
     tgid: int
@@ -93,12 +92,13 @@ class Lifecycle:
     pending_waker: int | None = None  # woke it; its ioctl record will say whether it resolved
     closer: int | None = None  # closed the uffd while this waited
     other_since: int | None = None  # the kernel says the thread left handle_userfault, unseen
+    unfolded: int | None = None  # raise time of the fault folded in the kernel whose steps it holds
     state: str = "blocked"
     ended_at: int = 0
     history: list[Evidence] = field(default_factory=list)
     history_dropped: int = 0
     flags: dict[str, Flag] = field(default_factory=dict)
-    round_causes: collections.Counter[str] = field(default_factory=collections.Counter)
+    round_causes: dict[str, int] = field(default_factory=dict)  # rounds beyond the first, per cause
 
     def note(self, what: str, ts: int | None, tid: int | None = None) -> None:
         """Kept in time order: a fact can arrive late (a sleep the kernel

@@ -96,7 +96,9 @@ class Printer:
                  *(f"{k}={_duration(v)}" for k, v in lat.items())]
         if lc.flags:
             parts.append("FLAGS=" + ",".join(lc.flags))
-        self.out.write(" ".join(parts) + "\n")
+        self.out.write(" ".join(parts) + "\n")  # flushed once per batch (flush)
+
+    def flush(self) -> None:
         self.out.flush()
 
     def flag(self, flag: Flag) -> None:

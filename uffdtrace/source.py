@@ -23,7 +23,18 @@ from typing import Any, Protocol
 
 from . import kernel, probes, procscan
 from .errors import UffdtraceError
-from .events import RECORD, RECORD_SIZE, Event, PointerIds, decode_many, slot_layout
+from .events import (
+    FE_FOLDING,
+    FE_HANDED,
+    RECORD,
+    RECORD_SIZE,
+    Event,
+    Kind,
+    PointerIds,
+    decode_comm,
+    decode_many,
+    slot_layout,
+)
 from .kallsyms import Kallsyms
 from .kprobe_mode import KprobeBackend
 from .ringbuf import HEADER_SIZE, RingReader, slot_size
@@ -211,10 +222,7 @@ class LiveSource:
         if self.opts.pids or self._command:
             defines["FILTER"] = None
             defines["SPAWN_PARENT"] = os.getpid() if self._command else 0
-        try:
-            self._bpf = BPF(text=probes.source_text(self.backend.program), cflags=probes.cflags(defines))
-        except Exception as exc:  # bcc raises bare Exception for compile/load errors
-            raise UffdtraceError(f"bcc could not compile/load the probes: {exc}") from exc
+        self._bpf = self._load(BPF, defines)
         self.backend.attach(self._bpf, the_plan)
         follow = self._bpf["follow"]
         for pid in self.opts.pids:
@@ -237,6 +245,25 @@ class LiveSource:
                                            *self._command], pass_fds=(gate_r,))
             os.close(gate_r)
             self.info.command_pid = self._proc.pid
+
+    def _load(self, bpf_class: Any, defines: dict[str, int | None]) -> Any:
+        """Compile and load the program. Tracepoint mode folds faults with
+        BPF atomics (5.12+): a kernel that refuses them gets the program
+        without folding (every step sent), and the header says so."""
+        def load(defs: dict[str, int | None]) -> Any:
+            return bpf_class(text=probes.source_text(self.backend.program), cflags=probes.cflags(defs))
+
+        try:
+            try:
+                return load(defines)
+            except Exception:  # bcc raises bare Exception for compile/load errors
+                if self.backend.sees_returns or "EVERY_RECORD" in defines:
+                    raise
+                bpf = load({**defines, "NO_FOLD": None})
+                self.info.degraded.append("folding in the kernel (needs BPF atomics, 5.12+): every step is sent")
+                return bpf
+        except Exception as exc:
+            raise UffdtraceError(f"bcc could not compile/load the probes: {exc}") from exc
 
     def release_command(self) -> None:
         """Let the command run (once the header is out); exec keeps its pid."""
@@ -334,6 +361,31 @@ class LiveSource:
             return None
         entry = self._bpf["thread_fault"].get(ctypes.c_uint32(tid))
         return None if entry is None else int(entry.addr)
+
+    def folded_faults(self, include_handed: bool) -> list[Event]:
+        """The faults the kernel is folding now (bpf/tracepoint.c), as
+        FAULT_STATE events; with ``include_handed``, also those woken inside
+        an ioctl that has not returned yet (asked once, at the end)."""
+        if self._bpf is None or self.backend.sees_returns:
+            return []
+        now = time.monotonic_ns()
+        tables = [("thread_fault", FE_FOLDING)] + ([("handed_faults", FE_HANDED)] if include_handed else [])
+        out = []
+        for name, state in tables:
+            table = self._bpf[name]
+            try:
+                entries = list(table.items_lookup_batch())
+            except Exception:  # batch lookups came in 5.6; bcc raises bare Exception
+                entries = list(table.items())
+            for key, fe in entries:
+                if fe.state != state:
+                    continue
+                # The batch call yields plain ints; handed_faults keys are waker << 32 | woken.
+                tid = (key if isinstance(key, int) else key.value) & 0xFFFFFFFF
+                out.append(Event(now, Kind.FAULT_STATE, 0, fe.tgid, tid, decode_comm(bytes(fe.comm)),
+                                 self.ids(fe.ctx), fe.addr, fe.ts, fe.error_code, fe.slept, fe.t_woken, fe.reader,
+                                 fe.op_bits, fe.t_read, fe.waker, fe.reads))
+        return out
 
     @property
     def filtered(self) -> int:

@@ -1,0 +1,37 @@
+"""LiveSource logic that needs no kernel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from uffdtrace.errors import UffdtraceError
+from uffdtrace.kprobe_mode import KprobeBackend
+from uffdtrace.source import LiveSource, Options
+from uffdtrace.tracepoint_mode import TracepointBackend
+
+
+class RefusesAtomics:
+    """Stands for bcc's BPF on a kernel whose verifier refuses BPF atomics."""
+
+    def __init__(self, text: str, cflags: list[str]) -> None:
+        if "-DNO_FOLD" not in cflags:
+            raise Exception("invalid insn code")  # what bcc raises
+        self.cflags = cflags
+
+
+def test_tracepoint_mode_without_bpf_atomics_sends_every_step() -> None:
+    src = LiveSource(Options())
+    src.backend = TracepointBackend()
+    bpf: Any = src._load(RefusesAtomics, {"USE_RINGBUF": None})
+    assert "-DNO_FOLD" in bpf.cflags
+    assert any("folding" in d for d in src.info.degraded)
+
+
+@pytest.mark.parametrize("defines", [{"EVERY_RECORD": None}, {}])
+def test_no_second_try_where_nothing_folds(defines: dict[str, int | None]) -> None:
+    src = LiveSource(Options())
+    src.backend = KprobeBackend() if not defines else TracepointBackend()
+    with pytest.raises(UffdtraceError, match="could not compile"):
+        src._load(RefusesAtomics, defines)
