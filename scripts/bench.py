@@ -121,7 +121,11 @@ class Tracer:
     def stop(self) -> tuple[float, str]:
         rss = peak_rss_mib(self.proc.pid)
         self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(timeout=120)
+        try:
+            self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:  # seen once from bpftrace: its output is then lost, not the run
+            self.proc.kill()
+            self.proc.wait()
         self.out.seek(0)
         return rss, self.out.read()
 
