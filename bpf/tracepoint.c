@@ -58,6 +58,10 @@ BPF_TABLE("lru_hash", struct page_key, u64, handed_pages, 65536);  /* -> its han
 BPF_HASH(uffd_modes, u64, u64, 65536);
 BPF_TABLE("lru_hash", u32, u64, closing, 4096);
 BPF_PERCPU_ARRAY(folded_buf, struct uffdtrace_event, 1);
+/* QUIET (--flagged): clean lifecycles and their messages are counted, not
+ * sent, unless user space took the fault over (adopted: tid -> raised). */
+BPF_PERCPU_ARRAY(quiet, u64, 2);
+BPF_HASH(adopted, u32, u64, 65536);
 BPF_ARRAY(empty_ranges, struct range_set, 1);      /* all zero: template for new entries */
 
 static __always_inline u64 uffd_key(u32 tgid, u64 fd)
@@ -248,6 +252,29 @@ static __always_inline void handed_page_done(struct fault_entry *hf, u64 key)
 		handed_pages.delete(&k);
 }
 
+/* With QUIET, a clean lifecycle is only counted (true), unless user
+ * space took it over and waits for its end. */
+static __always_inline bool quietly_ended(struct fault_entry *hf, u32 tid)
+{
+#ifdef QUIET
+	u64 *raised = adopted.lookup(&tid);
+	int lifecycles = 0, reads = 1;
+	u64 *n;
+
+	if (raised && *raised == hf->ts)
+		return false;
+	n = quiet.lookup(&lifecycles);
+	if (n)
+		*n += 1;
+	n = quiet.lookup(&reads);
+	if (n)
+		*n += __sync_fetch_and_or(&hf->reads, READS_SEALED) & ~READS_SEALED;
+	return true;
+#else
+	return false;
+#endif
+}
+
 /* The ioctl of thread tid returned: each folded fault it woke ends as one
  * LIFECYCLE record when the ioctl resolved it cleanly, else its FAULT_STATE
  * goes out (and the ioctl's own record after it). */
@@ -266,7 +293,8 @@ static __always_inline void settle_woken(void *ctx, struct ioctl_entry *ie, s64 
 		if (!hf)
 			continue;
 		if (resolved_cleanly(ie, hf, ret)) {
-			emit_folded(ctx, hf, w, UT_LIFECYCLE, ie->cmd & 0xff, bpf_ktime_get_ns());
+			if (!quietly_ended(hf, w))
+				emit_folded(ctx, hf, w, UT_LIFECYCLE, ie->cmd & 0xff, bpf_ktime_get_ns());
 		} else {
 			emit_folded(ctx, hf, w, UT_FAULT_STATE, 0, bpf_ktime_get_ns());
 			ie->relevant = 1;

@@ -22,6 +22,7 @@ DONTWAKE_STALL_S = 2  # longer than the default --stuck-ms (1 s): never_woken mu
 RETRY_WAKES = 4
 STRESS = (8, 512, 4)  # faulting threads (in pairs over shared pages), pages per pair, handler threads
 RELEASE_AFTER_S = 0.3  # shorter than --stuck-ms: only released_with_waiters is expected
+SLOW_DELAY_S = 1.5  # longer than --stuck-ms (1000)
 VM_FAULT_RETRY = 0x400
 POLLIN = 0x1
 
@@ -239,6 +240,16 @@ def check_release_lifecycle(s: Scenario) -> None:
     assert s.flag_names() == {"released_with_waiters"}
 
 
+def check_slow_lifecycle(s: Scenario) -> None:
+    """Unread past --stuck-ms, then read and resolved: flagged while it
+    waited, and the lifecycle ends resolved with the final flag updates."""
+    assert_clean_run(s)
+    [lc] = s.lifecycles
+    assert lc["state"] in ("woken", "returned") and (lc["reads"], lc["resolve_op"]) == (1, "copy")
+    assert lc["flags"] == ["unread", "never_woken"] and s.flag_names() == {"unread", "never_woken"}
+    assert {f["flag"] for f in s.updates} == {"unread", "never_woken"}
+
+
 def check_stress(s: Scenario) -> None:
     """Thousands of faults from many threads, several handlers, pages raced
     for: no flag, and every message the handlers read belongs to a lifecycle."""
@@ -312,6 +323,7 @@ PYTHON_SCENARIOS: dict[str, tuple[list[str], Callable[[Scenario], None]]] = {
     "py_eexist": (["eexist", str(DONTWAKE_STALL_S)], check_eexist_lifecycle),
     "py_release": (["release", str(RELEASE_AFTER_S)], check_release_lifecycle),
     "py_stress": (["stress", *map(str, STRESS)], check_stress),
+    "py_slow": (["slow", str(SLOW_DELAY_S)], check_slow_lifecycle),
 }
 
 

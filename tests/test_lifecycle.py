@@ -637,12 +637,14 @@ def test_the_watchdog_takes_over_a_fault_folded_too_long() -> None:
     (confirmed by wchan). When it ends at last, its record completes the
     same lifecycle instead of opening another."""
     in_kernel = [folded(Kind.FAULT_STATE, 600, read_at=None, woken_at=None)]
+    told: list[tuple[int, int]] = []
     out = Out()
     corr = Correlator(out, Thresholds(), sees_returns=False, tasks=lambda _p, _t: "uffd",
-                      folded=lambda _handed: list(in_kernel))
+                      folded=lambda _handed: list(in_kernel), adopted=lambda tid, at: told.append((tid, at)))
     for at in (50, 500, 1200):
         corr.advance(T0 + at * MS)
     assert out.raised() == ["unread", "never_woken"] and not out.lifecycles
+    assert told == [(FAULTER, T0)]  # once: the kernel then sends its end even with --flagged
     in_kernel.clear()  # the kernel ends the fold: woken and resolved by one copy
     corr.feed([folded(Kind.LIFECYCLE, 1300.3, read_at=1300.1, woken_at=1300.2)])
     corr.advance(T0 + 1400 * MS)

@@ -122,7 +122,8 @@ def trace_cmd(ctx: click.Context, /, pids: tuple[int, ...], tids: tuple[int, ...
               output: str | None, command: tuple[str, ...], **kw: Any) -> int:
     """Per-fault lifecycles and race flags, live; with -- CMD, run CMD and follow it."""
     src = LiveSource(Options(pids=pids, command=command, duration=duration, transport=kw["transport"],
-                             buffer_kb=kw["buffer_kb"], every_record=kw["raw_events"]), ctx.obj["mode"])
+                             buffer_kb=kw["buffer_kb"], every_record=kw["raw_events"], flagged_only=kw["flagged"]),
+                     ctx.obj["mode"])
     with open_output(output) as out:
         printer = Printer(kw["as_json"], out, tids=tids, flagged_only=kw["flagged"])
         summary = session.run(src, printer, thresholds(kw), raw_events=kw["raw_events"], command=command, pids=pids)

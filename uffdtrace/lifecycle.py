@@ -70,6 +70,9 @@ FaultProbe = Callable[[int], int | None]
 # --events), as FAULT_STATE events; with True, also those woken inside an
 # ioctl that has not returned yet.
 FoldedProbe = Callable[[bool], list[Event]]
+# Tells the kernel that the watchdog took over the folded fault of (tid, raised
+# at): its end is then always sent (--flagged sends clean ends only then).
+AdoptHook = Callable[[int, int], None]
 
 
 def _ts(ev: Event) -> int:
@@ -234,9 +237,11 @@ def _discard(index: dict[Any, dict[int, Lifecycle]], key: Any, tid: int) -> None
 class Correlator:
     def __init__(self, sink: Sink, thresholds: Thresholds | None = None, *, sees_returns: bool,
                  tasks: TaskProbe | None = None, faults: FaultProbe | None = None,
-                 folded: FoldedProbe | None = None, max_open: int = 65536) -> None:
+                 folded: FoldedProbe | None = None, adopted: AdoptHook | None = None,
+                 max_open: int = 65536) -> None:
         self.sink = sink
         self.folded = folded
+        self.adopted = adopted
         self._adopted: dict[int, int] = {}  # tid -> raise time of the folded fault the watchdog took over
         self._orphan_reads: dict[tuple[int, int], list[Event]] = {}  # (uffd, page) -> reads that matched nothing yet
         self.th = thresholds or Thresholds()
@@ -718,9 +723,12 @@ class Correlator:
             lc = self.open.get(ev.tid)
             if self._adopted.get(ev.tid) == ev.len and (lc is None or lc.unfolded != ev.len):
                 continue  # taken over before, and closed since
-            if len(self._adopted) >= self.max_open:
-                self._adopted.clear()
-            self._adopted[ev.tid] = ev.len
+            if self._adopted.get(ev.tid) != ev.len:
+                if len(self._adopted) >= self.max_open:
+                    self._adopted.clear()
+                self._adopted[ev.tid] = ev.len
+                if self.adopted is not None:
+                    self.adopted(ev.tid, ev.len)
             self._unfold(ev)
 
     # -- aio poll and rmap ---------------------------------------------------------

@@ -39,7 +39,7 @@ def run(src: LiveSource, printer: Printer, th: Thresholds, *, raw_events: bool, 
         src.release_command()
         printer.set_origin(src.info.started_ns)  # before the command's first fault
         corr = Correlator(printer, th, sees_returns=src.backend.sees_returns, tasks=procscan.thread_state,
-                          faults=src.fault_page, folded=src.folded_faults)
+                          faults=src.fault_page, folded=src.folded_faults, adopted=src.adopt)
         now = time.monotonic_ns()
         for pid, t in src.blocked_before:  # waiting before tracing began (DESIGN §5)
             corr.add_blocked(BlockedThread(pid, t.tid, t.comm, min(t.last_ran_ns or now, now)))
@@ -64,9 +64,10 @@ def run(src: LiveSource, printer: Printer, th: Thresholds, *, raw_events: bool, 
     if src.lost > lost_seen:
         printer.lost(src.lost)
     by_kind = {kind.name.lower(): n for kind, n in kinds.items()}
-    summary = {"lifecycles": corr.counters.lifecycles, "flags": dict(corr.counters.flags),
-               "failing_flags": corr.counters.failing,
-               "evicted": corr.counters.evicted, "messages_read": corr.counters.messages_read,
+    quiet_lifecycles, quiet_reads = src.quiet
+    summary = {"lifecycles": corr.counters.lifecycles + quiet_lifecycles, "quiet_lifecycles": quiet_lifecycles,
+               "flags": dict(corr.counters.flags), "failing_flags": corr.counters.failing,
+               "evicted": corr.counters.evicted, "messages_read": corr.counters.messages_read + quiet_reads,
                "unmatched_reads": corr.counters.unmatched_reads,
                "events": sum(by_kind.values()), "by_kind": by_kind, "lost": src.lost,
                "lost_causes": src.lost_causes, "filtered_resolves": src.filtered,

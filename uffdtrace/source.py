@@ -72,6 +72,7 @@ class Options:
     transport: str = "auto"  # auto | ringbuf | perf
     buffer_kb: int = DEFAULT_BUFFER_KB  # kernel buffer: the ring, or the perf buffers of all CPUs together
     every_record: bool = False  # --events: no in-kernel filtering of resolutions (bpf/common.h)
+    flagged_only: bool = False  # --flagged: clean lifecycles folded in the kernel are only counted
 
 
 @dataclass
@@ -192,6 +193,7 @@ class LiveSource:
         self._gate: int | None = None  # write end of the pipe the command waits on
         self._lost_at_close = dict.fromkeys(LOST_CAUSES, 0)
         self._filtered_at_close = 0
+        self._quiet_at_close = (0, 0)
         self.stopper = Stopper()
         self._command = resolve_command(opts.command) if opts.command else []
         check_pids(opts.pids)
@@ -219,6 +221,8 @@ class LiveSource:
             defines["RINGBUF_PAGES"] = buffer_pages
         if self.opts.every_record:
             defines["EVERY_RECORD"] = None
+        elif self.opts.flagged_only:
+            defines["QUIET"] = None
         if self.opts.pids or self._command:
             defines["FILTER"] = None
             defines["SPAWN_PARENT"] = os.getpid() if self._command else 0
@@ -387,6 +391,20 @@ class LiveSource:
                                  fe.op_bits, fe.t_read, fe.waker, fe.reads))
         return out
 
+    def adopt(self, tid: int, raised_ns: int) -> None:
+        """User space took over the folded fault of thread ``tid``: its end
+        must be sent, even with --flagged."""
+        if self._bpf is not None and not self.backend.sees_returns:
+            self._bpf["adopted"][ctypes.c_uint32(tid)] = ctypes.c_uint64(raised_ns)
+
+    @property
+    def quiet(self) -> tuple[int, int]:
+        """Clean lifecycles the kernel only counted (--flagged), and their messages read."""
+        if self._bpf is None or self.backend.sees_returns:
+            return self._quiet_at_close
+        table = self._bpf["quiet"]
+        return int(sum(table[ctypes.c_int(0)])), int(sum(table[ctypes.c_int(1)]))
+
     @property
     def filtered(self) -> int:
         """Resolving ioctls the kernel did not send: none of them could matter
@@ -425,5 +443,6 @@ class LiveSource:
         if self._bpf is not None:
             self._lost_at_close = self.lost_causes
             self._filtered_at_close = self.filtered
+            self._quiet_at_close = self.quiet
             self._bpf.cleanup()
             self._bpf = None

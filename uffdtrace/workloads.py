@@ -169,6 +169,19 @@ def clean(pages: int = 8) -> dict[str, Any]:
     return report("clean", u, threading.get_native_id(), [f], pages=pages, msgs_read=reads)
 
 
+def slow(delay_s: float = 1.5) -> dict[str, Any]:
+    """A handler that reads the fault's message only ``delay_s`` late, then
+    resolves it cleanly: unread (and never woken) for that long, then fine."""
+    u = Uffd(1)
+    f = Faulter([u.page(0)], "wl-slow").start()
+    time.sleep(delay_s)
+    [(addr, _)] = u.read_msgs()
+    _check(u.copy(addr), "UFFDIO_COPY")
+    f.join()
+    u.close()
+    return report("slow", u, threading.get_native_id(), [f], addr=addr, delay_s=delay_s, msgs_read=1)
+
+
 def dontwake(stall_s: float = 2.0) -> dict[str, Any]:
     """The handler resolves with DONTWAKE and only issues UFFDIO_WAKE after
     ``stall_s``: the thread is stuck that long (a handler bug made visible)."""
@@ -288,7 +301,7 @@ def stress(threads: int = 8, pages: int = 256, handlers: int = 4) -> dict[str, A
 # name -> (scenario, type of its arguments)
 SCENARIOS: dict[str, tuple[Callable[..., dict[str, Any]], type]] = {
     "clean": (clean, int), "dontwake": (dontwake, float), "retry": (retry, int), "eexist": (eexist, float),
-    "release": (release, float), "stress": (stress, int),
+    "release": (release, float), "stress": (stress, int), "slow": (slow, float),
 }
 # What `uffdtrace demo` runs, in order, quietly: (scenario, argument).
 DEMO: tuple[tuple[str, str], ...] = (("clean", "8"), ("dontwake", "2"), ("retry", "3"))

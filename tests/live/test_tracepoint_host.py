@@ -21,6 +21,7 @@ from ..scenarios import (
     PYTHON_SCENARIOS,
     UFFD_STRESS_HOST,
     Scenario,
+    assert_clean_run,
     check_aio_poll,
     check_clean_faults,
     check_clean_lifecycles,
@@ -86,6 +87,23 @@ def test_fail_on_flags_exits_3_only_when_flagged(workloads: Path) -> None:
     assert flagged.rc == 3 and flagged.summary["failing_flags"] == 1
     clean = trace("--fail-on-flags", "--", str(workloads / "clean_faults"), str(CLEAN_PAGES), events=False)
     assert clean.rc == 0 and clean.summary["lifecycles"] == CLEAN_PAGES
+
+
+@pytest.mark.parametrize("name", ["py_slow", "py_eexist", "py_retry"])
+def test_flagged_output_flags_the_same(name: str) -> None:
+    """--flagged (clean lifecycles counted in the kernel, not sent) flags
+    exactly what the full output flags, the slow fault taken over by the
+    watchdog included."""
+    args, check = PYTHON_SCENARIOS[name]
+    check(trace("--flagged", "--", str(PYTHON), "-m", "uffdtrace.workloads", *args, events=False))
+
+
+def test_flagged_output_still_counts_every_fault(workloads: Path) -> None:
+    s = trace("--flagged", "--fail-on-flags", "--", str(workloads / "postcopy_shape"), *POSTCOPY_SHAPE, events=False)
+    assert_clean_run(s)
+    assert not s.flags and not s.lifecycles and s.summary["unmatched_reads"] == 0
+    assert s.summary["quiet_lifecycles"] > 0 and s.summary["lifecycles"] >= s.summary["quiet_lifecycles"]
+    assert s.summary["messages_read"] == s.workload["msgs_read"] > 0
 
 
 def test_aio_poll(workloads: Path) -> None:
