@@ -55,13 +55,13 @@ BPF_PERCPU_ARRAY(stack_buf, struct stack, 1);
  * the registered modes of each uffd; the uffd each thread last closed. */
 BPF_HASH(handed_faults, u64, struct fault_entry, 65536);   /* (waker << 32 | woken) -> its fault */
 BPF_TABLE("lru_hash", struct page_key, u64, handed_pages, 65536);  /* -> its handed_faults key */
-BPF_HASH(uffd_modes, u64, u64, 65536);
+BPF_TABLE("lru_hash", u64, u64, uffd_modes, 65536);   /* LRU: a uffd closed at exit stays */
 BPF_TABLE("lru_hash", u32, u64, closing, 4096);
 BPF_PERCPU_ARRAY(folded_buf, struct uffdtrace_event, 1);
 /* QUIET (--flagged): clean lifecycles and their messages are counted, not
  * sent, unless user space took the fault over (adopted: tid -> raised). */
 BPF_PERCPU_ARRAY(quiet, u64, 2);
-BPF_HASH(adopted, u32, u64, 65536);
+BPF_TABLE("lru_hash", u32, u64, adopted, 65536);
 BPF_ARRAY(empty_ranges, struct range_set, 1);      /* all zero: template for new entries */
 
 static __always_inline u64 uffd_key(u32 tgid, u64 fd)
