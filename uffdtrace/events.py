@@ -43,6 +43,7 @@ FOLD_VIA_READ = 0x100
 FOLD_CLOSER = 0x200
 # bpf/common.h enum fault_state: a thread_fault entry's state in tracepoint mode.
 FE_FOLDING, FE_HANDED = 1, 2
+READS_COUNT = (1 << 63) - 1  # fault_entry.reads without bpf/tracepoint.c's READS_SEALED bit
 
 
 class Op(enum.IntEnum):

@@ -26,6 +26,7 @@ from .errors import UffdtraceError
 from .events import (
     FE_FOLDING,
     FE_HANDED,
+    READS_COUNT,
     RECORD,
     RECORD_SIZE,
     Event,
@@ -370,9 +371,9 @@ class LiveSource:
         """The faults the kernel is folding now (bpf/tracepoint.c), as
         FAULT_STATE events; with ``include_handed``, also those woken inside
         an ioctl that has not returned yet (asked once, at the end)."""
-        if self._bpf is None or self.backend.sees_returns:
-            return []
-        now = time.monotonic_ns()
+        if self._bpf is None or self.backend.sees_returns or self.opts.every_record:
+            return []  # nothing folds in kprobe mode or with --events
+        now = time.monotonic_ns()  # entries are copied while the kernel changes them: only the count is masked
         tables = [("thread_fault", FE_FOLDING)] + ([("handed_faults", FE_HANDED)] if include_handed else [])
         out = []
         for name, state in tables:
@@ -388,7 +389,7 @@ class LiveSource:
                 tid = (key if isinstance(key, int) else key.value) & 0xFFFFFFFF
                 out.append(Event(now, Kind.FAULT_STATE, 0, fe.tgid, tid, decode_comm(bytes(fe.comm)),
                                  self.ids(fe.ctx), fe.addr, fe.ts, fe.error_code, fe.slept, fe.t_woken, fe.reader,
-                                 fe.op_bits, fe.t_read, fe.waker, fe.reads))
+                                 fe.op_bits, fe.t_read, fe.waker, fe.reads & READS_COUNT))
         return out
 
     def adopt(self, tid: int, raised_ns: int) -> None:
