@@ -20,8 +20,9 @@ while IFS='|' read -r name mode args; do
 			mkswap /dev/zram0 >/dev/null && swapon /dev/zram0
 		cat /proc/swaps > "$out/swaps"
 	fi
+	# One scenario that hangs fails alone (rc 124), not the whole boot.
 	# shellcheck disable=SC2086 # ARGS is a word list on purpose
-	"$uffdtrace" --mode "$mode" $args > "$out/$name.out" 2> "$out/$name.err" < /dev/null
+	timeout 900 "$uffdtrace" --mode "$mode" $args > "$out/$name.out" 2> "$out/$name.err" < /dev/null
 	echo $? > "$out/$name.rc"
 done < "$out/scenarios"
 echo done > "$out/finished"
