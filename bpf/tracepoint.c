@@ -133,6 +133,12 @@ static __always_inline bool count_read(struct fault_entry *fe)
 	return !(__sync_fetch_and_add(&fe->reads, 1) & READS_SEALED);
 }
 
+/* The count as the consumer takes it; later readers find it sealed. */
+static __always_inline u64 seal_reads(struct fault_entry *fe)
+{
+	return __sync_fetch_and_or(&fe->reads, READS_SEALED) & ~READS_SEALED;
+}
+
 static __always_inline bool take(struct fault_entry *fe, u64 from, u64 to)
 {
 	return __sync_val_compare_and_swap(&fe->state, from, to) == from;
@@ -144,7 +150,7 @@ static __always_inline void emit_folded(void *ctx, struct fault_entry *fe, u32 t
 {
 	int zero = 0;
 	struct uffdtrace_event *e = folded_buf.lookup(&zero);
-	u64 reads = __sync_fetch_and_or(&fe->reads, READS_SEALED) & ~READS_SEALED;
+	u64 reads = seal_reads(fe);
 
 	if (!e)
 		return;
@@ -268,7 +274,7 @@ static __always_inline bool quietly_ended(struct fault_entry *hf, u32 tid)
 		*n += 1;
 	n = quiet.lookup(&reads);
 	if (n)
-		*n += __sync_fetch_and_or(&hf->reads, READS_SEALED) & ~READS_SEALED;
+		*n += seal_reads(hf);
 	return true;
 #else
 	return false;
@@ -339,7 +345,7 @@ static __always_inline bool fold_wake(void *ctx, struct fault_entry *fe, u32 pid
 	fe->t_woken = ts;
 	fe->waker = tid;
 	fe->op_bits |= via_read ? UT_FOLD_VIA_READ : 0;
-	reads = __sync_fetch_and_or(&fe->reads, READS_SEALED) & ~READS_SEALED;
+	reads = seal_reads(fe);
 	handed_faults.update(&key, fe);
 	copy = handed_faults.lookup(&key);
 	if (copy)
@@ -612,14 +618,12 @@ static __always_inline void on_page_fault(void *ctx, u64 address, u64 error_code
 		fold = false;
 	}
 #ifdef FOLD
-	if (fold) {
-		fe.state = FE_FOLDING;
-		thread_fault.update(&tid, &fe);
-		return;
-	}
+	if (fold)
+		fe.state = FE_FOLDING;   /* no record: its steps are folded */
 #endif
 	thread_fault.update(&tid, &fe);
-	emit(ctx, &e);
+	if (fe.state != FE_FOLDING)
+		emit(ctx, &e);
 }
 
 TRACEPOINT_PROBE(exceptions, page_fault_user)

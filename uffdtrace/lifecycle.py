@@ -721,9 +721,10 @@ class Correlator:
             if now - ev.len <= self.th.wake_ns:
                 continue
             lc = self.open.get(ev.tid)
-            if self._adopted.get(ev.tid) == ev.len and (lc is None or lc.unfolded != ev.len):
+            first = self._adopted.get(ev.tid) != ev.len
+            if not first and (lc is None or lc.unfolded != ev.len):
                 continue  # taken over before, and closed since
-            if self._adopted.get(ev.tid) != ev.len:
+            if first:
                 if len(self._adopted) >= self.max_open:
                     self._adopted.clear()
                 self._adopted[ev.tid] = ev.len

@@ -403,8 +403,7 @@ class LiveSource:
         """Clean lifecycles the kernel only counted (--flagged), and their messages read."""
         if self._bpf is None or self.backend.sees_returns:
             return self._quiet_at_close
-        table = self._bpf["quiet"]
-        return int(sum(table[ctypes.c_int(0)])), int(sum(table[ctypes.c_int(1)]))
+        return self._percpu_sum("quiet", 0), self._percpu_sum("quiet", 1)
 
     @property
     def filtered(self) -> int:
@@ -412,15 +411,18 @@ class LiveSource:
         to a lifecycle (bpf/common.h ioctl_wanted)."""
         if self._bpf is None:
             return self._filtered_at_close
-        return int(sum(self._bpf["filtered"][ctypes.c_int(0)]))
+        return self._percpu_sum("filtered", 0)
 
     @property
     def lost_causes(self) -> dict[str, int]:
         """What went unseen so far, per cause (bpf/common.h ``enum lost_cause``)."""
         if self._bpf is None:
             return self._lost_at_close
-        table = self._bpf["lost"]
-        return {name: int(sum(table[ctypes.c_int(i)])) for i, name in enumerate(LOST_CAUSES)}
+        return {name: self._percpu_sum("lost", i) for i, name in enumerate(LOST_CAUSES)}
+
+    def _percpu_sum(self, table: str, index: int) -> int:
+        """One counter of a BPF per-CPU array, summed over the CPUs."""
+        return int(sum(self._bpf[table][ctypes.c_int(index)]))
 
     @property
     def lost(self) -> int:
