@@ -62,6 +62,13 @@ BPF_PERCPU_ARRAY(folded_buf, struct uffdtrace_event, 1);
  * sent, unless user space took the fault over (adopted: tid -> raised). */
 BPF_PERCPU_ARRAY(quiet, u64, 2);
 BPF_TABLE("lru_hash", u32, u64, adopted, 65536);
+#ifdef QUIET
+/* A fault that ended quietly, until its page faults again (-> its tid): a
+ * reader whose hook runs after that end (it took the message before the
+ * wake-up) counts its message quietly too, instead of sending a message
+ * that no record would match. */
+BPF_TABLE("lru_hash", struct page_key, u32, quiet_pages, 65536);
+#endif
 BPF_ARRAY(empty_ranges, struct range_set, 1);      /* all zero: template for new entries */
 
 static __always_inline u64 uffd_key(u32 tgid, u64 fd)
@@ -126,7 +133,7 @@ enum fault_reason { REASON_ANY, REASON_MISSING, REASON_WP, REASON_MINOR };
 
 static __always_inline bool count_read(struct fault_entry *fe)
 {
-	if (fe->reads == 0) {
+	if (!fe->t_read) {
 		fe->t_read = bpf_ktime_get_ns();
 		fe->reader = current_tid();
 	}
@@ -166,8 +173,8 @@ static __always_inline void emit_folded(void *ctx, struct fault_entry *fe, u32 t
 	e->flags = fe->error_code;
 	e->mode = fe->slept;
 	e->ret = fe->t_woken;
-	e->aux = fe->t_read;
-	e->peer_tid = fe->reader;
+	e->aux = reads ? fe->t_read : 0;   /* a reader shut out by the seal sends its own */
+	e->peer_tid = reads ? fe->reader : 0;
 	e->peer2_tid = fe->waker;
 	e->count = reads;
 	e->op = op | fe->op_bits;
@@ -263,18 +270,20 @@ static __always_inline void handed_page_done(struct fault_entry *hf, u64 key)
 static __always_inline bool quietly_ended(struct fault_entry *hf, u32 tid)
 {
 #ifdef QUIET
+	struct page_key k = { .ctx = hf->ctx, .page = hf->addr };
 	u64 *raised = adopted.lookup(&tid);
 	int lifecycles = 0, reads = 1;
 	u64 *n;
 
 	if (raised && *raised == hf->ts)
 		return false;
+	quiet_pages.update(&k, &tid);   /* before the seal: whom it shuts out looks here */
 	n = quiet.lookup(&lifecycles);
 	if (n)
-		*n += 1;
+		__sync_fetch_and_add(n, 1);
 	n = quiet.lookup(&reads);
 	if (n)
-		*n += seal_reads(hf);
+		__sync_fetch_and_add(n, seal_reads(hf));
 	return true;
 #else
 	return false;
@@ -345,14 +354,28 @@ static __always_inline bool fold_wake(void *ctx, struct fault_entry *fe, u32 pid
 	fe->t_woken = ts;
 	fe->waker = tid;
 	fe->op_bits |= via_read ? UT_FOLD_VIA_READ : 0;
-	reads = seal_reads(fe);
+	/* The copy is published (handed_pages) before the thread's entry is
+	 * sealed, so that a reader the seal shuts out finds the copy; the
+	 * entry's count then moves to it. */
 	handed_faults.update(&key, fe);
 	copy = handed_faults.lookup(&key);
-	if (copy)
-		copy->reads = reads;   /* readers find the copy only through handed_pages, next */
+	if (!copy) {   /* no room in the map: it goes out now, taken as it is */
+		fe->state = FE_RAW;
+		emit_folded(ctx, fe, pid, UT_FAULT_STATE, 0, bpf_ktime_get_ns());
+		return false;
+	}
+	copy->reads = 0;
 	pk.ctx = fe->ctx;
 	pk.page = fe->addr;
 	handed_pages.update(&pk, &key);
+	reads = seal_reads(fe);
+	if (reads) {
+		if (!copy->t_read || fe->t_read < copy->t_read) {
+			copy->t_read = fe->t_read;
+			copy->reader = fe->reader;
+		}
+		__sync_fetch_and_add(&copy->reads, reads);
+	}
 	n = ie->nwoken;
 	if (n < MAX_WOKEN)
 		ie->woken[n] = pid;
@@ -361,12 +384,16 @@ static __always_inline bool fold_wake(void *ctx, struct fault_entry *fe, u32 pid
 	return true;
 }
 
+/* A message of a folded fault is counted in its entry (true). The thread's
+ * entry is tried first, also once handed (until its waker seals it), then the
+ * handed copy, then (QUIET) a fault that ended quietly. */
 static __always_inline bool fold_read(void *ctx, u64 uctx, u64 page, u32 ptid)
 {
 #ifdef FOLD
 	struct page_key k = { .ctx = uctx, .page = page };
 	struct fault_entry *fe;
 	u32 owner = ptid;
+	u64 *key;
 
 	if (!owner) {
 		u64 *o = waiting_pages.lookup(&k);
@@ -375,18 +402,30 @@ static __always_inline bool fold_read(void *ctx, u64 uctx, u64 page, u32 ptid)
 			return false;
 		owner = o ? (u32)*o : 0;
 	}
-	fe = folding(owner, uctx, page);
-	if (!fe) {
-		/* Read while its wake-up was under way: it joins the handed fault. */
-		u64 *key = handed_pages.lookup(&k);
-
-		if (!key || (ptid && (u32)*key != ptid))
-			return false;
+	fe = owner ? thread_fault.lookup(&owner) : NULL;
+	if (fe && (fe->state == FE_FOLDING || fe->state == FE_HANDED) && fe->ctx == uctx && fe->addr == page &&
+	    count_read(fe))
+		return true;
+	key = handed_pages.lookup(&k);
+	if (key && (!ptid || (u32)*key == ptid)) {
 		fe = handed_faults.lookup(key);
-		if (!fe || fe->ctx != uctx || fe->addr != page)
-			return false;
+		if (fe && fe->ctx == uctx && fe->addr == page && count_read(fe))
+			return true;
 	}
-	return count_read(fe);
+#ifdef QUIET
+	u32 *ended = quiet_pages.lookup(&k);
+
+	if (ended && (!ptid || *ended == ptid)) {
+		int reads = 1;
+		u64 *n = quiet.lookup(&reads);
+
+		quiet_pages.delete(&k);   /* one message per fault */
+		if (n)
+			__sync_fetch_and_add(n, 1);
+		return true;
+	}
+#endif
+	return false;
 #else
 	return false;
 #endif
@@ -620,6 +659,13 @@ static __always_inline void on_page_fault(void *ctx, u64 address, u64 error_code
 #ifdef FOLD
 	if (fold)
 		fe.state = FE_FOLDING;   /* no record: its steps are folded */
+#endif
+#ifdef QUIET
+	{
+		struct page_key k = { .ctx = fe.ctx, .page = fe.addr };
+
+		quiet_pages.delete(&k);   /* later messages of this page are this fault's */
+	}
 #endif
 	thread_fault.update(&tid, &fe);
 	if (fe.state != FE_FOLDING)

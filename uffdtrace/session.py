@@ -66,6 +66,7 @@ def run(src: LiveSource, printer: Printer, th: Thresholds, *, raw_events: bool, 
     by_kind = {kind.name.lower(): n for kind, n in kinds.items()}
     quiet_lifecycles, quiet_reads = src.quiet
     summary = {"lifecycles": corr.counters.lifecycles + quiet_lifecycles, "quiet_lifecycles": quiet_lifecycles,
+               "quiet_reads": quiet_reads,
                "flags": dict(corr.counters.flags), "failing_flags": corr.counters.failing,
                "evicted": corr.counters.evicted, "messages_read": corr.counters.messages_read + quiet_reads,
                "unmatched_reads": corr.counters.unmatched_reads,

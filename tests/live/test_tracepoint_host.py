@@ -30,6 +30,7 @@ from ..scenarios import (
     check_dontwake_lifecycle,
     check_postcopy_shape,
     check_uffd_stress,
+    check_uffd_stress_flagged,
 )
 
 UFFDTRACE = ROOT / ".venv" / "bin" / "uffdtrace"
@@ -234,6 +235,13 @@ def test_uffd_stress(uffd_stress: Path, args: tuple[str, int, int]) -> None:
     anon (every record, and exact read counts), lifecycles only for shmem."""
     s = trace("--fail-on-flags", "--", str(uffd_stress), *map(str, args), events=args[0] == "anon")
     check_uffd_stress(s)
+
+
+def test_uffd_stress_flagged(uffd_stress: Path) -> None:
+    """The same load with --flagged: clean faults end in the kernel, counted
+    (their late readers too), and the count still matches uffd-stress's."""
+    s = trace("--flagged", "--fail-on-flags", "--", str(uffd_stress), *map(str, UFFD_STRESS_HOST[0]), events=False)
+    check_uffd_stress_flagged(s)
 
 
 def test_uffd_stress_host_wide(uffd_stress: Path) -> None:
