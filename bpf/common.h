@@ -49,6 +49,8 @@ struct fault_entry {
 	u32 waker;
 	u32 error_code;  /* x86 page-fault error code */
 	u32 op_bits;     /* UT_FOLD_* */
+	u32 over;        /* seen asleep outside any page fault since: this fault is over */
+	u32 ran;         /* switched in since its last uffd wake-up (tracepoint.c) */
 	u32 pad;
 	char comm[16];
 };

@@ -37,6 +37,7 @@ enum uffdtrace_kind {
 /* FAULT_STATE / LIFECYCLE: op bits beside the resolving op (LIFECYCLE). */
 #define UT_FOLD_VIA_READ 0x100  /* woken after its message was read (refiled) */
 #define UT_FOLD_CLOSER 0x200    /* woken by the thread that closed its uffd */
+#define UT_FOLD_REFAULT 0x400   /* raised again by the in-kernel retry after its wake-up */
 
 /* RESOLVE / REGISTER ops: the ioctl number (_IOC_NR) of the request. */
 enum uffdtrace_op {

@@ -8,7 +8,8 @@
  *
  * -D knobs on top of common.h's: HU_START/HU_END (handle_userfault),
  * UWF_START/UWF_END (userfaultfd_wake_function), WU_START/WU_END (__wake_up),
- * FLAVR_START/FLAVR_END (folio_lock_anon_vma_read), APCW (the address of
+ * FLAVR_START/FLAVR_END (folio_lock_anon_vma_read), PF_START/PF_END (the
+ * page-fault entry, exc_page_fault), APCW (the address of
  * aio_poll_complete_work), all from /proc/kallsyms (0 when absent), and
  * HAVE_PF_TRACEPOINTS (x86 exceptions:page_fault_{user,kernel}), HAVE_IO_PGETEVENTS
  * (4.18+), HAVE_LOCK_CONTENTION (lock:contention_begin, 5.19+).
@@ -290,6 +291,23 @@ static __always_inline bool quietly_ended(struct fault_entry *hf, u32 tid)
 #endif
 }
 
+/* A handed fault of thread w went out unfolded: so does the thread's own
+ * entry. Still handed, it is no longer folded (its next wait in
+ * handle_userfault is a round that user space infers from the wake-up
+ * without the page); if the thread waits again already (refault), that
+ * wait is the fault's next round, and it goes out now. */
+static __always_inline void unfold_thread(void *ctx, struct fault_entry *hf, u32 w)
+{
+	struct fault_entry *fe = thread_fault.lookup(&w);
+
+	if (!fe || fe->ctx != hf->ctx || fe->addr != hf->addr)
+		return;
+	if (fe->ts == hf->ts && take(fe, FE_HANDED, FE_RAW))
+		return;
+	if (fe->op_bits & UT_FOLD_REFAULT)
+		unfold(ctx, fe, w);
+}
+
 /* The ioctl of thread tid returned: each folded fault it woke ends as one
  * LIFECYCLE record when the ioctl resolved it cleanly, else its FAULT_STATE
  * goes out (and the ioctl's own record after it). */
@@ -313,6 +331,7 @@ static __always_inline void settle_woken(void *ctx, struct ioctl_entry *ie, s64 
 		} else {
 			emit_folded(ctx, hf, w, UT_FAULT_STATE, 0, bpf_ktime_get_ns());
 			ie->relevant = 1;
+			unfold_thread(ctx, hf, w);
 		}
 		handed_page_done(hf, key);
 		handed_faults.delete(&key);
@@ -685,22 +704,78 @@ TRACEPOINT_PROBE(exceptions, page_fault_kernel)
 }
 #endif
 
+/* The thread of a handed fault sleeps in handle_userfault again: the page
+ * was gone when the kernel retried the same page fault after the wake-up
+ * (no page-fault tracepoint fires for a retry). The entry folds this wait
+ * as a fault of its own, and the messages of the page are its messages now.
+ * If the handed fault does not end cleanly, settle_woken makes this wait
+ * its next round instead (unfold_thread). */
+static __always_inline void refault(struct fault_entry *fe, u32 tid, u64 ts)
+{
+	struct page_key k = { .ctx = fe->ctx, .page = fe->addr };
+	u64 key = (u64)fe->waker << 32 | tid;
+	u64 *v;
+
+	fe->op_bits |= UT_FOLD_REFAULT;   /* first: settle_woken looks for it */
+	if (!take(fe, FE_HANDED, FE_FOLDING))
+		return;   /* settled meanwhile, not cleanly: a round user space infers */
+	v = handed_pages.lookup(&k);
+	if (v && *v == key)
+		handed_pages.delete(&k);
+#ifdef QUIET
+	quiet_pages.delete(&k);
+#endif
+	fe->slept = 0;
+	fe->t_read = 0;
+	fe->t_woken = 0;
+	fe->reader = 0;
+	fe->waker = 0;
+	fe->op_bits = UT_FOLD_REFAULT;
+	fe->reads = 0;
+	fe->ts = ts;
+}
+
 /* A thread that faulted in a range goes to sleep inside handle_userfault:
  * a BLOCK record with --events, otherwise kept in its thread_fault entry. */
 TRACEPOINT_PROBE(sched, sched_switch)
 {
 	struct uffdtrace_event e = {};
-	u32 tid = current_tid();
-	struct fault_entry *fe;
+	u32 tid = current_tid(), next = args->next_pid;
+	struct fault_entry *fe = thread_fault.lookup(&next);
+	u32 found, ran;
 
-	if (args->prev_state == 0)
+	/* A woken thread runs: a later wait in handle_userfault is a new one.
+	 * (Its waker can run before the thread's own sleep is switched out.) */
+	if (fe && (fe->state == FE_HANDED || fe->t_woken))
+		fe->ran = 1;
+	/* Asleep: S (0x1) or D (0x2). A preempted thread (R+: TASK_REPORT_MAX,
+	 * or TASK_STATE_MAX before 4.14) is still running its fault. */
+	if (!(args->prev_state & 0x3))
 		return 0;
 	fe = thread_fault.lookup(&tid);
-	if (!fe || fe->state == FE_HANDED)
+	if (!fe || fe->over)
 		return 0;
-	if (!(stack_has(args, HU_START, HU_END, 0, 0) & 1))
+	found = stack_has(args, HU_START, HU_END, PF_START, PF_END);
+	if (!(found & 1)) {
+		/* Asleep outside any page fault: its fault is over, and this
+		 * thread's sleeps and wake-ups are not looked at again until its
+		 * next fault. A folded one is left to its next fault or the
+		 * watchdog, which end it. */
+		if (PF_END && !(found & 2) && fe->state != FE_FOLDING)
+			fe->over = 1;
 		return 0;
+	}
+	ran = fe->ran;
+	fe->ran = 0;
 	init_event(&e, UT_BLOCK);
+	e.mode = ran;   /* a wait after a wake-up: user space's refault */
+	if (fe->state == FE_HANDED) {
+		if (!ran)
+			return 0;   /* the sleep its waker already ended */
+#ifdef FOLD
+		refault(fe, tid, e.ts_ns);
+#endif
+	}
 	e.ctx = fe->ctx;
 	e.addr = fe->addr;
 	e.aux = e.ts_ns - fe->ts;
@@ -730,8 +805,8 @@ TRACEPOINT_PROBE(sched, sched_waking)
 	struct fault_entry *fe = thread_fault.lookup(&pid);
 	u32 found;
 
-	if (!fe)
-		return 0;
+	if (!fe || fe->over)
+		return 0;   /* a thread outside any fault is not woken by a uffd */
 	found = stack_has(args, UWF_START, UWF_END, WU_START, WU_END);
 	if (!(found & 1))
 		return 0;   /* not a uffd wake-up (a signal, an unrelated wait) */

@@ -23,6 +23,7 @@ RETRY_WAKES = 4
 STRESS = (8, 512, 4)  # faulting threads (in pairs over shared pages), pages per pair, handler threads
 RELEASE_AFTER_S = 0.3  # shorter than --stuck-ms: only released_with_waiters is expected
 SLOW_DELAY_S = 1.5  # longer than --stuck-ms (1000)
+REFAULT = (4, 1.5)  # messages in all (the page zapped after each of the first 3 copies), stall before the last read
 VM_FAULT_RETRY = 0x400
 POLLIN = 0x1
 
@@ -248,6 +249,23 @@ def check_slow_lifecycle(s: Scenario) -> None:
     assert lc["state"] in ("woken", "returned") and (lc["reads"], lc["resolve_op"]) == (1, "copy")
     assert lc["flags"] == ["unread", "never_woken"] and s.flag_names() == {"unread", "never_woken"}
     assert {f["flag"] for f in s.updates} == {"unread", "never_woken"}
+
+
+def check_refault(s: Scenario) -> None:
+    """The page taken away after each wake-up: the kernel's retry of the
+    same page fault waits again (no new fault in tracepoint mode, a new
+    handle_userfault in kprobe mode). Every wait is a lifecycle of its own
+    with its message (--flagged only counts the clean ones); the last, read
+    late, is flagged while it waits."""
+    assert_clean_run(s)
+    w = s.workload
+    assert w["msgs_read"] == w["rounds"] == REFAULT[0]
+    lcs = sorted(s.lifecycles, key=lambda lc: lc["t_raised_ns"])
+    assert len(lcs) + s.summary["quiet_lifecycles"] == w["rounds"] and {lc["tid"] for lc in lcs} == {w["faulter_tid"]}
+    assert all((lc["reads"], lc["resolve_op"], lc["addr"]) == (1, "copy", w["addr"]) for lc in lcs), lcs
+    assert [lc["flags"] for lc in lcs] == [[]] * (len(lcs) - 1) + [["unread", "never_woken"]]
+    assert s.flag_names() == {"unread", "never_woken"} and {f["flag"] for f in s.updates} == {"unread", "never_woken"}
+    assert s.summary["messages_read"] == w["msgs_read"] and s.summary["unmatched_reads"] == 0, s.summary
 
 
 def check_stress(s: Scenario) -> None:

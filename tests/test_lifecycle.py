@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from uffdtrace.events import FOLD_CLOSER, Event, Kind, Op
-from uffdtrace.lifecycle import Correlator
+from uffdtrace.events import FOLD_CLOSER, FOLD_REFAULT, Event, Kind, Op
+from uffdtrace.lifecycle import REFAULT_NOTE, Correlator
 from uffdtrace.model import BlockedThread, Flag, Lifecycle
 from uffdtrace.procscan import TaskState
 from uffdtrace.rules import Thresholds, counts_as_failure
@@ -688,3 +688,33 @@ def test_release_of_a_folded_fault_is_flagged() -> None:
     out, _ = correlate(seq, "tracepoint", ticks=[40, 100, 200])
     assert out.raised() == ["released_with_waiters"]
     assert [lc.state for lc in out.lifecycles] == ["released"]
+
+
+def test_a_wait_again_after_a_clean_wake_up_is_a_fault_of_its_own() -> None:
+    """The page is gone again when the kernel retries the woken fault: the
+    thread sleeps in handle_userfault once more, with no fault record in
+    tracepoint mode. Step by step (--events: its BLOCK) or folded (the
+    kernel's entry, REFAULT bit), it is a new lifecycle, flagged while its
+    message stays unread."""
+    raw_seq = [*clean("tracepoint"), ev(Kind.BLOCK, 1.0, FAULTER, mode=1)]  # mode: it ran since its wake-up
+    folded_seq = [folded(Kind.LIFECYCLE, 0.3)]
+    in_kernel = [folded(Kind.FAULT_STATE, 1200, slept=1.0, read_at=None, woken_at=None, raised=1.0,
+                        bits=FOLD_REFAULT)]
+    results = [correlate(raw_seq, "tracepoint", ticks=[500, 1200], end=1300, tasks={FAULTER: "uffd"},
+                         faults={FAULTER: PAGE}),
+               correlate(folded_seq, "tracepoint", ticks=[500, 1200], end=1300, tasks={FAULTER: "uffd"},
+                         faults={FAULTER: PAGE}, folded=in_kernel)]
+    for out, corr in results:
+        assert [lc.state for lc in out.lifecycles] == ["woken", "blocked"]
+        assert out.raised() == ["unread", "never_woken"] and corr.counters.unmatched_reads == 0
+        assert REFAULT_NOTE in [e.what for e in out.flags[0].evidence]
+    (raw, _), (out, _) = results
+    assert [e.what for e in out.flags[0].evidence] == [e.what for e in raw.flags[0].evidence]
+
+
+def test_a_sleep_switched_out_after_its_wake_up_is_not_a_new_wait() -> None:
+    """The waker can run before the thread's own sleep is switched out: that
+    BLOCK (the thread did not run since: mode 0) is the same wait."""
+    out, _ = correlate([*clean("tracepoint"), block(0.35)], "tracepoint", ticks=[500, 1200], end=1300,
+                       tasks={FAULTER: "uffd"}, faults={FAULTER: PAGE})
+    assert [lc.state for lc in out.lifecycles] == ["woken"] and not out.flags

@@ -41,6 +41,7 @@ class Kind(enum.IntEnum):
 FOLD_OP_MASK = 0xFF
 FOLD_VIA_READ = 0x100
 FOLD_CLOSER = 0x200
+FOLD_REFAULT = 0x400  # raised again by the kernel's retry of the same page fault, after its wake-up
 # bpf/common.h enum fault_state: a thread_fault entry's state in tracepoint mode.
 FE_FOLDING, FE_HANDED = 1, 2
 READS_COUNT = (1 << 63) - 1  # fault_entry.reads without bpf/tracepoint.c's READS_SEALED bit

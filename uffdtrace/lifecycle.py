@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .events import FOLD_CLOSER, FOLD_OP_MASK, FOLD_VIA_READ, Event, Kind, Op, op_name
+from .events import FOLD_CLOSER, FOLD_OP_MASK, FOLD_REFAULT, FOLD_VIA_READ, Event, Kind, Op, op_name
 from .model import REASONS, AioPoll, Attempt, BlockedThread, Evidence, Flag, Lifecycle
 from .procscan import TaskState
 from .rules import (
@@ -93,6 +93,9 @@ class Counters:
     evicted: int = 0
     unmatched_reads: int = 0
     messages_read: int = 0  # page-fault messages handlers read (sent one by one or folded in the kernel)
+
+
+REFAULT_NOTE = "raised again: the page was gone when the kernel retried the fault after its wake-up"
 
 
 class Settling:
@@ -458,7 +461,20 @@ class Correlator:
             self._close_lifecycle(lc, self._finished_state(lc), ev.ts_ns)
 
     def _block(self, ev: Event) -> None:
-        lc = self._mine(ev.tid, ev.addr & PAGE_MASK, ev.ctx)
+        page = ev.addr & PAGE_MASK
+        lc = self._mine(ev.tid, page, ev.ctx)
+        ended = None if self.sees_returns or lc is not None else self.settling.of_thread(ev.tid, page)
+        if ended is not None and ev.mode and self.open.get(ev.tid) is None:
+            # Asleep in handle_userfault again after its lifecycle ended, and
+            # it ran in between (mode): the kernel's retry of the same page
+            # fault (no fault record in tracepoint mode) found the page gone.
+            # A fault of its own, as the kernel folds it.
+            self._fault(Event(ev.ts_ns, Kind.FAULT, ev.cpu, ev.tgid, ev.tid, ev.comm, ev.ctx, page, 0, 0, 0, 0, 0,
+                              0, page))
+            lc = self.open.get(ev.tid)
+            if lc is not None:
+                lc.reason = ended.reason
+                lc.note(REFAULT_NOTE, ev.ts_ns, ev.tid)
         if lc is not None:
             self._slept(lc, ev.ts_ns)
 
@@ -695,6 +711,8 @@ class Correlator:
             if lc is None:
                 return
             lc.unfolded = ev.len
+            if ev.op & FOLD_REFAULT:
+                lc.note(REFAULT_NOTE, ev.len, ev.tid)
             self._claim_orphan_reads(lc)
         if ev.mode:
             self._slept(lc, ev.mode)

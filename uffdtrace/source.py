@@ -365,7 +365,7 @@ class LiveSource:
         if self._bpf is None:
             return None
         entry = self._bpf["thread_fault"].get(ctypes.c_uint32(tid))
-        return None if entry is None else int(entry.addr)
+        return None if entry is None or entry.over else int(entry.addr)
 
     def folded_faults(self, include_handed: bool) -> list[Event]:
         """The faults the kernel is folding now (bpf/tracepoint.c), as

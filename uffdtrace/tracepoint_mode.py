@@ -55,16 +55,20 @@ TRACEPOINT_CAPS: tuple[TracepointCapability, ...] = (
 TRACEPOINT_DEGRADED = ("fault_ret", "wake_range", "aio_poll_wake", "ctx is (tgid, fd), not the kernel object",
                        "fault reason (inferred from error_code)", "anon_vma retries")
 
-# -D name pairs for the stack-attribution ranges.
-_RANGE_DEFINES = {"handle_userfault": "HU", "userfaultfd_wake_function": "UWF", "__wake_up": "WU",
-                  "folio_lock_anon_vma_read": "FLAVR"}
+# -D name pairs for the stack-attribution ranges: the first of the symbols
+# that kallsyms has. PF, any page fault's entry: exc_page_fault since 5.8
+# (91eeafea1e4b, "x86/entry: Switch page fault exception to IDTENTRY_RAW"),
+# do_page_fault before; without either, a thread's fault is never taken as
+# over from its sleeps (more stack walks, nothing missed).
+_RANGE_DEFINES = {"HU": ("handle_userfault",), "UWF": ("userfaultfd_wake_function",), "WU": ("__wake_up",),
+                  "FLAVR": ("folio_lock_anon_vma_read",), "PF": ("exc_page_fault", "do_page_fault")}
 _REQUIRED_TRACEPOINT_CAPS = ("block", "wake_task", "read", "resolve")
 
 
 def tracepoint_plan(kallsyms: Kallsyms, tracefs: Path) -> Plan:
     result = Plan()
-    for name, prefix in _RANGE_DEFINES.items():
-        sym = kallsyms.symbol(name)
+    for prefix, names in _RANGE_DEFINES.items():
+        sym = next((found for found in map(kallsyms.symbol, names) if found), None)
         result.defines[f"{prefix}_START"] = sym.start if sym else 0
         result.defines[f"{prefix}_END"] = sym.end if sym else 0
     result.defines["APCW"] = kallsyms.address("aio_poll_complete_work") or 0

@@ -21,6 +21,7 @@ from ..scenarios import (
     CLEAN_PAGES,
     DONTWAKE_STALL_S,
     PYTHON_SCENARIOS,
+    REFAULT,
     UFFD_STRESS_VM,
     Scenario,
     assert_clean_run,
@@ -31,6 +32,7 @@ from ..scenarios import (
     check_dontwake,
     check_dontwake_lifecycle,
     check_postcopy_shape,
+    check_refault,
     check_uffd_stress,
 )
 
@@ -48,6 +50,7 @@ def scenarios(wl: Path, stress: Path, out: Path) -> list[str]:
 
     events = "--events -j --"
     stress_args = " ".join(map(str, UFFD_STRESS_VM))
+    refault = " ".join(map(str, REFAULT))
     lines = {
         "uffd_stress": ("kprobe", trace("uffd_stress", f"--events -j --fail-on-flags -- {stress} {stress_args}")),
         "tp_uffd_stress": ("tracepoint", trace("tp_uffd_stress", f"-j --fail-on-flags -- {stress} {stress_args}")),
@@ -55,6 +58,8 @@ def scenarios(wl: Path, stress: Path, out: Path) -> list[str]:
         "clean": ("kprobe", trace("clean", f"{events} {wl}/clean_faults {CLEAN_PAGES}")),
         "dontwake": ("kprobe", trace("dontwake", f"{events} {wl}/dontwake {DONTWAKE_STALL_S}")),
         "aio": ("kprobe", trace("aio", f"{events} {wl}/aio_poll")),
+        "refault": ("kprobe", trace("refault", f"-j -- {wl}/refault {refault}")),
+        "tp_refault": ("tracepoint", trace("tp_refault", f"-j -- {wl}/refault {refault}")),
         "move_pageout": ("kprobe", trace("move_pageout", f"{events} {wl}/move_pageout {MOVE_PAGES}")),
         **{name: ("kprobe", trace(name, f"-j -- {PYTHON} -m uffdtrace.workloads {' '.join(args)}"))
            for name, (args, _check) in sorted(PYTHON_SCENARIOS.items())},
@@ -152,6 +157,13 @@ def test_demo(vm: VmRun) -> None:
 
 def test_aio_poll_on_the_uffd_woken_and_completed(vm: VmRun) -> None:
     check_aio_poll(vm.scenario("aio"))
+
+
+@pytest.mark.parametrize("name", ["refault", "tp_refault"])
+def test_refault_each_wait_seen(vm: VmRun, name: str) -> None:
+    s = vm.scenario(name)
+    assert s.mode == ("tracepoint" if name.startswith("tp_") else "kprobe")
+    check_refault(s)
 
 
 def test_tracepoint_mode_parity_with_kprobe_mode(vm: VmRun) -> None:
