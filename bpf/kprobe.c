@@ -222,8 +222,11 @@ int kr_userfaultfd_ioctl(struct pt_regs *ctx)
 
 /* ---- wake-ups ---------------------------------------------------------- */
 
+/* Only with --events: no lifecycle rule reads the range (the wake-ups
+ * themselves are the WAKE_TASK records). */
 int kp___wake_userfault(struct pt_regs *ctx)
 {
+#ifdef EVERY_RECORD
 	struct uffdtrace_event e = {};
 	u64 range = PT_REGS_PARM2(ctx);
 
@@ -234,6 +237,7 @@ int kp___wake_userfault(struct pt_regs *ctx)
 	e.addr = read_u64(range);
 	e.len = read_u64(range + 8);
 	emit(ctx, &e);
+#endif
 	return 0;
 }
 
@@ -270,6 +274,14 @@ int kr_userfaultfd_wake_function(struct pt_regs *ctx)
 
 	if (!we)
 		return 0;
+#ifndef EVERY_RECORD
+	/* Not this waiter's range: one such call per waiter of the uffd on
+	 * every wake-up (the many of a busy uffd), and nothing happened. */
+	if ((int)PT_REGS_RC(ctx) != 1) {
+		waking.delete(&tid);
+		return 0;
+	}
+#endif
 	init_event(&e, UT_WAKE_TASK);
 	/* Timed at entry, before try_to_wake_up: the woken thread may run and
 	 * return from handle_userfault on another CPU before this return. */

@@ -1000,7 +1000,10 @@ TRACEPOINT_PROBE(lock, contention_begin)
 {
 	struct uffdtrace_event e = {};
 
-	if (!tracked(current_tgid()) || !(stack_has(args, FLAVR_START, FLAVR_END, 0, 0) & 1))
+	/* The anon_vma lock is an rwsem taken for read (LCB_F_READ, 0x2 in
+	 * include/trace/events/lock.h): spinlocks and writers are not it. */
+	if (!(args->flags & 0x2) || !tracked(current_tgid()) ||
+	    !(stack_has(args, FLAVR_START, FLAVR_END, 0, 0) & 1))
 		return 0;
 	init_event(&e, UT_ANON_VMA_LOCK);
 	e.ctx = (u64)args->lock_addr;

@@ -9,7 +9,10 @@
    each: wall-time ratio and CPU-cost ratio (the workload's user+sys from its
    rusage, plus the tracer's CPU over the same interval), lost records,
    messages read against uffd-stress's own count, flags, the tracer's peak
-   RSS and its start-up time (launch to probes live).
+   RSS and its start-up time (launch to probes live). With --bpf-time, also
+   the time the tracer's BPF programs ran, per fault uffd-stress counted
+   (kernel.bpf_stats_enabled for the run: it adds two clock reads per
+   program run, to every traced variant alike).
 2. `micro`: uffd fault throughput of tests/workloads/clean_faults N pinned
    to one CPU (each fault ping-pongs between two threads; unpinned, the
    result measures idle vCPU wake-up instead), untraced vs traced.
@@ -24,6 +27,7 @@ the alternation, the medians and the CPU-cost ratio beside the wall ratio.
 
 Usage (root; bpftrace from Debian's package for the peer column):
   .venv/bin/python scripts/bench.py [--mode M] [--runs R] [--only stress|micro|busy] [--stress TYPE:MIB:BOUNCES]
+                                    [--bpf-time]
 Kprobe mode in the Debian 6.12 VM (ratios only: the guest is emulated), from the checkout:
   vng --run /boot/vmlinuz-6.12.*+deb12-amd64 --disable-kvm --force-9p --cpus 2 --memory 2G
       --exec '.venv/bin/python scripts/bench.py --mode kprobe --only stress --runs 2 --stress anon:8:4'
@@ -32,6 +36,7 @@ Kprobe mode in the Debian 6.12 VM (ratios only: the guest is emulated), from the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -42,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,11 +78,26 @@ class Run:
     peak_rss_mib: float | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     counted: int = 0  # uffd-stress's own count of userfaults it handled
+    bpf_s: float | None = None  # the tracer's BPF programs' run time (with --bpf-time)
 
 
 def proc_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime of every thread
+
+
+def bpf_run_s(pid: int) -> float:
+    """How long the BPF programs process ``pid`` holds have run (their fdinfo;
+    0 unless kernel.bpf_stats_enabled)."""
+    total = 0
+    for fdinfo in Path(f"/proc/{pid}/fdinfo").iterdir():
+        try:
+            text = fdinfo.read_text()
+        except OSError:
+            continue  # closed meanwhile
+        m = re.search(r"^run_time_ns:\s+(\d+)", text, re.M)
+        total += int(m[1]) if m else 0
+    return total / 1e9
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -135,14 +156,29 @@ def traced_run(tracer_cmd: list[str] | None, ready: str, workload: list[str]) ->
         wall, cpu, text = run_workload(workload)
         return Run(wall, cpu, counted=counted_faults(text))
     tracer = Tracer(tracer_cmd, ready)
-    before = proc_cpu_s(tracer.proc.pid)
+    before, bpf_before = proc_cpu_s(tracer.proc.pid), bpf_run_s(tracer.proc.pid)
     wall, cpu, text = run_workload(workload)
     time.sleep(0.2)  # the tracer's drain of the last records belongs to this run
     tracer_cpu = proc_cpu_s(tracer.proc.pid) - before
+    bpf = bpf_run_s(tracer.proc.pid) - bpf_before
     rss, out = tracer.stop()
     summary: dict[str, Any] = next(
         (json.loads(line) for line in out.splitlines() if line.startswith('{"type":"summary"')), {})
-    return Run(wall, cpu + tracer_cpu, tracer_cpu, tracer.startup_s, rss, summary, counted_faults(text))
+    return Run(wall, cpu + tracer_cpu, tracer_cpu, tracer.startup_s, rss, summary, counted_faults(text), bpf)
+
+
+@contextlib.contextmanager
+def bpf_stats(enabled: bool) -> Iterator[None]:
+    """kernel.bpf_stats_enabled on for the block (then as it was)."""
+    knob = Path("/proc/sys/kernel/bpf_stats_enabled")
+    old = knob.read_text() if enabled else None
+    if enabled:
+        knob.write_text("1")
+    try:
+        yield
+    finally:
+        if old is not None:
+            knob.write_text(old)
 
 
 def reserve_hugepages() -> int | None:
@@ -190,7 +226,7 @@ def report(title: str, results: dict[str, list[Run]], runs: int) -> None:
     wall0, cpu0 = statistics.median(r.wall_s for r in base), statistics.median(r.cpu_s for r in base)
     print(f"{title} (median of {runs}; ratios are untraced/traced, 1.0 = free)")
     print(f"  {'variant':<20} {'wall s':>7} {'wall ratio':>10} {'cpu s':>7} {'cpu ratio':>9} {'tracer s':>8} "
-          f"{'us/lc':>6} {'start s':>7} {'peak MiB':>8}  records, lost, reads/counted, flags")
+          f"{'us/lc':>6} {'bpf us/f':>8} {'start s':>7} {'peak MiB':>8}  records, lost, reads/counted, flags")
     for name, rs in results.items():
         wall, cpu = statistics.median(r.wall_s for r in rs), statistics.median(r.cpu_s for r in rs)
         start = "-" if rs[0].startup_s is None else f"{statistics.median(r.startup_s or 0 for r in rs):.2f}"
@@ -205,8 +241,11 @@ def report(title: str, results: dict[str, list[Run]], runs: int) -> None:
         # The tracer's CPU per lifecycle: comparable across runs whose fault counts differ.
         per_lc = (f"{statistics.median(r.tracer_cpu_s / max(1, r.summary['lifecycles']) * 1e6 for r in rs):.1f}"
                   if rs[0].summary else "-")
+        # The BPF programs' time per fault uffd-stress counted (in the workload's CPU already).
+        bpf = (f"{statistics.median((r.bpf_s or 0) / max(1, r.counted) * 1e6 for r in rs):.1f}"
+               if any(r.bpf_s for r in rs) else "-")
         print(f"  {name:<20} {wall:>7.2f} {wall0 / wall:>10.2f} {cpu:>7.2f} {cpu0 / cpu:>9.2f} {tracer:>8.2f} "
-              f"{per_lc:>6} {start:>7} {rss:>8}  {detail}")
+              f"{per_lc:>6} {bpf:>8} {start:>7} {rss:>8}  {detail}")
 
 
 def build_workload(name: str, scratch: Path) -> Path:
@@ -281,13 +320,16 @@ def main() -> int:
     ap.add_argument("--only", choices=["stress", "micro", "busy", "rate"])
     ap.add_argument("--stress", action="append", metavar="TYPE:MIB:BOUNCES",
                     help=f"uffd-stress configuration (repeatable; default {' '.join(STRESS_CONFIGS)})")
+    ap.add_argument("--bpf-time", action="store_true",
+                    help="stress: also the tracers' BPF run time per fault (turns kernel.bpf_stats_enabled on)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench.py: run as root", file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory() as tmp:
         if args.only in (None, "stress"):
-            bench_stress(args.mode, args.runs, args.stress or list(STRESS_CONFIGS))
+            with bpf_stats(args.bpf_time):
+                bench_stress(args.mode, args.runs, args.stress or list(STRESS_CONFIGS))
         if args.only in (None, "micro"):
             bench_micro(args.mode, args.runs, args.pages, Path(tmp))
         if args.only in (None, "busy"):
