@@ -35,3 +35,22 @@ def test_no_second_try_where_nothing_folds(defines: dict[str, int | None]) -> No
     src.backend = KprobeBackend() if not defines else TracepointBackend()
     with pytest.raises(UffdtraceError, match="could not compile"):
         src._load(RefusesAtomics, defines)
+
+
+class InterruptedTwice:
+    """Stands for bcc's BPF when a signal interrupts the verifier twice."""
+
+    calls = 0
+
+    def __init__(self, text: str, cflags: list[str]) -> None:
+        InterruptedTwice.calls += 1
+        if InterruptedTwice.calls <= 2:
+            raise Exception("Failed to load BPF program b'x': Resource temporarily unavailable")
+        self.cflags = cflags
+
+
+def test_a_load_interrupted_by_a_signal_is_tried_again() -> None:
+    src = LiveSource(Options())
+    src.backend = TracepointBackend()
+    bpf: Any = src._load(InterruptedTwice, {"USE_RINGBUF": None})
+    assert InterruptedTwice.calls == 3 and "-DNO_FOLD" not in bpf.cflags and not src.info.degraded

@@ -161,7 +161,6 @@ class OpenTable:
     by the waker whose ioctl record is due. Fields behind an index change
     only through ``set_page`` and ``set_pending``."""
 
-    MAX_PAGES_LOOKED_UP = 64  # a longer range scans every open lifecycle
 
     def __init__(self) -> None:
         self._by_tid: dict[int, Lifecycle] = {}
@@ -215,7 +214,8 @@ class OpenTable:
 
     def in_range(self, ctx: int, start: int, length: int) -> list[Lifecycle]:
         """Lifecycles of uffd ``ctx`` whose page is in [start, start+length) (length 0: all)."""
-        if length == 0 or length > self.MAX_PAGES_LOOKED_UP * PAGE_SIZE:
+        # Whichever is shorter: the range's pages, or the open lifecycles.
+        if length == 0 or length > len(self._by_tid) * PAGE_SIZE:
             return [lc for lc in self._by_tid.values() if in_range(lc, ctx, start, length)]
         return [lc for page in range(start, start + length, PAGE_SIZE)
                 for lc in self._by_page.get((ctx, page), {}).values()]

@@ -173,6 +173,9 @@ class Stopper:
         self.stopped = True
 
 
+LOAD_ATTEMPTS = 3
+
+
 class LiveSource:
     """Live source in kprobe or tracepoint mode (``auto`` picks at start)."""
 
@@ -256,7 +259,16 @@ class LiveSource:
         BPF atomics (5.12+): a kernel that refuses them gets the program
         without folding (every step sent), and the header says so."""
         def load(defs: dict[str, int | None]) -> Any:
-            return bpf_class(text=probes.source_text(self.backend.program), cflags=probes.cflags(defs))
+            attempt = 1
+            while True:
+                try:
+                    return bpf_class(text=probes.source_text(self.backend.program), cflags=probes.cflags(defs))
+                except Exception as exc:
+                    # The verifier gives up with EAGAIN when a signal is
+                    # pending (a terminal resize, a profiler): load again.
+                    if "Resource temporarily unavailable" not in str(exc) or attempt == LOAD_ATTEMPTS:
+                        raise
+                    attempt += 1
 
         try:
             try:
