@@ -53,7 +53,8 @@ TRACEPOINT_CAPS: tuple[TracepointCapability, ...] = (
 
 # What tracepoint mode cannot see at all (recorded in headers and doctor).
 TRACEPOINT_DEGRADED = ("fault_ret", "wake_range", "aio_poll_wake", "ctx is (tgid, fd), not the kernel object",
-                       "fault reason (inferred from error_code)", "anon_vma retries")
+                       "fault reason (inferred from error_code)", "anon_vma retries",
+                       "faults taken through get_user_pages (no page-fault exception)")
 
 # -D name pairs for the stack-attribution ranges: the first of the symbols
 # that kallsyms has. PF, any page fault's entry: exc_page_fault since 5.8
