@@ -193,6 +193,27 @@ static __always_inline void unfold(void *ctx, struct fault_entry *fe, u32 tid)
 #endif
 }
 
+/* A folded fault that never slept in handle_userfault, whose message nobody
+ * read, never waited: the kernel had the page without the handler (kprobe
+ * mode sees no handle_userfault for it). It ends unreported (true), unless
+ * user space took it over or a read raced this (then it goes out). */
+static __always_inline bool drop_unwaited(void *ctx, struct fault_entry *fe, u32 tid)
+{
+#ifdef FOLD
+	u64 ts = bpf_ktime_get_ns();
+	u64 *raised = adopted.lookup(&tid);
+
+	if (fe->state != FE_FOLDING || fe->slept || fe->reads || (raised && *raised == fe->ts))
+		return false;
+	if (!take(fe, FE_FOLDING, FE_RAW))
+		return false;
+	if (!seal_reads(fe))
+		return true;
+	emit_folded(ctx, fe, tid, UT_FAULT_STATE, 0, ts);
+#endif
+	return false;
+}
+
 /* Thread tid's fault on this page, if it is still being folded. */
 static __always_inline struct fault_entry *folding(u32 tid, u64 uctx, u64 page)
 {
@@ -636,9 +657,11 @@ static __always_inline void on_page_fault(void *ctx, u64 address, u64 error_code
 	 * sends the handed one first. */
 	last = thread_fault.lookup(&tid);
 	if (last) {
+		bool dropped = drop_unwaited(ctx, last, tid);
+
 		same = last->ctx == fe.ctx && last->addr == (address & ~0xfffULL);
 		/* user space ends an unwoken unfolded fault at the next one */
-		fold = last->state == FE_HANDED || (last->state == FE_RAW && last->t_woken);
+		fold = dropped || last->state == FE_HANDED || (last->state == FE_RAW && last->t_woken);
 		unfold(ctx, last, tid);
 		if (!same)
 			page_done(last->ctx, last->addr, tid);
@@ -759,10 +782,16 @@ TRACEPOINT_PROBE(sched, sched_switch)
 	if (!(found & 1)) {
 		/* Asleep outside any page fault: its fault is over, and this
 		 * thread's sleeps and wake-ups are not looked at again until its
-		 * next fault. A folded one is left to its next fault or the
-		 * watchdog, which end it. */
-		if (PF_END && !(found & 2) && fe->state != FE_FOLDING)
+		 * next fault. A folded one that never waited is dropped; one that
+		 * did is left to its next fault or the watchdog, which end it. */
+		if (PF_END && !(found & 2) && (fe->state != FE_FOLDING || drop_unwaited(args, fe, tid))) {
+			struct page_key k = { .ctx = fe->ctx, .page = fe->addr };
+			u64 *owner = waiting_pages.lookup(&k);
+
 			fe->over = 1;
+			if (owner && *owner == tid)   /* a shared page keeps its other waiters */
+				waiting_pages.delete(&k);
+		}
 		return 0;
 	}
 	ran = fe->ran;
