@@ -244,12 +244,13 @@ def test_unread_and_never_woken(mode: str) -> None:
 def test_unread_fault_without_sleep_records_is_confirmed_by_the_kernel() -> None:
     """Tracepoint mode without --events sends no BLOCK record: a fault
     nobody read is known to wait only once its thread's wchan says so, and
-    then earns the same flags; a thread that is not waiting earns none."""
+    then earns the same flags; a thread that is not waiting earns none, and
+    its fault, which never waited, is no lifecycle (as in kprobe mode)."""
     out, _ = correlate([fault(0)], "tracepoint", ticks=[500, 1200], end=1200, tasks={FAULTER: "uffd"})
     assert out.raised() == ["unread", "never_woken"]
     assert [lc.state for lc in out.lifecycles] == ["blocked"]
-    out, _ = correlate([fault(0)], "tracepoint", ticks=[500, 1200], end=1200, tasks={FAULTER: "other"})
-    assert not out.flags and [lc.state for lc in out.lifecycles] == ["returned"]
+    out, corr = correlate([fault(0)], "tracepoint", ticks=[500, 1200], end=1200, tasks={FAULTER: "other"})
+    assert not out.flags and not out.lifecycles and corr.counters.lifecycles == 0
     # Traced for less than --wake-ms: the end of the trace asks the kernel too.
     out, _ = correlate([fault(0)], "tracepoint", end=50, tasks={FAULTER: "uffd"})
     assert not out.flags and [lc.state for lc in out.lifecycles] == ["blocked"]
@@ -718,3 +719,16 @@ def test_a_sleep_switched_out_after_its_wake_up_is_not_a_new_wait() -> None:
     out, _ = correlate([*clean("tracepoint"), block(0.35)], "tracepoint", ticks=[500, 1200], end=1300,
                        tasks={FAULTER: "uffd"}, faults={FAULTER: PAGE})
     assert [lc.state for lc in out.lifecycles] == ["woken"] and not out.flags
+
+
+def test_a_fault_that_never_waited_is_no_lifecycle() -> None:
+    """Tracepoint mode: a fault in a registered range that the kernel served
+    without the handler (no sleep, no message read, nothing woke or resolved
+    it) ends at the thread's next fault without a lifecycle; the next one,
+    which waits, is one."""
+    nxt = PAGE + 4096
+    out, _ = correlate([fault(0), *clean("tracepoint", page=nxt, at=1)], "tracepoint")
+    assert [lc.page for lc in out.lifecycles] == [nxt] and not out.flags
+    read_only = [fault(0), read(0.1), fault(1, page=nxt)]  # its message was read: it waited
+    out, _ = correlate(read_only, "tracepoint", tasks={FAULTER: "other"})
+    assert PAGE in [lc.page for lc in out.lifecycles]

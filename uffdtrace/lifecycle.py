@@ -351,6 +351,15 @@ class Correlator:
         self.counters.lifecycles += 1
         self.sink.lifecycle(lc)
 
+    def _never_waited(self, lc: Lifecycle) -> bool:
+        """Tracepoint mode: a fault in a registered range that never slept in
+        handle_userfault, whose message nobody read, that nothing woke or
+        resolved: the kernel had the page without the handler. Kprobe mode
+        (which sees handle_userfault) has no lifecycle for it, and the
+        kernel drops such a folded fault: neither is one here."""
+        return (not self.sees_returns and not lc.asleep and lc.reads == 0 and lc.t_woken is None
+                and lc.resolve is None and not lc.attempts and not lc.flags and lc.rounds == 1)
+
     def _finished_state(self, lc: Lifecycle) -> str:
         if lc.closer is not None:
             return "released"
@@ -437,7 +446,9 @@ class Correlator:
             if not fresh:
                 self._new_round(lc, ev.ts_ns, "woken_unresolved" if lc.round_woken else "returned_unwoken")
             return
-        if lc is not None:
+        if lc is not None and self._never_waited(lc):
+            self.open.remove(lc)
+        elif lc is not None:
             self._close_lifecycle(lc, self._finished_state(lc), ev.ts_ns)
         lc = Lifecycle(ctx=ev.ctx, tgid=ev.tgid, tid=ev.tid, comm=ev.comm, page=page, wait_since=ev.ts_ns,
                        last_ts=ev.ts_ns, t_raised=ev.ts_ns, asleep=self.sees_returns, reason=reason)
@@ -809,18 +820,25 @@ class Correlator:
                 self._report(Flag("aio_poll_stuck", now, req.tgid, req.tid, req.comm, req.uffd, req.iocb, None,
                                   "pending", [*req.history, conclusion]))
 
+    def _shows_waiting(self, lc: Lifecycle, now: int) -> bool:
+        """Tracepoint mode: a fault in a registered range that shows no sign
+        of waiting (no sleep, no message read, no wake-up) waits only if the
+        kernel says so, once --wake-ms has passed; otherwise it is over."""
+        if now - lc.wait_since <= self.th.wake_ns:
+            return False
+        where = self._where(lc)
+        if where == "uffd":
+            lc.asleep = True
+            return True
+        if where != "gone" and self._never_waited(lc):
+            self.open.remove(lc)
+        else:
+            self._close_lifecycle(lc, "exited" if where == "gone" else "returned", now)
+        return False
+
     def _check_waiting(self, lc: Lifecycle, now: int) -> None:
-        if not lc.asleep:
-            # Tracepoint mode: a fault in a registered range that shows no sign
-            # of waiting (no sleep, no message read, no wake-up).
-            if now - lc.wait_since <= self.th.wake_ns:
-                return
-            where = self._where(lc)
-            if where == "uffd":
-                lc.asleep = True
-            else:
-                self._close_lifecycle(lc, "exited" if where == "gone" else "returned", now)
-                return
+        if not lc.asleep and not self._shows_waiting(lc, now):
+            return
         earned = [(n, e) for n, e in timed_flags(lc, now, self.th) if n not in lc.flags]
         if not earned:
             return
