@@ -62,6 +62,7 @@ BPF_PERCPU_ARRAY(folded_buf, struct uffdtrace_event, 1);
 /* QUIET (--flagged): clean lifecycles and their messages are counted, not
  * sent, unless user space took the fault over (adopted: tid -> raised). */
 BPF_PERCPU_ARRAY(quiet, u64, 2);
+enum quiet_counter { QUIET_LIFECYCLES, QUIET_READS };   /* source.py LiveSource.quiet */
 BPF_TABLE("lru_hash", u32, u64, adopted, 65536);
 #ifdef QUIET
 /* A fault that ended quietly, until its page faults again (-> its tid): a
@@ -193,6 +194,14 @@ static __always_inline void unfold(void *ctx, struct fault_entry *fe, u32 tid)
 #endif
 }
 
+/* User space took thread tid's folded fault over (its watchdog): its end is sent. */
+static __always_inline bool taken_over(struct fault_entry *fe, u32 tid)
+{
+	u64 *raised = adopted.lookup(&tid);
+
+	return raised && *raised == fe->ts;
+}
+
 /* A folded fault that never slept in handle_userfault, whose message nobody
  * read, never waited: the kernel had the page without the handler (kprobe
  * mode sees no handle_userfault for it). It ends unreported (true), unless
@@ -200,11 +209,11 @@ static __always_inline void unfold(void *ctx, struct fault_entry *fe, u32 tid)
 static __always_inline bool drop_unwaited(void *ctx, struct fault_entry *fe, u32 tid)
 {
 #ifdef FOLD
-	u64 ts = bpf_ktime_get_ns();
-	u64 *raised = adopted.lookup(&tid);
+	u64 ts;
 
-	if (fe->state != FE_FOLDING || fe->slept || fe->reads || (raised && *raised == fe->ts))
+	if (fe->state != FE_FOLDING || fe->slept || fe->reads || taken_over(fe, tid))
 		return false;
+	ts = bpf_ktime_get_ns();   /* before the take, as in unfold */
 	if (!take(fe, FE_FOLDING, FE_RAW))
 		return false;
 	if (!seal_reads(fe))
@@ -287,25 +296,28 @@ static __always_inline void handed_page_done(struct fault_entry *hf, u64 key)
 		handed_pages.delete(&k);
 }
 
+#ifdef QUIET
+static __always_inline void count_quiet(int counter, u64 n)
+{
+	u64 *total = quiet.lookup(&counter);
+
+	if (total)
+		__sync_fetch_and_add(total, n);
+}
+#endif
+
 /* With QUIET, a clean lifecycle is only counted (true), unless user
  * space took it over and waits for its end. */
 static __always_inline bool quietly_ended(struct fault_entry *hf, u32 tid)
 {
 #ifdef QUIET
 	struct page_key k = { .ctx = hf->ctx, .page = hf->addr };
-	u64 *raised = adopted.lookup(&tid);
-	int lifecycles = 0, reads = 1;
-	u64 *n;
 
-	if (raised && *raised == hf->ts)
+	if (taken_over(hf, tid))
 		return false;
 	quiet_pages.update(&k, &tid);   /* before the seal: whom it shuts out looks here */
-	n = quiet.lookup(&lifecycles);
-	if (n)
-		__sync_fetch_and_add(n, 1);
-	n = quiet.lookup(&reads);
-	if (n)
-		__sync_fetch_and_add(n, seal_reads(hf));
+	count_quiet(QUIET_LIFECYCLES, 1);
+	count_quiet(QUIET_READS, seal_reads(hf));
 	return true;
 #else
 	return false;
@@ -456,12 +468,8 @@ static __always_inline bool fold_read(void *ctx, u64 uctx, u64 page, u32 ptid)
 	u32 *ended = quiet_pages.lookup(&k);
 
 	if (ended && (!ptid || *ended == ptid)) {
-		int reads = 1;
-		u64 *n = quiet.lookup(&reads);
-
 		quiet_pages.delete(&k);   /* one message per fault */
-		if (n)
-			__sync_fetch_and_add(n, 1);
+		count_quiet(QUIET_READS, 1);
 		return true;
 	}
 #endif

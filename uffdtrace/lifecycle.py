@@ -161,7 +161,6 @@ class OpenTable:
     by the waker whose ioctl record is due. Fields behind an index change
     only through ``set_page`` and ``set_pending``."""
 
-
     def __init__(self) -> None:
         self._by_tid: dict[int, Lifecycle] = {}
         self._by_page: dict[tuple[int, int | None], dict[int, Lifecycle]] = {}
@@ -358,7 +357,7 @@ class Correlator:
         (which sees handle_userfault) has no lifecycle for it, and the
         kernel drops such a folded fault: neither is one here."""
         return (not self.sees_returns and not lc.asleep and lc.reads == 0 and lc.t_woken is None
-                and lc.resolve is None and not lc.attempts and not lc.flags and lc.rounds == 1)
+                and not lc.attempts and not lc.flags and lc.rounds == 1)
 
     def _finished_state(self, lc: Lifecycle) -> str:
         if lc.closer is not None:
