@@ -128,7 +128,8 @@ def test_printer_renders_lifecycles_and_flags() -> None:
     import json
 
     from uffdtrace.model import Evidence, Flag
-    from uffdtrace.output import Printer
+    from uffdtrace.sinks import printer
+    from uffdtrace.sinks.text import Text
 
     from .test_lifecycle import FAULTER, HANDLER, PAGE, T0, clean, correlate, dontwake_stall
 
@@ -136,8 +137,7 @@ def test_printer_renders_lifecycles_and_flags() -> None:
                        "kprobe", ticks=[150, 1100, 2500, 3500])
     flagged, plain = out.lifecycles
     text = io.StringIO()
-    p = Printer(False, text)
-    p.set_origin(T0)
+    p = Text(text, origin_ns=T0)
     for f in out.flags:
         p.flag(f)
     p.lifecycle(flagged)
@@ -150,7 +150,7 @@ def test_printer_renders_lifecycles_and_flags() -> None:
     assert "copy=0" in lines[-1] and "FLAGS" not in lines[-1]
 
     js = io.StringIO()
-    p = Printer(True, js, flagged_only=True)
+    p = printer(True, js, flagged_only=True)
     p.lifecycle(flagged)
     p.lifecycle(plain)  # not flagged: left out
     p.flag(Flag("never_woken", T0, 1, FAULTER, "wl", 1, None, 5, "blocked", [Evidence("x", None, None)]))
@@ -159,7 +159,7 @@ def test_printer_renders_lifecycles_and_flags() -> None:
     assert records[0]["flags"] == ["dontwake_without_wake", "never_woken"] and records[1]["addr"] is None
 
     only = io.StringIO()
-    p = Printer(True, only, tids=(HANDLER + 1000,))
+    p = printer(True, only, tids=(HANDLER + 1000,))
     p.lifecycle(flagged)
     assert only.getvalue() == ""
 
@@ -170,7 +170,7 @@ def test_text_output_shows_control_characters_instead_of_obeying_them() -> None:
     import io
 
     from uffdtrace.escape import printable
-    from uffdtrace.output import Printer
+    from uffdtrace.sinks.text import Text
 
     from .test_lifecycle import T0, correlate, dontwake_stall, ev
 
@@ -179,8 +179,7 @@ def test_text_output_shows_control_characters_instead_of_obeying_them() -> None:
     hostile = "\x1b[2J\rpwned"
     out, _ = correlate(dontwake_stall("kprobe", wake_at=2000), "kprobe", ticks=[150, 1100, 2500])
     text = io.StringIO()
-    p = Printer(False, text)
-    p.set_origin(T0)
+    p = Text(text, origin_ns=T0)
     for f in out.flags:
         p.flag(dataclasses.replace(f, comm=hostile))
     p.lifecycle(dataclasses.replace(out.lifecycles[0], comm=hostile))

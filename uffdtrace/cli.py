@@ -16,8 +16,8 @@ import click
 from . import __version__, doctor, procscan, session
 from .errors import UffdtraceError
 from .escape import printable
-from .output import Printer
 from .rules import Thresholds
+from .sinks import Tee, printer
 from .source import DEFAULT_BUFFER_KB, LiveSource, Options
 
 
@@ -125,8 +125,8 @@ def trace_cmd(ctx: click.Context, /, pids: tuple[int, ...], tids: tuple[int, ...
                              buffer_kb=kw["buffer_kb"], every_record=kw["raw_events"], flagged_only=kw["flagged"]),
                      ctx.obj["mode"])
     with open_output(output) as out:
-        printer = Printer(kw["as_json"], out, tids=tids, flagged_only=kw["flagged"])
-        summary = session.run(src, printer, thresholds(kw), raw_events=kw["raw_events"], command=command, pids=pids)
+        sink = printer(kw["as_json"], out, tids=tids, flagged_only=kw["flagged"])
+        summary = session.run(src, sink, thresholds(kw), raw_events=kw["raw_events"])
     return 3 if kw["fail_on_flags"] and summary["failing_flags"] else 0
 
 
@@ -152,14 +152,14 @@ def thresholds(kw: dict[str, Any]) -> Thresholds:
 def demo_cmd(ctx: click.Context, /, as_json: bool, transport: str) -> None:
     """Run built-in workloads (clean faults, a stuck DONTWAKE fault, a retry
     loop) under the tracer and show the lifecycles and flags it finds."""
-    from .demo import DemoPrinter
+    from .demo import Verdicts
 
     command = [sys.executable, "-m", "uffdtrace.workloads", "demo"]
-    printer = DemoPrinter(as_json)
-    printer.intro()
+    verdicts = Verdicts(as_json)
+    verdicts.intro()
     src = LiveSource(Options(command=command, transport=transport), ctx.obj["mode"])
-    summary = session.run(src, printer, Thresholds(), raw_events=False, command=command)
-    if not printer.verdicts() or summary["command_status"] != 0:
+    summary = session.run(src, Tee(printer(as_json, sys.stdout), verdicts), Thresholds(), raw_events=False)
+    if not verdicts.verdicts() or summary["command_status"] != 0:
         raise UffdtraceError(f"demo: the tracer did not find what the workloads did (workload exit status "
                              f"{summary['command_status']}, {summary['lost']} records lost)")
 

@@ -10,7 +10,8 @@ from typing import Any, TextIO
 
 from . import workloads
 from .model import Flag, Lifecycle
-from .output import Printer
+from .sinks import Ignoring
+from .sinks.jsonl import JsonLines
 
 
 @dataclass(frozen=True)
@@ -34,21 +35,22 @@ def expectations() -> dict[str, Expectation]:
     }
 
 
-class DemoPrinter(Printer):
-    """Prints like `trace` and remembers what it printed, per thread name."""
+class Verdicts(Ignoring):
+    """Beside the printer (sinks.Tee): remembers what the tracer found, per
+    thread name, and says whether it is what each workload did."""
 
     def __init__(self, as_json: bool, out: TextIO = sys.stdout) -> None:
-        super().__init__(as_json, out)
+        self.as_json = as_json
+        self.out = out
+        self.json = JsonLines(out)
         self.seen: dict[str, list[Lifecycle]] = defaultdict(list)
         self.raised: dict[str, set[str]] = defaultdict(set)
 
     def lifecycle(self, lc: Lifecycle) -> None:
         self.seen[lc.comm].append(lc)
-        super().lifecycle(lc)
 
     def flag(self, flag: Flag) -> None:
         self.raised[flag.comm].add(flag.name)
-        super().flag(flag)
 
     def intro(self) -> None:
         if self.as_json:
@@ -70,9 +72,9 @@ class DemoPrinter(Printer):
             all_ok &= ok
             found: dict[str, Any] = {"lifecycles": len(lcs), "flags": sorted(flags), "rounds": rounds}
             if self.as_json:
-                self._json({"type": "demo", "scenario": name, "ok": ok, "found": found,
-                            "expected": {"lifecycles": exp.lifecycles, "flags": sorted(exp.flags),
-                                         "rounds": [exp.rounds]}})
+                self.json.write({"type": "demo", "scenario": name, "ok": ok, "found": found,
+                                 "expected": {"lifecycles": exp.lifecycles, "flags": sorted(exp.flags),
+                                              "rounds": [exp.rounds]}})
             else:
                 self.out.write(f"# demo {name}: {len(lcs)} lifecycle(s), rounds {rounds}, flags "
                                f"{', '.join(sorted(flags)) or 'none'}: {'as expected' if ok else 'NOT AS EXPECTED'}\n")

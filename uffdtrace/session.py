@@ -1,77 +1,151 @@
-"""One tracing session: live source -> correlator -> printer, shared by
-`trace` and `demo`."""
+"""One tracing session (DESIGN §2): a Source's records -> the correlator and
+its rules -> a Sink. The same code runs on a live kernel (source.LiveSource),
+while recording (capture.Recording) and on a capture file (capture.Replay):
+everything the correlator learns from outside the record stream (where a
+thread is now, what the kernel still folds, the clock) it asks the Source."""
 
 from __future__ import annotations
 
 import collections
-import platform
-import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
 
-from . import __version__, procscan
-from .events import Kind
+from . import __version__
+from .events import Event, Kind
 from .lifecycle import Correlator
 from .model import BlockedThread
-from .output import Printer
+from .procscan import TaskState
 from .rules import Thresholds
-from .source import LiveSource
+from .sinks import Sink
 
 
-def header(src: LiveSource, command: Sequence[str], pids: Sequence[int], th: Thresholds) -> dict[str, Any]:
+@dataclass
+class RunInfo:
+    """What a source knows about its run, for headers (and capture headers)."""
+
+    mode: str = "kprobe"
+    transport: str = ""
+    kernel: str = ""  # release of the traced kernel
+    host: str = ""
+    probes: list[dict[str, Any]] = field(default_factory=list)  # probes.ProbeStatus.to_json()
+    command: list[str] = field(default_factory=list)
+    command_pid: int | None = None
+    pids: list[int] = field(default_factory=list)
+    existing: list[int] = field(default_factory=list)  # tracepoint mode: uffd users found in /proc
+    degraded: list[str] = field(default_factory=list)  # what this session cannot see
+    sees_returns: bool = True  # kprobe mode sees handle_userfault return (lifecycle.py)
+    started_ns: int = 0  # CLOCK_MONOTONIC when the probes were live (before any command started)
+    wall_offset_ns: int = 0  # CLOCK_REALTIME - CLOCK_MONOTONIC at start
+
+
+@dataclass
+class Totals:
+    """What a source counted, as it closes."""
+
+    lost_causes: dict[str, int] = field(default_factory=dict)
+    filtered: int = 0  # resolving ioctls the kernel did not send (none could matter)
+    quiet_lifecycles: int = 0  # clean lifecycles the kernel only counted (--flagged)
+    quiet_reads: int = 0
+    command_status: int | None = None
+    pids_exited: bool = False  # every -p process exited, which ended the trace
+
+    @property
+    def lost(self) -> int:
+        return sum(self.lost_causes.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Source(Protocol):
+    info: RunInfo  # complete once start() returned
+
+    def start(self) -> None: ...
+
+    def blocked_before(self) -> list[BlockedThread]:
+        """Threads waiting in handle_userfault before tracing began (DESIGN §5)."""
+        ...
+
+    def release_command(self) -> None:
+        """The header is out: a command started by the source may run."""
+        ...
+
+    def batches(self) -> Iterator[tuple[list[Event], int]]:
+        """Records in delivery order, in batches; each batch comes with a
+        horizon: every record with an earlier timestamp has been delivered."""
+        ...
+
+    def lost(self) -> int:
+        """Records lost so far."""
+        ...
+
+    def now(self) -> int:
+        """CLOCK_MONOTONIC, as the correlator's clock."""
+        ...
+
+    def thread_state(self, pid: int, tid: int) -> TaskState | None: ...
+
+    def fault_page(self, tid: int) -> int | None: ...
+
+    def folded_faults(self, include_handed: bool) -> list[Event]: ...
+
+    def adopt(self, tid: int, raised_ns: int) -> None: ...
+
+    def close(self) -> Totals: ...
+
+
+def header(info: RunInfo, th: Thresholds) -> dict[str, Any]:
     return {
-        "version": __version__, "mode": src.info.mode, "transport": src.info.transport,
-        "kernel": platform.release(), "probes": [p.to_json() for p in src.info.probes],
-        "command": list(command), "command_pid": src.info.command_pid, "pids": list(pids),
-        "degraded": src.info.degraded, "existing_uffd_pids": src.info.existing,
+        "version": __version__, "mode": info.mode, "transport": info.transport, "kernel": info.kernel,
+        "probes": info.probes, "command": info.command, "command_pid": info.command_pid, "pids": info.pids,
+        "degraded": info.degraded, "existing_uffd_pids": info.existing, "started_ns": info.started_ns,
         "stuck_ms": th.stuck_ms, "wake_ms": th.wake_ms, "retry_threshold": th.retry_threshold,
     }
 
 
-def run(src: LiveSource, printer: Printer, th: Thresholds, *, raw_events: bool, command: Sequence[str] = (),
-        pids: Sequence[int] = ()) -> dict[str, Any]:
-    """Trace until the source ends; returns the summary (also printed)."""
+def run(src: Source, sink: Sink, th: Thresholds, *, raw_events: bool) -> dict[str, Any]:
+    """Trace until the source ends; returns the summary (also written)."""
     kinds: collections.Counter[Kind] = collections.Counter()
     lost_seen = 0
     try:
         src.start()
-        printer.header(header(src, command, pids, th))
+        sink.header(header(src.info, th))
         src.release_command()
-        printer.set_origin(src.info.started_ns)  # before the command's first fault
-        corr = Correlator(printer, th, sees_returns=src.backend.sees_returns, tasks=procscan.thread_state,
+        corr = Correlator(sink, th, sees_returns=src.info.sees_returns, tasks=src.thread_state,
                           faults=src.fault_page, folded=src.folded_faults, adopted=src.adopt)
-        now = time.monotonic_ns()
-        for pid, t in src.blocked_before:  # waiting before tracing began (DESIGN §5)
-            corr.add_blocked(BlockedThread(pid, t.tid, t.comm, min(t.last_ran_ns or now, now)))
+        for t in src.blocked_before():
+            corr.add_blocked(t)
         for batch, horizon in src.batches():
             kinds.update(ev.kind for ev in batch)
             if raw_events:
                 for ev in batch:
-                    printer.event(ev)
+                    sink.event(ev)
             corr.feed(batch)
             corr.advance(horizon)
-            printer.flush()
+            sink.flush()
             # After the batch: a loss counted now may have happened during the
             # faults it opened, and their flags will say so (never the reverse).
-            lost = src.lost
+            lost = src.lost()
             corr.note_lost(lost)
             if lost > lost_seen:
                 lost_seen = lost
-                printer.lost(lost_seen)
-        corr.finish(time.monotonic_ns())
-    finally:
+                sink.lost(lost_seen)
+        corr.finish(src.now())
+    except BaseException:
         src.close()
-    if src.lost > lost_seen:
-        printer.lost(src.lost)
+        raise
+    totals = src.close()
+    if totals.lost > lost_seen:
+        sink.lost(totals.lost)
     by_kind = {kind.name.lower(): n for kind, n in kinds.items()}
-    quiet_lifecycles, quiet_reads = src.quiet
-    summary = {"lifecycles": corr.counters.lifecycles + quiet_lifecycles, "quiet_lifecycles": quiet_lifecycles,
-               "quiet_reads": quiet_reads,
+    summary = {"lifecycles": corr.counters.lifecycles + totals.quiet_lifecycles,
+               "quiet_lifecycles": totals.quiet_lifecycles, "quiet_reads": totals.quiet_reads,
                "flags": dict(corr.counters.flags), "failing_flags": corr.counters.failing,
-               "evicted": corr.counters.evicted, "messages_read": corr.counters.messages_read + quiet_reads,
+               "evicted": corr.counters.evicted, "messages_read": corr.counters.messages_read + totals.quiet_reads,
                "unmatched_reads": corr.counters.unmatched_reads,
-               "events": sum(by_kind.values()), "by_kind": by_kind, "lost": src.lost,
-               "lost_causes": src.lost_causes, "filtered_resolves": src.filtered,
-               "command_status": src.info.command_status, "pids_exited": src.info.pids_exited}
-    printer.summary(summary)
+               "events": sum(by_kind.values()), "by_kind": by_kind, "lost": totals.lost,
+               "lost_causes": totals.lost_causes, "filtered_resolves": totals.filtered,
+               "command_status": totals.command_status, "pids_exited": totals.pids_exited}
+    sink.summary(summary)
     return summary

@@ -1,9 +1,6 @@
-"""Live event source: compiles and attaches the probes with bcc, follows the
-chosen processes, and yields decoded events until told to stop.
-
-Everything downstream (printers, correlator) consumes the same EventSource
-protocol, whether events come from here or from a capture file.
-"""
+"""The live Source (session.Source): compiles and attaches the probes with
+bcc, follows the chosen processes, and yields decoded records until told to
+stop; the correlator's questions are answered from /proc and the BPF maps."""
 
 from __future__ import annotations
 
@@ -11,15 +8,17 @@ import collections
 import ctypes
 import mmap
 import os
+import platform
 import signal
+import socket
 import struct
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 from . import kernel, probes, procscan
 from .errors import UffdtraceError
@@ -38,7 +37,9 @@ from .events import (
 )
 from .kallsyms import Kallsyms
 from .kprobe_mode import KprobeBackend
+from .model import BlockedThread
 from .ringbuf import HEADER_SIZE, RingReader, slot_size
+from .session import RunInfo, Totals
 from .tracepoint_mode import TracepointBackend
 
 POLL_MS = 100
@@ -55,16 +56,6 @@ LOST_CAUSES = ("buffer_full", "messages_per_read", "ranges_untracked")
 DELIVERY_SLACK_NS = 5_000_000
 
 
-class EventSource(Protocol):
-    def batches(self) -> Iterator[tuple[list[Event], int]]:
-        """Events in delivery order, in batches; each batch comes with a
-        horizon: every event with an earlier timestamp has been delivered."""
-        ...
-
-    @property
-    def lost(self) -> int: ...
-
-
 @dataclass
 class Options:
     pids: Sequence[int] = ()
@@ -74,21 +65,6 @@ class Options:
     buffer_kb: int = DEFAULT_BUFFER_KB  # kernel buffer: the ring, or the perf buffers of all CPUs together
     every_record: bool = False  # --events: no in-kernel filtering of resolutions (bpf/common.h)
     flagged_only: bool = False  # --flagged: clean lifecycles folded in the kernel are only counted
-
-
-@dataclass
-class RunInfo:
-    """What the session knows about itself, for headers and summaries."""
-
-    mode: str = "kprobe"
-    transport: str = ""
-    probes: list[probes.ProbeStatus] = field(default_factory=list)
-    command_pid: int | None = None
-    existing: list[int] = field(default_factory=list)  # tracepoint mode: uffd users found in /proc
-    degraded: list[str] = field(default_factory=list)  # what this session cannot see
-    command_status: int | None = None
-    pids_exited: bool = False  # every -p process exited, which ended the trace
-    started_ns: int = 0  # CLOCK_MONOTONIC when the probes were live (before any command started)
 
 
 def resolve_mode(features: kernel.Features, requested: str) -> str:
@@ -183,7 +159,8 @@ class LiveSource:
 
     def __init__(self, opts: Options, mode: str = "auto") -> None:
         self.opts = opts
-        self.info = RunInfo(mode=mode)
+        self.info = RunInfo(mode=mode, kernel=platform.release(), host=socket.gethostname(),
+                            command=list(opts.command), pids=list(opts.pids))
         self.ids = PointerIds()
         # Raw records from the drain thread, with their layout (ring spans or single perf records).
         self._pending: collections.deque[tuple[struct.Struct, bytes]] = collections.deque()
@@ -191,13 +168,11 @@ class LiveSource:
         self._ring_layout = slot_layout(HEADER_SIZE, slot_size(RECORD_SIZE))
         self._drain_stop = threading.Event()
         self._delivered_before = 0
-        self.blocked_before: list[tuple[int, procscan.BlockedTask]] = []  # (pid, thread) found at start
+        self._blocked: list[tuple[int, procscan.BlockedTask]] = []  # (pid, thread) found at start
         self._bpf: Any = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._gate: int | None = None  # write end of the pipe the command waits on
-        self._lost_at_close = dict.fromkeys(LOST_CAUSES, 0)
-        self._filtered_at_close = 0
-        self._quiet_at_close = (0, 0)
+        self.totals = Totals(lost_causes=dict.fromkeys(LOST_CAUSES, 0))  # final once closed
         self.stopper = Stopper()
         self._command = resolve_command(opts.command) if opts.command else []
         check_pids(opts.pids)
@@ -209,6 +184,7 @@ class LiveSource:
         self.info.mode = resolve_mode(features, self.info.mode)
         check_environment(features, self.info.mode)
         self.backend = backend(self.info.mode)
+        self.info.sees_returns = self.backend.sees_returns
         from bcc import BPF  # system package, imported only once root is checked
 
         kallsyms = Kallsyms.load()
@@ -216,7 +192,7 @@ class LiveSource:
             raise UffdtraceError("/proc/kallsyms shows no addresses (kptr_restrict): run as root")
         the_plan = self.backend.plan(kallsyms, features)
         self.info.degraded = self.backend.degraded(the_plan)
-        self.info.probes = the_plan.status
+        self.info.probes = [p.to_json() for p in the_plan.status]
         self.info.transport = choose_transport(kallsyms, self.opts.transport)
         defines: dict[str, int | None] = dict(the_plan.defines)
         buffer_pages = self.opts.buffer_kb * 1024 // mmap.PAGESIZE
@@ -245,6 +221,7 @@ class LiveSource:
             self._on_perf_record, page_cnt=1 << (per_cpu.bit_length() - 1), lost_cb=lambda _n: None)
         self.stopper.install()
         self.info.started_ns = time.monotonic_ns()
+        self.info.wall_offset_ns = time.time_ns() - self.info.started_ns
         if self._command:
             # The command waits at a gate until release_command(): it shares
             # our stdout, and its first line must not come before the header.
@@ -301,7 +278,7 @@ class LiveSource:
         found = procscan.scan(pids, include_blocked_only=want_blocked).processes  # as root: nothing hidden
         self.info.existing = self.backend.learn(self._bpf, [p for p in found if p.fds])
         if want_blocked:
-            self.blocked_before = [(p.pid, t) for p in found if not self.opts.pids or p.pid in self.opts.pids
+            self._blocked = [(p.pid, t) for p in found if not self.opts.pids or p.pid in self.opts.pids
                                    for t in p.blocked]
 
     def _on_perf_record(self, _cpu: int, data: Any, _size: int) -> None:
@@ -335,10 +312,10 @@ class LiveSource:
         if deadline is not None and time.monotonic() >= deadline:
             return True
         if self._proc is not None and self._proc.poll() is not None:
-            self.info.command_status = self._proc.returncode
+            self.totals.command_status = self._proc.returncode
             return True
         if self.opts.pids and all(procscan.thread_state(pid, pid) == "gone" for pid in self.opts.pids):
-            self.info.pids_exited = True
+            self.totals.pids_exited = True
             return True
         return False
 
@@ -410,37 +387,27 @@ class LiveSource:
         if self._bpf is not None and not self.backend.sees_returns:
             self._bpf["adopted"][ctypes.c_uint32(tid)] = ctypes.c_uint64(raised_ns)
 
-    @property
-    def quiet(self) -> tuple[int, int]:
-        """Clean lifecycles the kernel only counted (--flagged), and their messages read."""
-        if self._bpf is None or self.backend.sees_returns:
-            return self._quiet_at_close
-        return self._percpu_sum("quiet", 0), self._percpu_sum("quiet", 1)
-
-    @property
-    def filtered(self) -> int:
-        """Resolving ioctls the kernel did not send: none of them could matter
-        to a lifecycle (bpf/common.h ioctl_wanted)."""
-        if self._bpf is None:
-            return self._filtered_at_close
-        return self._percpu_sum("filtered", 0)
-
-    @property
-    def lost_causes(self) -> dict[str, int]:
-        """What went unseen so far, per cause (bpf/common.h ``enum lost_cause``)."""
-        if self._bpf is None:
-            return self._lost_at_close
-        return {name: self._percpu_sum("lost", i) for i, name in enumerate(LOST_CAUSES)}
-
     def _percpu_sum(self, table: str, index: int) -> int:
         """One counter of a BPF per-CPU array, summed over the CPUs."""
         return int(sum(self._bpf[table][ctypes.c_int(index)]))
 
-    @property
     def lost(self) -> int:
-        return sum(self.lost_causes.values())
+        """Records lost so far, every cause (bpf/common.h ``enum lost_cause``)."""
+        if self._bpf is None:
+            return self.totals.lost
+        return sum(self._percpu_sum("lost", i) for i in range(len(LOST_CAUSES)))
 
-    def close(self) -> None:
+    def now(self) -> int:
+        return time.monotonic_ns()
+
+    def thread_state(self, pid: int, tid: int) -> procscan.TaskState:
+        return procscan.thread_state(pid, tid)
+
+    def blocked_before(self) -> list[BlockedThread]:
+        now = time.monotonic_ns()
+        return [BlockedThread(pid, t.tid, t.comm, min(t.last_ran_ns or now, now)) for pid, t in self._blocked]
+
+    def close(self) -> Totals:
         if self._gate is not None:  # never released: the gate sees EOF and the command never runs
             os.close(self._gate)
             self._gate = None
@@ -451,13 +418,16 @@ class LiveSource:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
-            self.info.command_status = self._proc.returncode
+            self.totals.command_status = self._proc.returncode
         if self._ring is not None:
             self._ring.close()
             self._ring = None
         if self._bpf is not None:
-            self._lost_at_close = self.lost_causes
-            self._filtered_at_close = self.filtered
-            self._quiet_at_close = self.quiet
+            self.totals.lost_causes = {name: self._percpu_sum("lost", i) for i, name in enumerate(LOST_CAUSES)}
+            self.totals.filtered = self._percpu_sum("filtered", 0)
+            if not self.backend.sees_returns:  # counted by tracepoint.c's QUIET
+                self.totals.quiet_lifecycles = self._percpu_sum("quiet", 0)
+                self.totals.quiet_reads = self._percpu_sum("quiet", 1)
             self._bpf.cleanup()
             self._bpf = None
+        return self.totals
