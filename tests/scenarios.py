@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,6 +88,28 @@ class Scenario:
                 tid = e["peer_tid"] if e["kind"] == "wake_task" else e["tid"]
                 out[(e["kind"], roles.get(tid, "other"), e["addr"] - w["base"])] += 1
         return out
+
+
+REPLAYED = ("lifecycle", "flag", "summary")
+
+
+def replayed(output: str) -> list[str]:
+    """The lines of `trace -j` output that a replay of its capture prints again, byte for byte."""
+    return [line for line in output.splitlines() if line.startswith("{") and json.loads(line).get("type") in REPLAYED]
+
+
+def assert_replays_the_same(uffdtrace: str, capture: str, live_output: str) -> None:
+    """`trace -j --from CAPTURE` (no root needed) prints the lifecycles, flags
+    and summary the live run printed, and the events when it printed them."""
+    events = ["--events"] if '"type":"event"' in live_output else []
+    proc = subprocess.run([uffdtrace, "trace", "-j", *events, "--from", capture], capture_output=True, text=True,
+                          check=False, stdin=subprocess.DEVNULL, timeout=600)
+    assert proc.returncode in (0, 3) and not proc.stderr, proc.stderr
+    live, again = replayed(live_output), replayed(proc.stdout)
+    assert live and again == live, next(((a, b) for a, b in zip(live, again, strict=False) if a != b), None)
+    if events:
+        assert [x for x in proc.stdout.splitlines() if '"type":"event"' in x] == \
+            [x for x in live_output.splitlines() if '"type":"event"' in x]
 
 
 def assert_clean_run(s: Scenario) -> None:

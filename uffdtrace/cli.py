@@ -4,6 +4,7 @@ with --fail-on-flags."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import mmap
 import os
@@ -14,10 +15,12 @@ from typing import Any, TextIO
 import click
 
 from . import __version__, doctor, procscan, session
+from .capture.reader import Reader, dump, replay
+from .capture.writer import Recording
 from .errors import UffdtraceError
 from .escape import printable
 from .rules import Thresholds
-from .sinks import Tee, printer
+from .sinks import Summary, Tee, printer
 from .source import DEFAULT_BUFFER_KB, LiveSource, Options
 
 
@@ -107,27 +110,88 @@ def tracing_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+# Filters of a live trace, shared by `trace` and `record`.
+def filter_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed([
+        click.option("-p", "--pid", "pids", type=click.IntRange(min=1), multiple=True,
+                     help="Trace only this process (repeatable); its children are followed."),
+        click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Stop after S seconds."),
+        click.option("--force", is_flag=True, help="Overwrite an existing capture file."),
+    ]):
+        f = option(f)
+    return f
+
+
+def live_source(ctx: click.Context, pids: tuple[int, ...], command: tuple[str, ...], duration: float | None,
+                kw: dict[str, Any]) -> LiveSource:
+    return LiveSource(Options(pids=pids, command=command, duration=duration, transport=kw["transport"],
+                              buffer_kb=kw["buffer_kb"], every_record=kw["raw_events"], flagged_only=kw["flagged"]),
+                      ctx.obj["mode"])
+
+
 @main.command("trace", context_settings={"ignore_unknown_options": False})
-@click.option("-p", "--pid", "pids", type=click.IntRange(min=1), multiple=True,
-              help="Trace only this process (repeatable); its children are followed.")
+@filter_options
 @click.option("-t", "--tid", "tids", type=click.IntRange(min=1), multiple=True,
               help="Show only what concerns this thread (its faults, or the ones it read, resolved or woke).")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Stop after S seconds.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE",
               help="Write to FILE (created 0600) instead of stdout, which then stays the command's own.")
+@click.option("--record", "record_to", metavar="FILE",
+              help="Also write a capture to FILE (created 0600) for trace --from, report and export.")
+@click.option("--from", "from_file", metavar="FILE",
+              help="Replay a capture instead of tracing live (no root, no BPF); thresholds default to the capture's.")
 @tracing_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def trace_cmd(ctx: click.Context, /, pids: tuple[int, ...], tids: tuple[int, ...], duration: float | None,
-              output: str | None, command: tuple[str, ...], **kw: Any) -> int:
+              force: bool, output: str | None, record_to: str | None, from_file: str | None,
+              command: tuple[str, ...], **kw: Any) -> int:
     """Per-fault lifecycles and race flags, live; with -- CMD, run CMD and follow it."""
-    src = LiveSource(Options(pids=pids, command=command, duration=duration, transport=kw["transport"],
-                             buffer_kb=kw["buffer_kb"], every_record=kw["raw_events"], flagged_only=kw["flagged"]),
-                     ctx.obj["mode"])
+    th = thresholds(kw)
     with open_output(output) as out:
         sink = printer(kw["as_json"], out, tids=tids, flagged_only=kw["flagged"])
-        summary = session.run(src, sink, thresholds(kw), raw_events=kw["raw_events"])
+        if from_file is not None:
+            if pids or command or record_to or duration:
+                raise click.UsageError("--from replays a capture: -p, --duration, --record and a command do not apply")
+            reader = Reader(from_file)
+            summary = replay(reader, sink, replay_thresholds(ctx, reader.header.thresholds, kw),
+                             raw_events=kw["raw_events"])
+        else:
+            src: session.Source = live_source(ctx, pids, command, duration, kw)
+            if record_to is not None:
+                src = Recording(src, record_to, th, force=force)
+            summary = session.run(src, sink, th, raw_events=kw["raw_events"])
     return 3 if kw["fail_on_flags"] and summary["failing_flags"] else 0
+
+
+def replay_thresholds(ctx: click.Context, recorded: Thresholds, kw: dict[str, Any]) -> Thresholds:
+    """The capture's thresholds, except those given on the command line."""
+    given = {name: kw[name] for name in ("stuck_ms", "wake_ms", "retry_threshold")
+             if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
+    return dataclasses.replace(recorded, **given)
+
+
+@main.command("record", context_settings={"ignore_unknown_options": False})
+@click.option("-o", "--output", required=True, metavar="FILE", help="The capture file (created 0600).")
+@filter_options
+@tracing_options
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def record_cmd(ctx: click.Context, /, output: str, pids: tuple[int, ...], duration: float | None, force: bool,
+               command: tuple[str, ...], **kw: Any) -> int:
+    """Write a capture for a bug report (stdout stays the command's; the
+    summary goes to stderr); read it with trace --from, report, export."""
+    th = thresholds(kw)
+    src = Recording(live_source(ctx, pids, command, duration, kw), output, th, force=force)
+    summary = session.run(src, Summary(kw["as_json"], sys.stderr), th, raw_events=False)
+    click.echo(f"uffdtrace: recorded {src.records} records to {output}", err=True)
+    return 3 if kw["fail_on_flags"] and summary["failing_flags"] else 0
+
+
+@main.command("dump")
+@click.argument("path", metavar="FILE")
+def dump_cmd(path: str) -> None:
+    """A capture's header, records and trailer, one per line (for debugging the format)."""
+    dump(Reader(path), sys.stdout)
 
 
 def open_output(path: str | None) -> contextlib.AbstractContextManager[TextIO]:

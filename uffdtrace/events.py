@@ -170,12 +170,19 @@ def slot_layout(header: int, slot: int) -> struct.Struct:
 
 
 class _Comms(dict[bytes, str]):
-    """comm[16] as the kernel wrote it -> text, decoded once per distinct name."""
+    """comm[16] as the kernel wrote it -> text, decoded once per distinct name;
+    ``raw`` maps back (a capture keeps the bytes, even where they are not UTF-8)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raw: dict[str, bytes] = {}
 
     def __missing__(self, raw: bytes) -> str:
         if len(self) >= 65536:  # names are few; a fork storm must not grow this without end
             self.clear()
+            self.raw.clear()
         text = self[raw] = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+        self.raw.setdefault(text, raw)
         return text
 
 
@@ -194,6 +201,14 @@ def decode_many(data: bytes, ids: PointerIds, layout: struct.Struct = RECORD) ->
             for (ts_ns, kind, cpu, tgid, tid, comm, ctx, addr, length, flags, mode, ret, peer_tid, op, aux,
                  peer2_tid, count)
             in layout.iter_unpack(data)]
+
+
+def encode_many(events: list[Event]) -> bytes:
+    """Records for ``events``, back to back (what decode_many read, pointers now ids)."""
+    pack, raw = RECORD.pack, _COMMS.raw
+    return b"".join([pack(e.ts_ns, e.kind, e.cpu, e.tgid, e.tid, raw.get(e.comm) or e.comm.encode(), e.ctx, e.addr,
+                          e.len, e.flags, e.mode, e.ret, e.peer_tid, e.op, e.aux, e.peer2_tid, e.count)
+                     for e in events])
 
 
 def decode(data: bytes, ids: PointerIds) -> Event:

@@ -59,7 +59,10 @@ class Totals:
 
 
 class Source(Protocol):
-    info: RunInfo  # complete once start() returned
+    @property
+    def info(self) -> RunInfo:
+        """Complete once start() returned."""
+        ...
 
     def start(self) -> None: ...
 

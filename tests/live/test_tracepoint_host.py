@@ -23,6 +23,7 @@ from ..scenarios import (
     UFFD_STRESS_HOST,
     Scenario,
     assert_clean_run,
+    assert_replays_the_same,
     check_aio_poll,
     check_clean_faults,
     check_clean_lifecycles,
@@ -50,13 +51,16 @@ def live_host() -> None:
 
 
 def trace(*args: str, events: bool = True) -> Scenario:
-    """`trace -j -o FILE ARGS`: the command keeps stdout to itself."""
+    """`trace -j -o FILE --record CAPTURE ARGS` (the command keeps stdout to
+    itself); the capture, replayed, prints what the live run printed."""
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "trace.jsonl"
+        out, capture = Path(tmp) / "trace.jsonl", Path(tmp) / "trace.cap"
         proc = subprocess.run([str(UFFDTRACE), "--mode", "tracepoint", "trace", *(["--events"] if events else []),
-                               "-j", "-o", str(out), *args], capture_output=True, text=True, timeout=TIMEOUT_S,
-                              stdin=subprocess.DEVNULL, check=False)
+                               "-j", "-o", str(out), "--record", str(capture), *args], capture_output=True, text=True,
+                              timeout=TIMEOUT_S, stdin=subprocess.DEVNULL, check=False)
         traced = out.read_text() if out.exists() else ""
+        if proc.returncode in (0, 3):
+            assert_replays_the_same(str(UFFDTRACE), str(capture), traced)
     return Scenario.parse(f"{proc.stdout}\n{traced}", proc.returncode, proc.stderr)
 
 

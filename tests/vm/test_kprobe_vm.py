@@ -25,6 +25,7 @@ from ..scenarios import (
     UFFD_STRESS_VM,
     Scenario,
     assert_clean_run,
+    assert_replays_the_same,
     check_aio_poll,
     check_clean_faults,
     check_clean_lifecycles,
@@ -43,10 +44,11 @@ PYTHON = ROOT / ".venv" / "bin" / "python"
 
 def scenarios(wl: Path, stress: Path, out: Path) -> list[str]:
     """NAME|MODE|uffdtrace arguments, for guest_run.sh. `trace` writes to
-    NAME.trace, the workload to stdout (NAME.out): its lines never split ours."""
+    NAME.trace and records NAME.cap, the workload to stdout (NAME.out): its
+    lines never split ours."""
 
     def trace(name: str, args: str) -> str:
-        return f"trace -o {out}/{name}.trace {args}"
+        return f"trace -o {out}/{name}.trace --record {out}/{name}.cap {args}"
 
     events = "--events -j --"
     stress_args = " ".join(map(str, UFFD_STRESS_VM))
@@ -121,6 +123,16 @@ def vm(request: pytest.FixtureRequest, workloads: Path, uffd_stress: Path) -> Vm
     assert (out / "finished").exists(), f"guest did not finish; see {log}:\n{log.read_text()[-3000:]}"
     _runs[version] = VmRun(out)
     return _runs[version]
+
+
+def test_captures_replay_what_was_printed(vm: VmRun) -> None:
+    """Every scenario's capture, replayed on the host (another kernel, no
+    BPF), prints the lifecycles, flags and summary the guest printed live."""
+    captures = sorted(vm.out.glob("*.cap"))
+    assert len(captures) == len(scenarios(Path(), Path(), Path())) - 1  # all but demo
+    for capture in captures:
+        assert_replays_the_same(str(ROOT / ".venv" / "bin" / "uffdtrace"), str(capture),
+                                vm.text(f"{capture.stem}.trace"))
 
 
 def test_doctor_says_kprobe_mode_works(vm: VmRun) -> None:

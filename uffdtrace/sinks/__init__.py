@@ -134,3 +134,19 @@ def printer(as_json: bool, out: TextIO, *, tids: tuple[int, ...] = (), flagged_o
 
     sink: Sink = JsonLines(out) if as_json else Text(out)
     return Filter(sink, tids=tids, flagged_only=flagged_only) if tids or flagged_only else sink
+
+
+class Summary(Ignoring):
+    """Only the closing summary and lost-record notices (`record` on stderr)."""
+
+    def __init__(self, as_json: bool, out: TextIO) -> None:
+        from .jsonl import JsonLines
+        from .text import Text
+
+        self.inner: Sink = JsonLines(out) if as_json else Text(out)
+
+    def lost(self, count: int) -> None:
+        self.inner.lost(count)
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        self.inner.summary(summary)

@@ -1,0 +1,270 @@
+"""Capture files without root: real captures replayed as they were printed
+live, a recording round trip through every kind of answer, and a reader
+that survives damage (truncation, random bytes, hostile header fields)
+with one line naming the file and the damage."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from uffdtrace import session
+from uffdtrace.capture.format import PREAMBLE, Cap
+from uffdtrace.capture.reader import CaptureError, Reader, replay
+from uffdtrace.capture.writer import Recording
+from uffdtrace.errors import UffdtraceError
+from uffdtrace.events import RECORD_SIZE, Event, Kind
+from uffdtrace.model import BlockedThread
+from uffdtrace.procscan import TaskState
+from uffdtrace.rules import Thresholds
+from uffdtrace.session import RunInfo, Totals
+from uffdtrace.sinks import printer
+
+from .test_lifecycle import FAULTER, PAGE, T0, clean, dontwake_stall
+
+CAPTURES = Path(__file__).parent / "captures"
+REAL = sorted(CAPTURES.glob("*.cap"))
+MS = 1_000_000
+
+
+def replayed(path: Path, *, events: bool = True) -> tuple[str, Reader]:
+    out = io.StringIO()
+    reader = Reader(str(path))
+    try:
+        replay(reader, printer(True, out), reader.header.thresholds, raw_events=events)
+    finally:
+        reader.close()
+    return out.getvalue(), reader
+
+
+@pytest.mark.parametrize("path", REAL, ids=lambda p: p.stem)
+def test_a_real_capture_replays_what_was_printed_live(path: Path) -> None:
+    """Recorded on a real kernel (the name says which) with `trace -j --events
+    --record`: the replay prints the live lines again, byte for byte."""
+    printed, reader = replayed(path)
+    expected = path.with_suffix(".expected.jsonl").read_text()
+    assert reader.damage is None
+    assert printed.splitlines()[1:] == expected.splitlines()  # the header aside
+    assert any('"type":"flag"' in line for line in expected.splitlines())
+
+
+class Scripted:
+    """A Source that stands for the live one: synthetic batches, and answers
+    that change between questions (as /proc and the BPF maps do)."""
+
+    def __init__(self, batches: list[list[Event]]) -> None:
+        self.info = RunInfo(mode="kprobe", kernel="test", probes=[], started_ns=T0)
+        self._batches = batches
+        self.asked: list[tuple[str, object]] = []
+        self._lost = 0
+
+    def start(self) -> None:
+        pass
+
+    def release_command(self) -> None:
+        pass
+
+    def blocked_before(self) -> list[BlockedThread]:
+        return [BlockedThread(4242, 4243, "old\x1bwaiter", T0 - 5 * MS)]
+
+    def batches(self) -> Iterator[tuple[list[Event], int]]:
+        for i, batch in enumerate(self._batches):
+            yield batch, T0 + (i + 1) * 500 * MS
+
+    def lost(self) -> int:
+        self._lost += 1  # a loss every batch: the flags must say so, live and replayed
+        return self._lost
+
+    def now(self) -> int:
+        return T0 + 10_000 * MS
+
+    def thread_state(self, pid: int, tid: int) -> TaskState | None:
+        self.asked.append(("task", tid))
+        return "uffd" if len(self.asked) % 3 else None
+
+    def fault_page(self, tid: int) -> int | None:
+        self.asked.append(("page", tid))
+        return PAGE if len(self.asked) % 2 else None
+
+    def folded_faults(self, include_handed: bool) -> list[Event]:
+        return []
+
+    def adopt(self, tid: int, raised_ns: int) -> None:
+        pass
+
+    def close(self) -> Totals:
+        return Totals(lost_causes={"buffer_full": self._lost}, command_status=0)
+
+
+def scripted_batches() -> list[list[Event]]:
+    events = dontwake_stall("kprobe", wake_at=2000) + clean("kprobe", page=PAGE + 4096, at=3000)
+    events.sort(key=lambda e: e.ts_ns)
+    return [[e for e in events if T0 + i * 500 * MS <= e.ts_ns < T0 + (i + 1) * 500 * MS] for i in range(10)]
+
+
+def run(src: session.Source, th: Thresholds) -> str:
+    out = io.StringIO()
+    session.run(src, printer(True, out), th, raw_events=True)
+    return out.getvalue()
+
+
+def test_a_recording_replays_every_answer(tmp_path: Path) -> None:
+    th = Thresholds()
+    live_src = Scripted(scripted_batches())
+    live = run(Recording(live_src, str(tmp_path / "c.cap"), th), th)
+    assert ("task", FAULTER) in live_src.asked and any(q == "page" for q, _ in live_src.asked)
+    assert (tmp_path / "c.cap").stat().st_mode & 0o777 == 0o600
+    reader = Reader(str(tmp_path / "c.cap"))
+    out = io.StringIO()
+    replay(reader, printer(True, out), th, raw_events=True)
+    assert out.getvalue() == live
+    assert '"type":"flag"' in live and "lost" in live
+
+
+def test_other_thresholds_replay_without_the_answers_they_lack(tmp_path: Path) -> None:
+    """A replay with another --stuck-ms asks other questions: those the
+    capture holds no answer for get "cannot tell"; nothing breaks."""
+    th = Thresholds()
+    run(Recording(Scripted(scripted_batches()), str(tmp_path / "c.cap"), th), th)
+    out = io.StringIO()
+    replay(Reader(str(tmp_path / "c.cap")), printer(True, out), Thresholds(stuck_ms=300, wake_ms=10),
+           raw_events=False)
+    assert json.loads(out.getvalue().splitlines()[-1])["type"] == "summary"
+
+
+def test_an_existing_file_is_kept_without_force(tmp_path: Path) -> None:
+    target = tmp_path / "c.cap"
+    target.write_text("mine")
+    with pytest.raises(UffdtraceError, match="exists: use --force"):
+        Recording(Scripted([]), str(target), Thresholds())
+    assert target.read_text() == "mine"
+
+
+def test_a_full_disk_stops_the_recording_with_one_line() -> None:
+    th = Thresholds()
+    with pytest.raises(UffdtraceError, match="disk is full"):
+        run(Recording(Scripted(scripted_batches()), "/dev/full", th, force=True), th)
+
+
+# ---- damage ---------------------------------------------------------------
+
+GOLDEN = REAL[0].read_bytes()
+GOLDEN_RECORDS = sum(map(len, Reader(str(REAL[0])).chunks()))
+
+
+def damaged(tmp_path: Path, data: bytes) -> tuple[CaptureError | None, Reader | None]:
+    path = tmp_path / "bad.cap"
+    path.write_bytes(data)
+    try:
+        _, reader = replayed(path)
+    except CaptureError as exc:
+        assert str(exc).startswith(f"{path}: ") and "\n" not in str(exc)
+        return exc, None
+    return None, reader
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(min_value=0, max_value=len(GOLDEN) - 1))
+def test_a_cut_anywhere_keeps_every_whole_record(tmp_path: Path, cut: int) -> None:
+    path = tmp_path / "cut.cap"
+    path.write_bytes(GOLDEN[:cut])
+    try:
+        reader = Reader(str(path))
+    except CaptureError as exc:
+        assert "header" in str(exc) or "not a uffdtrace capture" in str(exc)
+        return
+    out = io.StringIO()
+    with pytest.raises(CaptureError, match=r"cut after|trailer"):
+        replay(reader, printer(True, out), reader.header.thresholds, raw_events=True)
+    whole = (cut - reader.data_start) // RECORD_SIZE  # cut in the trailer: the END record and more
+    assert reader.records == min(whole, GOLDEN_RECORDS)
+    assert json.loads(out.getvalue().splitlines()[-1])["type"] == "summary"
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=4096))
+def test_random_bytes_are_refused(tmp_path: Path, data: bytes) -> None:
+    err, _ = damaged(tmp_path, data)
+    assert err is not None
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(at=st.integers(min_value=0, max_value=len(GOLDEN) - 1), junk=st.binary(min_size=1, max_size=64))
+def test_overwritten_bytes_never_raise_anything_else(tmp_path: Path, at: int, junk: bytes) -> None:
+    """Bytes overwritten anywhere (header, records, trailer): a CaptureError
+    or a replay, never another exception."""
+    damaged(tmp_path, GOLDEN[:at] + junk + GOLDEN[at + len(junk):])
+
+
+def with_preamble(**fields: int) -> bytes:
+    magic, version, size, hdr_len, reserved = PREAMBLE.unpack(GOLDEN[:PREAMBLE.size])
+    values = {"version": version, "size": size, "hdr_len": hdr_len, **fields}
+    return PREAMBLE.pack(magic, values["version"], values["size"], values["hdr_len"], reserved) + \
+        GOLDEN[PREAMBLE.size:]
+
+
+def with_header(edit: dict[str, object]) -> bytes:
+    hdr_len = PREAMBLE.unpack(GOLDEN[:PREAMBLE.size])[3]
+    header = json.loads(GOLDEN[PREAMBLE.size:PREAMBLE.size + hdr_len])
+    header["run"].update(edit)
+    data = json.dumps(header).encode()
+    return with_preamble(hdr_len=len(data))[:PREAMBLE.size] + data + GOLDEN[PREAMBLE.size + hdr_len:]
+
+
+@pytest.mark.parametrize(("data", "says"), [
+    (with_preamble(version=2), "format version 2 is newer than this uffdtrace reads (1): upgrade"),
+    (with_preamble(version=0), "unknown capture format version 0"),
+    (with_preamble(size=RECORD_SIZE + 8), "records of 120 bytes"),
+    (with_preamble(hdr_len=1 << 30), "header length 1073741824 runs past the end"),
+    (with_preamble(hdr_len=3), "damaged header"),
+    (with_header({"mode": "fentry"}), "run.mode is invalid"),
+    (with_header({"probes": [{"probe": 1}]}), "run.probes is invalid"),
+    (with_header({"started_ns": "soon"}), "run.started_ns is invalid"),
+    (GOLDEN[:-5], "trailer length"),
+    (GOLDEN[:-5] + b"{}}}}", "damaged trailer"),
+    (GOLDEN + b"x", "1 bytes after the trailer"),
+], ids=["future", "version0", "size", "hdr_len", "hdr_cut", "mode", "probes", "started", "trailer_cut", "trailer",
+        "extra"])
+def test_damage_is_named(tmp_path: Path, data: bytes, says: str) -> None:
+    err, _ = damaged(tmp_path, data)
+    assert err is not None and says in str(err), err
+
+
+def test_an_unknown_record_kind_ends_the_records_there(tmp_path: Path) -> None:
+    hdr_len = PREAMBLE.unpack(GOLDEN[:PREAMBLE.size])[3]
+    at = PREAMBLE.size + hdr_len + 3 * RECORD_SIZE
+    data = bytearray(GOLDEN)
+    struct.pack_into("<I", data, at + 8, 0x7777)
+    err, _ = damaged(tmp_path, bytes(data))
+    assert err is not None and "record 3 has an unknown kind (0x7777)" in str(err)
+
+
+@pytest.mark.parametrize("args", [["trace", "--from"], ["dump"]])
+def test_the_command_line_says_one_line_and_exits_1(tmp_path: Path, args: list[str]) -> None:
+    bad = tmp_path / "cut.cap"
+    bad.write_bytes(GOLDEN[: len(GOLDEN) // 2])
+    proc = subprocess.run([sys.executable, "-m", "uffdtrace", *args, str(bad)], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and str(bad) in proc.stderr and "cut after" in proc.stderr
+    assert proc.stdout  # what came before the cut
+
+
+def test_capture_kinds_are_not_event_kinds() -> None:
+    assert not {c.value for c in Cap} & {k.value for k in Kind}
+
+
+def test_replay_info_is_the_recorded_run() -> None:
+    reader = Reader(str(REAL[0]))
+    assert dataclasses.asdict(reader.header.info)["mode"] in ("kprobe", "tracepoint")
+    reader.close()
