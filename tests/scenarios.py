@@ -98,11 +98,12 @@ def replayed(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.startswith("{") and json.loads(line).get("type") in REPLAYED]
 
 
-def assert_replays_the_same(uffdtrace: str, capture: str, live_output: str) -> None:
+def assert_replays_the_same(uffdtrace: str, capture: str, live_output: str, *, flagged: bool = False) -> None:
     """`trace -j --from CAPTURE` (no root needed) prints the lifecycles, flags
     and summary the live run printed, and the events when it printed them."""
     events = ["--events"] if '"type":"event"' in live_output else []
-    proc = subprocess.run([uffdtrace, "trace", "-j", *events, "--from", capture], capture_output=True, text=True,
+    options = [*events, *(["--flagged"] if flagged else [])]
+    proc = subprocess.run([uffdtrace, "trace", "-j", *options, "--from", capture], capture_output=True, text=True,
                           check=False, stdin=subprocess.DEVNULL, timeout=600)
     assert proc.returncode in (0, 3) and not proc.stderr, proc.stderr
     live, again = replayed(live_output), replayed(proc.stdout)

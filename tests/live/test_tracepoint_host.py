@@ -60,7 +60,7 @@ def trace(*args: str, events: bool = True) -> Scenario:
                               timeout=TIMEOUT_S, stdin=subprocess.DEVNULL, check=False)
         traced = out.read_text() if out.exists() else ""
         if proc.returncode in (0, 3):
-            assert_replays_the_same(str(UFFDTRACE), str(capture), traced)
+            assert_replays_the_same(str(UFFDTRACE), str(capture), traced, flagged="--flagged" in args)
     return Scenario.parse(f"{proc.stdout}\n{traced}", proc.returncode, proc.stderr)
 
 
