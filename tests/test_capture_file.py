@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from uffdtrace import session
 from uffdtrace.capture.format import PREAMBLE, Cap
-from uffdtrace.capture.reader import CaptureError, Reader, replay
+from uffdtrace.capture.reader import CaptureError, Reader, check_whole, replay
 from uffdtrace.capture.writer import Recording
 from uffdtrace.errors import UffdtraceError
 from uffdtrace.events import RECORD_SIZE, Event, Kind
@@ -42,6 +42,7 @@ def replayed(path: Path, *, events: bool = True) -> tuple[str, Reader]:
     reader = Reader(str(path))
     try:
         replay(reader, printer(True, out), reader.header.thresholds, raw_events=events)
+        check_whole(reader)
     finally:
         reader.close()
     return out.getvalue(), reader
@@ -184,8 +185,9 @@ def test_a_cut_anywhere_keeps_every_whole_record(tmp_path: Path, cut: int) -> No
         assert "header" in str(exc) or "not a uffdtrace capture" in str(exc)
         return
     out = io.StringIO()
+    replay(reader, printer(True, out), reader.header.thresholds, raw_events=True)
     with pytest.raises(CaptureError, match=r"cut after|trailer"):
-        replay(reader, printer(True, out), reader.header.thresholds, raw_events=True)
+        check_whole(reader)
     whole = (cut - reader.data_start) // RECORD_SIZE  # cut in the trailer: the END record and more
     assert reader.records == min(whole, GOLDEN_RECORDS)
     assert json.loads(out.getvalue().splitlines()[-1])["type"] == "summary"
@@ -249,7 +251,7 @@ def test_an_unknown_record_kind_ends_the_records_there(tmp_path: Path) -> None:
     assert err is not None and "record 3 has an unknown kind (0x7777)" in str(err)
 
 
-@pytest.mark.parametrize("args", [["trace", "--from"], ["dump"]])
+@pytest.mark.parametrize("args", [["trace", "--from"], ["dump"], ["report"]])
 def test_the_command_line_says_one_line_and_exits_1(tmp_path: Path, args: list[str]) -> None:
     bad = tmp_path / "cut.cap"
     bad.write_bytes(GOLDEN[: len(GOLDEN) // 2])
@@ -268,3 +270,36 @@ def test_replay_info_is_the_recorded_run() -> None:
     reader = Reader(str(REAL[0]))
     assert dataclasses.asdict(reader.header.info)["mode"] in ("kprobe", "tracepoint")
     reader.close()
+
+
+def test_the_report_of_a_real_capture(tmp_path: Path) -> None:
+    """Text for a bug tracker: the run, per process and uffd, histograms, the
+    slowest faults and every flag with its evidence; the same as JSON."""
+    proc = subprocess.run([sys.executable, "-m", "uffdtrace", "report", str(REAL[0])], capture_output=True,
+                          text=True, check=False)
+    assert proc.returncode == 0 and not proc.stderr
+    text = proc.stdout
+    for part in ("Per process and uffd", "pickup (raised -> message read)", "usecs", "Slowest faults",
+                 "Flags: 3", "FLAG never_woken", "finally: woken after", "Could not be seen: fault_ret"):
+        assert part in text, part
+    proc = subprocess.run([sys.executable, "-m", "uffdtrace", "report", "-j", str(REAL[0])], capture_output=True,
+                          text=True, check=True)
+    rep = json.loads(proc.stdout)
+    expected = [json.loads(line) for line in REAL[0].with_suffix(".expected.jsonl").read_text().splitlines()]
+    lifecycles = [x for x in expected if x["type"] == "lifecycle"]
+    assert sum(p["faults"] for p in rep["processes"]) == len(lifecycles)
+    assert sum(p["reads"] for p in rep["processes"]) == sum(lc["reads"] for lc in lifecycles)
+    assert [f["flag"] for f in rep["flags"]] == [x["flag"] for x in expected if x["type"] == "flag" and not x["update"]]
+    assert sum(b["count"] for b in rep["latency_us"]["pickup"]) == \
+        sum(lc["latency_ns"]["pickup"] is not None for lc in lifecycles)
+    slowest = rep["slowest"][0]
+    assert "never_woken" in slowest["flags"] and rep["partial"] is None
+
+
+def test_a_report_of_a_cut_capture_says_it_is_partial(tmp_path: Path) -> None:
+    bad = tmp_path / "cut.cap"
+    bad.write_bytes(GOLDEN[: len(GOLDEN) * 3 // 4])
+    proc = subprocess.run([sys.executable, "-m", "uffdtrace", "report", str(bad)], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 1 and proc.stdout.splitlines()[1].startswith("PARTIAL: cut after")
+    assert "Per process and uffd" in proc.stdout

@@ -13,9 +13,10 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 import click
+from tabulate import tabulate
 
 from . import __version__, doctor, procscan, session
-from .capture.reader import Reader, dump, replay
+from .capture.reader import Reader, check_whole, dump, replay
 from .capture.writer import Recording
 from .errors import UffdtraceError
 from .escape import printable
@@ -155,6 +156,7 @@ def trace_cmd(ctx: click.Context, /, pids: tuple[int, ...], tids: tuple[int, ...
             reader = Reader(from_file)
             summary = replay(reader, sink, replay_thresholds(ctx, reader.header.thresholds, kw),
                              raw_events=kw["raw_events"])
+            check_whole(reader)
         else:
             src: session.Source = live_source(ctx, pids, command, duration, kw)
             if record_to is not None:
@@ -185,6 +187,25 @@ def record_cmd(ctx: click.Context, /, output: str, pids: tuple[int, ...], durati
     summary = session.run(src, Summary(kw["as_json"], sys.stderr), th, raw_events=False)
     click.echo(f"uffdtrace: recorded {src.records} records to {output}", err=True)
     return 3 if kw["fail_on_flags"] and summary["failing_flags"] else 0
+
+
+@main.command("report")
+@click.argument("path", metavar="FILE")
+@click.option("-j", "--json", "as_json", is_flag=True, help="One JSON object instead of text.")
+def report_cmd(path: str, as_json: bool) -> None:
+    """A capture summed up for a bug report: what was traced and what could not
+    be seen, per process and uffd, log2 latency histograms per phase, the
+    slowest faults, every flag with its evidence."""
+    from .sinks.report import Report
+
+    reader = Reader(path)
+    report = Report()
+    replay(reader, report, reader.header.thresholds, raw_events=False)
+    if as_json:
+        click.echo(json.dumps(report.to_json(path, reader.damage)))
+    else:
+        click.echo(report.render(path, reader.damage), nl=False)
+    check_whole(reader)
 
 
 @main.command("dump")
@@ -255,14 +276,17 @@ def ps_cmd(as_json: bool) -> None:
         click.echo("no userfaultfd in use (and no thread blocked in handle_userfault)"
                    + (f" among the processes visible; {hidden}" if hidden else ""))
         return
-    click.echo(f"{'PID':>7} {'COMM':<16} {'FD':>4} {'PENDING':>7} {'TOTAL':>9} {'RANGES':>6}  BLOCKED (tid asleep)")
+    rows = []
     for p in procs:
         fds: list[procscan.UffdFd | None] = [*p.fds] or [None]
         blocked = " ".join(f"{t.tid}:{'?' if t.last_ran_ns is None else f'{(now - t.last_ran_ns) / 1e9:.1f}s'}"
                            for t in p.blocked) or "-"
         for i, f in enumerate(fds):
-            cells = ["-", "-", "-"] if f is None else [str(f.fd), str(f.pending), str(f.total)]
-            click.echo(f"{p.pid:>7} {printable(p.comm):<16} {cells[0]:>4} {cells[1]:>7} {cells[2]:>9} "
-                       f"{len(p.ranges) if i == 0 else '':>6}  {blocked if i == 0 else ''}")
+            first = i == 0
+            rows.append([p.pid if first else "", printable(p.comm) if first else "",
+                         *(["-", "-", "-"] if f is None else [f.fd, f.pending, f.total]),
+                         len(p.ranges) if first else "", blocked if first else ""])
+    click.echo(tabulate(rows, headers=["PID", "COMM", "FD", "PENDING", "TOTAL", "RANGES", "BLOCKED (tid:asleep)"],
+                        disable_numparse=True, colalign=("right", "left", "right", "right", "right", "right", "left")))
     if hidden:
         click.echo(f"# {hidden}")

@@ -305,7 +305,8 @@ class Replay:
 
 
 def replay(reader: Reader, sink: Sink, th: Thresholds, *, raw_events: bool) -> dict[str, Any]:
-    """A session on the capture; damage is reported after everything before it was replayed."""
+    """A session on the capture, up to its end or its damage (``reader.damage``,
+    for the caller to report once the output is complete: see ``damaged``)."""
     try:
         summary = session.run(Replay(reader), sink, th, raw_events=raw_events)
     except (UffdtraceError, OSError):
@@ -313,9 +314,13 @@ def replay(reader: Reader, sink: Sink, th: Thresholds, *, raw_events: bool) -> d
     except Exception as exc:  # field values no kernel writes (a capture made to break the reader)
         raise reader.fail(f"record {reader.records} could not be replayed "
                           f"({type(exc).__name__}: {exc})") from exc
+    return summary
+
+
+def check_whole(reader: Reader) -> None:
+    """After a replay: one line naming the damage, if the capture had any."""
     if reader.damage:
         raise reader.fail(f"{reader.damage}; every whole record before it was replayed")
-    return summary
 
 
 def dump(reader: Reader, out: TextIO) -> None:
