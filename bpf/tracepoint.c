@@ -60,17 +60,17 @@ BPF_TABLE("lru_hash", u64, u64, uffd_modes, 65536);   /* LRU: a uffd closed at e
 BPF_TABLE("lru_hash", u32, u64, closing, 4096);
 BPF_PERCPU_ARRAY(folded_buf, struct uffdtrace_event, 1);
 /* QUIET (--flagged): clean lifecycles and their messages are counted, not
- * sent, unless user space took the fault over (adopted: tid -> raised). */
+ * sent, unless user space took the fault over (adopted: tid -> raised).
+ * Messages of faults dropped because they never waited are counted too. */
 BPF_PERCPU_ARRAY(quiet, u64, 2);
 enum quiet_counter { QUIET_LIFECYCLES, QUIET_READS };   /* source.py LiveSource.quiet */
 BPF_TABLE("lru_hash", u32, u64, adopted, 65536);
-#ifdef QUIET
-/* A fault that ended quietly, until its page faults again (-> its tid): a
- * reader whose hook runs after that end (it took the message before the
- * wake-up) counts its message quietly too, instead of sending a message
- * that no record would match. */
+/* A fault that ended in the kernel without a record (quietly with QUIET, or
+ * dropped because it never waited), until its page faults again (-> its
+ * tid): a reader whose hook runs after that end (it took the message before
+ * the fault ended) counts its message quietly too, instead of sending a
+ * message that no record would match. */
 BPF_TABLE("lru_hash", struct page_key, u32, quiet_pages, 65536);
-#endif
 BPF_ARRAY(empty_ranges, struct range_set, 1);      /* all zero: template for new entries */
 
 static __always_inline u64 uffd_key(u32 tgid, u64 fd)
@@ -209,15 +209,23 @@ static __always_inline bool taken_over(struct fault_entry *fe, u32 tid)
 static __always_inline bool drop_unwaited(void *ctx, struct fault_entry *fe, u32 tid)
 {
 #ifdef FOLD
+	struct page_key k = {};
 	u64 ts;
 
 	if (fe->state != FE_FOLDING || fe->slept || fe->reads || taken_over(fe, tid))
 		return false;
+	/* Published first: a read that then finds the fault taken counts there. */
+	k.ctx = fe->ctx;
+	k.page = fe->addr;
+	quiet_pages.update(&k, &tid);
 	ts = bpf_ktime_get_ns();   /* before the take, as in unfold */
-	if (!take(fe, FE_FOLDING, FE_RAW))
+	if (!take(fe, FE_FOLDING, FE_RAW)) {
+		quiet_pages.delete(&k);
 		return false;
+	}
 	if (!seal_reads(fe))
 		return true;
+	quiet_pages.delete(&k);   /* a read raced the drop: the fault goes out, with its count */
 	emit_folded(ctx, fe, tid, UT_FAULT_STATE, 0, ts);
 #endif
 	return false;
@@ -296,7 +304,6 @@ static __always_inline void handed_page_done(struct fault_entry *hf, u64 key)
 		handed_pages.delete(&k);
 }
 
-#ifdef QUIET
 static __always_inline void count_quiet(int counter, u64 n)
 {
 	u64 *total = quiet.lookup(&counter);
@@ -304,7 +311,6 @@ static __always_inline void count_quiet(int counter, u64 n)
 	if (total)
 		__sync_fetch_and_add(total, n);
 }
-#endif
 
 /* With QUIET, a clean lifecycle is only counted (true), unless user
  * space took it over and waits for its end. */
@@ -438,7 +444,7 @@ static __always_inline bool fold_wake(void *ctx, struct fault_entry *fe, u32 pid
 
 /* A message of a folded fault is counted in its entry (true). The thread's
  * entry is tried first, also once handed (until its waker seals it), then the
- * handed copy, then (QUIET) a fault that ended quietly. */
+ * handed copy, then a fault that ended in the kernel without a record. */
 static __always_inline bool fold_read(void *ctx, u64 uctx, u64 page, u32 ptid)
 {
 #ifdef FOLD
@@ -464,7 +470,6 @@ static __always_inline bool fold_read(void *ctx, u64 uctx, u64 page, u32 ptid)
 		if (fe && fe->ctx == uctx && fe->addr == page && count_read(fe))
 			return true;
 	}
-#ifdef QUIET
 	u32 *ended = quiet_pages.lookup(&k);
 
 	if (ended && (!ptid || *ended == ptid)) {
@@ -472,7 +477,6 @@ static __always_inline bool fold_read(void *ctx, u64 uctx, u64 page, u32 ptid)
 		count_quiet(QUIET_READS, 1);
 		return true;
 	}
-#endif
 	return false;
 #else
 	return false;
@@ -710,7 +714,7 @@ static __always_inline void on_page_fault(void *ctx, u64 address, u64 error_code
 	if (fold)
 		fe.state = FE_FOLDING;   /* no record: its steps are folded */
 #endif
-#ifdef QUIET
+#ifdef FOLD
 	{
 		struct page_key k = { .ctx = fe.ctx, .page = fe.addr };
 
@@ -753,9 +757,7 @@ static __always_inline void refault(struct fault_entry *fe, u32 tid, u64 ts)
 	v = handed_pages.lookup(&k);
 	if (v && *v == key)
 		handed_pages.delete(&k);
-#ifdef QUIET
 	quiet_pages.delete(&k);
-#endif
 	fe->slept = 0;
 	fe->t_read = 0;
 	fe->t_woken = 0;

@@ -46,7 +46,7 @@ class Totals:
     lost_causes: dict[str, int] = field(default_factory=dict)
     filtered: int = 0  # resolving ioctls the kernel did not send (none could matter)
     quiet_lifecycles: int = 0  # clean lifecycles the kernel only counted (--flagged)
-    quiet_reads: int = 0
+    quiet_reads: int = 0  # their messages, and those of faults dropped in the kernel (never waited)
     command_status: int | None = None
     pids_exited: bool = False  # every -p process exited, which ended the trace
 
