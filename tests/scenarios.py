@@ -13,10 +13,14 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import tempfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from .trace_events import check_trace_events
 
 CLEAN_PAGES = 11  # prime, so that no accidental power-of-two batching can match it
 DONTWAKE_STALL_S = 2  # longer than the default --stuck-ms (1 s): never_woken must be raised during it
@@ -100,7 +104,8 @@ def replayed(output: str) -> list[str]:
 
 def assert_replays_the_same(uffdtrace: str, capture: str, live_output: str, *, flagged: bool = False) -> None:
     """`trace -j --from CAPTURE` (no root needed) prints the lifecycles, flags
-    and summary the live run printed, and the events when it printed them."""
+    and summary the live run printed, and the events when it printed them;
+    `export --format perfetto` of it follows the Trace Event Format."""
     events = ["--events"] if '"type":"event"' in live_output else []
     options = [*events, *(["--flagged"] if flagged else [])]
     proc = subprocess.run([uffdtrace, "trace", "-j", *options, "--from", capture], capture_output=True, text=True,
@@ -111,6 +116,15 @@ def assert_replays_the_same(uffdtrace: str, capture: str, live_output: str, *, f
     if events:
         assert [x for x in proc.stdout.splitlines() if '"type":"event"' in x] == \
             [x for x in live_output.splitlines() if '"type":"event"' in x]
+    if flagged:
+        return  # the export has every lifecycle of the capture, the live output only the flagged ones
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "trace.json"
+        subprocess.run([uffdtrace, "export", capture, "--format", "perfetto", "-o", str(out)], check=True,
+                       stdin=subprocess.DEVNULL, timeout=600)
+        lines = [json.loads(line) for line in live_output.splitlines() if line.startswith("{")]
+        header = next(x for x in lines if x["type"] == "header")
+        check_trace_events(json.loads(out.read_text()), lines, header["started_ns"])
 
 
 def assert_clean_run(s: Scenario) -> None:

@@ -31,6 +31,7 @@ from uffdtrace.session import RunInfo, Totals
 from uffdtrace.sinks import printer
 
 from .test_lifecycle import FAULTER, PAGE, T0, clean, dontwake_stall
+from .trace_events import check_trace_events
 
 CAPTURES = Path(__file__).parent / "captures"
 REAL = sorted(CAPTURES.glob("*.cap"))
@@ -303,3 +304,15 @@ def test_a_report_of_a_cut_capture_says_it_is_partial(tmp_path: Path) -> None:
                           check=False)
     assert proc.returncode == 1 and proc.stdout.splitlines()[1].startswith("PARTIAL: cut after")
     assert "Per process and uffd" in proc.stdout
+
+
+def test_a_perfetto_export_follows_the_trace_event_format(tmp_path: Path) -> None:
+    out = tmp_path / "trace.json"
+    subprocess.run([sys.executable, "-m", "uffdtrace", "export", str(REAL[0]), "--format", "perfetto", "-o",
+                    str(out)], check=True)
+    assert out.stat().st_mode & 0o777 == 0o600
+    live = [json.loads(line) for line in REAL[0].with_suffix(".expected.jsonl").read_text().splitlines()]
+    check_trace_events(json.loads(out.read_text()), live, Reader(str(REAL[0])).header.info.started_ns)
+    again = subprocess.run([sys.executable, "-m", "uffdtrace", "export", str(REAL[0]), "--format", "jsonl", "-o",
+                            str(out)], capture_output=True, text=True, check=False)
+    assert again.returncode == 1 and "exists: use --force" in again.stderr

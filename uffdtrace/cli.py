@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import mmap
 import os
@@ -13,11 +14,12 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 import click
+import orjson
 from tabulate import tabulate
 
 from . import __version__, doctor, procscan, session
 from .capture.reader import Reader, check_whole, dump, replay
-from .capture.writer import Recording
+from .capture.writer import Recording, create
 from .errors import UffdtraceError
 from .escape import printable
 from .rules import Thresholds
@@ -208,6 +210,30 @@ def report_cmd(path: str, as_json: bool) -> None:
     check_whole(reader)
 
 
+@main.command("export")
+@click.argument("path", metavar="FILE")
+@click.option("--format", "fmt", type=click.Choice(["perfetto", "jsonl"]), required=True,
+              help="perfetto: Chrome trace-event JSON for ui.perfetto.dev; jsonl: the JSON lines of trace -j.")
+@click.option("-o", "--output", required=True, metavar="OUT", help="The file to write (created 0600).")
+@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+def export_cmd(path: str, fmt: str, output: str, force: bool) -> None:
+    """A capture as a Perfetto trace (a track per thread, a slice per fault
+    phase, flow arrows fault -> read -> resolve -> wake, flags as instants) or
+    as JSON lines."""
+    from .sinks.jsonl import JsonLines
+    from .sinks.perfetto import Perfetto
+
+    reader = Reader(path)
+    with create_text(output, force) as out:
+        if fmt == "jsonl":
+            replay(reader, JsonLines(out), reader.header.thresholds, raw_events=False)
+        else:
+            trace = Perfetto()
+            replay(reader, trace, reader.header.thresholds, raw_events=True)
+            out.write(orjson.dumps(trace.trace()).decode())
+    check_whole(reader)
+
+
 @main.command("dump")
 @click.argument("path", metavar="FILE")
 def dump_cmd(path: str) -> None:
@@ -224,6 +250,11 @@ def open_output(path: str | None) -> contextlib.AbstractContextManager[TextIO]:
     except OSError as exc:
         raise UffdtraceError(f"cannot write {path}: {exc.strerror}") from exc
     return os.fdopen(fd, "w", encoding="utf-8")
+
+
+def create_text(path: str, force: bool) -> TextIO:
+    """An output file, created 0600; an existing one only with ``force``."""
+    return io.TextIOWrapper(create(path, force), encoding="utf-8")
 
 
 def thresholds(kw: dict[str, Any]) -> Thresholds:
