@@ -1,0 +1,33 @@
+"""`uffdtrace demo`."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import session
+from ..errors import UffdtraceError
+from ..rules import Thresholds
+from ..sinks import Tee, printer
+from ..source import LiveSource, Options
+from .options import json_option, transport_option
+
+
+@click.command("demo")
+@json_option
+@transport_option
+@click.pass_context
+def command(ctx: click.Context, /, as_json: bool, transport: str) -> None:
+    """Run built-in workloads (clean faults, a stuck DONTWAKE fault, a retry
+    loop) under the tracer and show the lifecycles and flags it finds."""
+    from ..demo import Verdicts
+
+    command = [sys.executable, "-m", "uffdtrace.workloads", "demo"]
+    verdicts = Verdicts(as_json)
+    verdicts.intro()
+    src = LiveSource(Options(command=command, transport=transport), ctx.obj["mode"])
+    summary = session.run(src, Tee(printer(as_json, sys.stdout), verdicts), Thresholds(), raw_events=False)
+    if not verdicts.verdicts() or summary["command_status"] != 0:
+        raise UffdtraceError(f"demo: the tracer did not find what the workloads did (workload exit status "
+                             f"{summary['command_status']}, {summary['lost']} records lost)")
