@@ -1,5 +1,6 @@
 """`pip install .` gives a working tool away from the checkout: every
-sub-package installed, the BPF sources inside the package."""
+sub-package installed, the BPF sources inside the package; doctor, trace
+--from and report run from /."""
 
 from __future__ import annotations
 
@@ -30,3 +31,8 @@ def test_an_installed_copy_runs_from_elsewhere(tmp_path: Path) -> None:
                             capture_output=True, text=True)
     assert doctor.returncode in (0, 1) and "Traceback" not in doctor.stderr, doctor.stderr
     assert "kernel" in doctor.stdout.lower(), doctor.stdout
+    capture = next((ROOT / "tests" / "captures").glob("*.cap"))
+    for args in (["trace", "--from", str(capture)], ["report", str(capture)]):
+        run = subprocess.run([sys.executable, "-m", "uffdtrace", *args], cwd="/", env=env, capture_output=True,
+                             text=True, check=False)
+        assert run.returncode == 0 and not run.stderr and "lifecycles" in run.stdout.lower(), (args, run.stderr)
