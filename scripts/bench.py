@@ -21,12 +21,17 @@
 4. `rate`: the record rate `--events` consumed with zero loss, rising with the
    faulting threads of tests/workloads/postcopy_shape (the rate over the
    records' own time span), and where loss starts, if it does.
+5. `capture`: the same rising load under `record --events`: records written
+   per second with zero loss (and where loss starts), bytes per record in
+   the file; then the time `report` and `trace --from` take per million
+   records of the largest capture.
 
 Wall time swings by tens of percent between runs on these machines, hence
 the alternation, the medians and the CPU-cost ratio beside the wall ratio.
 
 Usage (root; bpftrace from Debian's package for the peer column):
-  .venv/bin/python scripts/bench.py [--mode M] [--runs R] [--only stress|micro|busy] [--stress TYPE:MIB:BOUNCES]
+  .venv/bin/python scripts/bench.py [--mode M] [--runs R] [--only stress|micro|busy|rate|capture]
+                                    [--stress TYPE:MIB:BOUNCES]
                                     [--bpf-time]
 Kprobe mode in the Debian 6.12 VM (ratios only: the guest is emulated), from the checkout:
   vng --run /boot/vmlinuz-6.12.*+deb12-amd64 --disable-kvm --force-9p --cpus 2 --memory 2G
@@ -200,6 +205,8 @@ def bench_stress(mode: str, runs: int, configs: list[str]) -> None:
         "uffdtrace": ([str(UFFDTRACE), "--mode", mode, "trace", "-j"], '"type":"header"'),
         "uffdtrace --events": ([str(UFFDTRACE), "--mode", mode, "trace", "-j", "--events"], '"type":"header"'),
         "uffdtrace --flagged": ([str(UFFDTRACE), "--mode", mode, "trace", "-j", "--flagged"], '"type":"header"'),
+        "uffdtrace --record": ([str(UFFDTRACE), "--mode", mode, "trace", "-j", "--force", "--record",
+                                str(Path(tempfile.gettempdir()) / "uffdtrace-bench.cap")], '"type":"header"'),
     }
     if shutil.which("bpftrace"):
         variants["bpftrace (peer)"] = (["bpftrace", "-e", BPFTRACE_SCRIPT], "Attaching")
@@ -312,12 +319,38 @@ def bench_rate(mode: str, scratch: Path) -> None:
               f"{rate:>10,.0f} records/s, lost {summary['lost']}")
 
 
+def bench_capture(mode: str, scratch: Path) -> None:
+    exe = build_workload("postcopy_shape", scratch)
+    largest: tuple[int, Path] | None = None
+    for faulters in (1, 4, 16):
+        cap = scratch / f"rate-{faulters}.cap"
+        proc = subprocess.run([str(UFFDTRACE), "--mode", mode, "record", "--events", "-j", "-o", str(cap), "--",
+                               str(exe), "4096", "20", str(faulters)], capture_output=True, text=True, check=True)
+        summary = json.loads(next(line for line in proc.stderr.splitlines() if line.startswith('{"type":"summary"')))
+        dump = subprocess.run([str(UFFDTRACE), "dump", str(cap)], capture_output=True, text=True, check=True).stdout
+        stamps = [int(m[1]) for m in re.finditer(r'^\{"type":"event".*?"ts_ns":(\d+)', dump, re.MULTILINE)]
+        span = (max(stamps) - min(stamps)) / 1e9 if stamps else 0.0
+        size = cap.stat().st_size
+        print(f"record --events {faulters:>2} faulting threads: {len(stamps):>9,} records in {span:.2f} s = "
+              f"{len(stamps) / span if span else 0:>10,.0f} records/s, lost {summary['lost']}, "
+              f"{size / max(1, len(stamps)):.0f} bytes/record in a file of {size / 2**20:.1f} MiB")
+        if largest is None or len(stamps) > largest[0]:
+            largest = (len(stamps), cap)
+    assert largest is not None
+    n, cap = largest
+    for what, cmd in (("report", ["report", str(cap)]), ("trace --from", ["trace", "-j", "--from", str(cap)])):
+        t0 = time.monotonic()
+        subprocess.run([str(UFFDTRACE), *cmd], stdout=subprocess.DEVNULL, check=True)
+        took = time.monotonic() - t0
+        print(f"{what:<13} of {n:,} records: {took:.2f} s ({took * 1e6 / max(1, n):.2f} s per million records)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mode", default="auto")
     ap.add_argument("--pages", type=int, default=20000)
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--only", choices=["stress", "micro", "busy", "rate"])
+    ap.add_argument("--only", choices=["stress", "micro", "busy", "rate", "capture"])
     ap.add_argument("--stress", action="append", metavar="TYPE:MIB:BOUNCES",
                     help=f"uffd-stress configuration (repeatable; default {' '.join(STRESS_CONFIGS)})")
     ap.add_argument("--bpf-time", action="store_true",
@@ -336,6 +369,8 @@ def main() -> int:
             bench_busy(args.mode, args.runs, Path(tmp))
         if args.only in (None, "rate"):
             bench_rate(args.mode, Path(tmp))
+        if args.only in (None, "capture"):
+            bench_capture(args.mode, Path(tmp))
     return 0
 
 

@@ -4,6 +4,7 @@ f), for the unit tier and the live tier alike."""
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from typing import Any
 
@@ -31,13 +32,20 @@ def check_trace_events(doc: dict[str, Any], live: list[dict[str, Any]], started_
     used = {(e["pid"], e["tid"]) for e in events if e["ph"] != "M"}
     assert used <= named, used - named  # every track is named "comm tid"
 
+    covered: dict[tuple[int, int], tuple[list[float], list[float]]] = {}  # track -> its outermost slices
     for track, spans in slices.items():  # nest or follow, never overlap partly
         stack: list[float] = []
+        starts: list[float] = []
+        ends: list[float] = []
         for start, end in sorted(spans, key=lambda s: (s[0], -s[1])):
             while stack and stack[-1] <= start and not (stack[-1] == start == end):
                 stack.pop()
             assert not stack or end <= stack[-1], (track, start, end, stack[-1])
+            if not stack:
+                starts.append(start)
+                ends.append(end)
             stack.append(end)
+        covered[track] = (starts, ends)
 
     flows: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for e in events:
@@ -48,7 +56,9 @@ def check_trace_events(doc: dict[str, Any], live: list[dict[str, Any]], started_
         assert kinds.count("s") == 1 and kinds.count("f") == 1 and kinds[0] == "s" and kinds[-1] == "f", (fid, kinds)
         assert [m["ts"] for m in marks] == sorted(m["ts"] for m in marks)
         for m in marks:  # bound to a slice of its track that holds its time
-            assert any(a <= m["ts"] <= b for a, b in slices[(m["pid"], m["tid"])]), m
+            starts, ends = covered.get((m["pid"], m["tid"]), ([], []))
+            i = bisect.bisect_right(starts, m["ts"]) - 1
+            assert i >= 0 and m["ts"] <= ends[i], m
 
     faults = {(e["tid"], e["ts"]) for e in events if e["ph"] == "X" and e["cat"] == "fault"}
     lifecycles = [x for x in live if x["type"] == "lifecycle"]
