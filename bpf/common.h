@@ -16,7 +16,7 @@ BPF_PERF_OUTPUT(spill);   /* per-CPU, lock-free: for records the ring refused */
 #else
 BPF_PERF_OUTPUT(events);
 #endif
-/* What went unseen, per cause (uffdtrace/source.py LOST_CAUSES names them). */
+/* What went unseen, per cause (uffdtrace/live/source.py LOST_CAUSES names them). */
 enum lost_cause {
 	LOST_BUFFER_FULL = 0,     /* a record the kernel buffer had no room for */
 	LOST_MESSAGES = 1,        /* messages beyond MAX_MSGS_PER_READ in one read */

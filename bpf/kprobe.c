@@ -1,9 +1,9 @@
 /* uffdtrace kprobe mode (DESIGN.md §3.1), compiled by bcc.
  *
  * Never dereferences a kernel struct through a header type: every member
- * offset (OFF_*) is passed in by uffdtrace/offsets.py from the running
+ * offset (OFF_*) is passed in by uffdtrace/live/offsets.py from the running
  * kernel's BTF, and all reads go through read_*() below. Which probes get
- * attached (and to which symbol) is decided in uffdtrace/probes.py.
+ * attached (and to which symbol) is decided in uffdtrace/live/probes.py.
  *
  * Compile-time knobs (-D): FILTER (only followed processes), SPAWN_PARENT
  * (tgid whose children are followed), USE_RINGBUF, RINGBUF_PAGES,

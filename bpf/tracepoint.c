@@ -241,7 +241,7 @@ static __always_inline struct fault_entry *folding(u32 tid, u64 uctx, u64 page)
 	return fe;
 }
 
-/* Why the fault came, as user space derives it (uffdtrace/lifecycle.py _reason). */
+/* Why the fault came, as user space derives it (uffdtrace/analysis/lifecycle.py _reason). */
 static __always_inline u32 fault_reason(struct fault_entry *fe)
 {
 	u64 *modes = uffd_modes.lookup(&fe->ctx);
@@ -255,7 +255,7 @@ static __always_inline u32 fault_reason(struct fault_entry *fe)
 }
 
 /* Whether the returned ioctl resolved the fault it woke, without DONTWAKE
- * (uffdtrace/rules.py resolves, and Correlator._attempt's "ok"). */
+ * (uffdtrace/analysis/rules.py resolves, and Correlator._attempt's "ok"). */
 static __always_inline bool resolved_cleanly(struct ioctl_entry *ie, struct fault_entry *hf, s64 ret)
 {
 	u32 nr = ie->cmd & 0xff;

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from uffdtrace.btf import VMLINUX_BTF, Btf, BtfError
-from uffdtrace.offsets import MEMBERS, compute
+from uffdtrace.live.btf import VMLINUX_BTF, Btf, BtfError
+from uffdtrace.live.offsets import MEMBERS, compute
 
 from .conftest import require
 

@@ -19,14 +19,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from uffdtrace import session
+from uffdtrace.analysis.model import BlockedThread
+from uffdtrace.analysis.rules import Thresholds
 from uffdtrace.capture.format import PREAMBLE, Cap
 from uffdtrace.capture.reader import CaptureError, Reader, check_whole, replay
 from uffdtrace.capture.writer import Recording
 from uffdtrace.errors import UffdtraceError
 from uffdtrace.events import RECORD_SIZE, Event, Kind
-from uffdtrace.model import BlockedThread
-from uffdtrace.procscan import TaskState
-from uffdtrace.rules import Thresholds
+from uffdtrace.live.procscan import TaskState
 from uffdtrace.session import RunInfo, Totals
 from uffdtrace.sinks import printer
 

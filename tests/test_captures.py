@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from uffdtrace.analysis.lifecycle import Correlator
+from uffdtrace.analysis.rules import FROM_ABSENCE, Thresholds
 from uffdtrace.events import Event, Kind, Op
-from uffdtrace.lifecycle import Correlator
-from uffdtrace.rules import FROM_ABSENCE, Thresholds
 
 from .test_lifecycle import Out
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from uffdtrace import kernel
 from uffdtrace.cli import main
+from uffdtrace.live import kernel
 
 GOOD = kernel.Features(release="6.12.0-test", root=True, btf=True, kprobes=True, tracefs=Path("/sys/kernel/tracing"),
                        headers=Path("/lib/modules/x/build"), headers_target="/usr/src/linux-headers-6.12.0-test",
@@ -82,7 +82,7 @@ def test_tracepoint_mode_without_tracefs(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_auto_mode_picks_tracepoint_without_kprobes() -> None:
-    from uffdtrace.source import resolve_mode
+    from uffdtrace.live.source import resolve_mode
 
     assert resolve_mode(dataclasses.replace(GOOD, kprobes=False), "auto") == "tracepoint"
     assert resolve_mode(GOOD, "auto") == "kprobe"
@@ -96,8 +96,8 @@ def test_help_and_version() -> None:
 
 
 def test_missing_symbols_degrade_tracepoint_mode_instead_of_refusing(tmp_path: Path) -> None:
-    from uffdtrace import tracepoint_mode
-    from uffdtrace.kallsyms import Kallsyms
+    from uffdtrace.live import tracepoint_mode
+    from uffdtrace.live.kallsyms import Kallsyms
 
     for tp in ("sched/sched_switch", "sched/sched_waking", "syscalls/sys_enter_read", "syscalls/sys_enter_readv",
                "syscalls/sys_enter_ioctl"):
@@ -127,7 +127,7 @@ def test_printer_renders_lifecycles_and_flags() -> None:
     import io
     import json
 
-    from uffdtrace.model import Evidence, Flag
+    from uffdtrace.analysis.model import Evidence, Flag
     from uffdtrace.sinks import printer
     from uffdtrace.sinks.text import Text
 

@@ -19,7 +19,7 @@ from uffdtrace.events import (
     decode_many,
     slot_layout,
 )
-from uffdtrace.ringbuf import HEADER_SIZE, slot_size
+from uffdtrace.live.ringbuf import HEADER_SIZE, slot_size
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
+from uffdtrace.analysis.lifecycle import REFAULT_NOTE, Correlator
+from uffdtrace.analysis.model import BlockedThread, Flag, Lifecycle
+from uffdtrace.analysis.rules import Thresholds, counts_as_failure
 from uffdtrace.events import FOLD_CLOSER, FOLD_REFAULT, Event, Kind, Op
-from uffdtrace.lifecycle import REFAULT_NOTE, Correlator
-from uffdtrace.model import BlockedThread, Flag, Lifecycle
-from uffdtrace.procscan import TaskState
-from uffdtrace.rules import Thresholds, counts_as_failure
+from uffdtrace.live.procscan import TaskState
 
 MS = 1_000_000
 T0 = 1_000 * MS

@@ -22,7 +22,7 @@ def test_an_installed_copy_runs_from_elsewhere(tmp_path: Path) -> None:
     # finder appended to sys.meta_path); the venv still gives click and orjson.
     env = {**os.environ, "PYTHONPATH": str(target), "PYTHONSAFEPATH": "1"}
     where = subprocess.run([sys.executable, "-c",
-                            "import uffdtrace.probes as p, uffdtrace.sinks.text; print(p.BPF_DIR); "
+                            "import uffdtrace.live.probes as p, uffdtrace.sinks.text; print(p.BPF_DIR); "
                             "print(p.source_text('tracepoint.c')[:40])"],
                            check=True, cwd="/", env=env, capture_output=True, text=True).stdout
     assert where.startswith(str(target / "uffdtrace" / "bpf")), where

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from uffdtrace.errors import UffdtraceError
-from uffdtrace.kprobe_mode import KprobeBackend
-from uffdtrace.source import LiveSource, Options
-from uffdtrace.tracepoint_mode import TracepointBackend
+from uffdtrace.live.kprobe_mode import KprobeBackend
+from uffdtrace.live.source import LiveSource, Options
+from uffdtrace.live.tracepoint_mode import TracepointBackend
 
 
 class RefusesAtomics:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from . import workloads
-from .model import Flag, Lifecycle
+from .analysis.model import Flag, Lifecycle
 from .sinks import Ignoring
 from .sinks.jsonl import JsonLines
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import kernel, kprobe_mode, offsets, source, tracepoint_mode
-from .btf import BtfError
 from .errors import UffdtraceError
-from .kallsyms import Kallsyms
+from .live import kernel, kprobe_mode, offsets, source, tracepoint_mode
+from .live.btf import BtfError
+from .live.kallsyms import Kallsyms
 
 
 @dataclass

@@ -12,11 +12,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from . import __version__
+from .analysis.lifecycle import Correlator
+from .analysis.model import BlockedThread
+from .analysis.rules import Thresholds
 from .events import Event, Kind
-from .lifecycle import Correlator
-from .model import BlockedThread
-from .procscan import TaskState
-from .rules import Thresholds
+from .live.procscan import TaskState
 from .sinks import Sink
 
 
@@ -34,7 +34,7 @@ class RunInfo:
     pids: list[int] = field(default_factory=list)
     existing: list[int] = field(default_factory=list)  # tracepoint mode: uffd users found in /proc
     degraded: list[str] = field(default_factory=list)  # what this session cannot see
-    sees_returns: bool = True  # kprobe mode sees handle_userfault return (lifecycle.py)
+    sees_returns: bool = True  # kprobe mode sees handle_userfault return (analysis/lifecycle.py)
     started_ns: int = 0  # CLOCK_MONOTONIC when the probes were live (before any command started)
     wall_offset_ns: int = 0  # CLOCK_REALTIME - CLOCK_MONOTONIC at start
 

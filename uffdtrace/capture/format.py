@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 import struct
 
-from ..procscan import TaskState
+from ..live.procscan import TaskState
 
 MAGIC = b"UFFDTRC\0"
 FORMAT_VERSION = 1

@@ -14,11 +14,11 @@ from dataclasses import dataclass, fields
 from typing import Any, BinaryIO, TextIO
 
 from .. import session
+from ..analysis.model import BlockedThread
+from ..analysis.rules import Thresholds
 from ..errors import UffdtraceError
 from ..events import FIELD_NAMES, RECORD, RECORD_SIZE, Event, Kind, decode_comm
-from ..model import BlockedThread
-from ..procscan import TaskState
-from ..rules import Thresholds
+from ..live.procscan import TaskState
 from ..session import RunInfo, Totals
 from ..sinks import Sink
 from ..sinks.jsonl import JsonLines

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from .. import __version__
+from ..analysis.model import BlockedThread
+from ..analysis.rules import Thresholds
 from ..errors import UffdtraceError
 from ..events import RECORD, RECORD_SIZE, Event, encode_many
-from ..model import BlockedThread
-from ..procscan import TaskState
-from ..rules import Thresholds
+from ..live.procscan import TaskState
 from ..session import RunInfo, Source, Totals
 from .format import FORMAT_VERSION, MAGIC, PREAMBLE, TASK_STATES, Cap
 

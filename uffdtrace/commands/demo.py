@@ -7,10 +7,10 @@ import sys
 import click
 
 from .. import session
+from ..analysis.rules import Thresholds
 from ..errors import UffdtraceError
-from ..rules import Thresholds
+from ..live.source import LiveSource, Options
 from ..sinks import Tee, printer
-from ..source import LiveSource, Options
 from .options import json_option, transport_option
 
 

@@ -13,10 +13,10 @@ from typing import Any, TextIO
 
 import click
 
+from ..analysis.rules import Thresholds
 from ..capture.writer import create
 from ..errors import UffdtraceError
-from ..rules import Thresholds
-from ..source import DEFAULT_BUFFER_KB, LiveSource, Options
+from ..live.source import DEFAULT_BUFFER_KB, LiveSource, Options
 
 # Options of `trace`, `record` and `demo`.
 json_option = click.option("-j", "--json", "as_json", is_flag=True, help="JSON lines instead of text.")

@@ -7,8 +7,8 @@ import json
 import click
 from tabulate import tabulate
 
-from .. import procscan
 from ..escape import printable
+from ..live import procscan
 
 
 @click.command("ps")

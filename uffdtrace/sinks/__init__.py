@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol, TextIO
 
+from ..analysis.model import Flag, Lifecycle
 from ..events import Event
-from ..model import Flag, Lifecycle
 
 
 class Sink(Protocol):

@@ -10,7 +10,7 @@ import html
 from dataclasses import dataclass
 from typing import Any
 
-from ..model import Lifecycle
+from ..analysis.model import Lifecycle
 from .report import PHASES, Report
 
 MAX_TIMELINE = 5000  # faults drawn (all flagged ones, then the first clean ones)

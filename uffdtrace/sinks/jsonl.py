@@ -6,8 +6,8 @@ from typing import Any, TextIO
 
 import orjson
 
+from ..analysis.model import Flag, Lifecycle
 from ..events import Event
-from ..model import Flag, Lifecycle
 
 
 class JsonLines:

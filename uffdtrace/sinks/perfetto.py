@@ -14,8 +14,8 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from ..analysis.model import Flag, Lifecycle
 from ..events import Event
-from ..model import Flag, Lifecycle
 from . import Ignoring
 
 PHASE_NAMES = {("raised", "read"): "pickup", ("read", "resolved"): "service", ("resolved", "woken"): "wake",

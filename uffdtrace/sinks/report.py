@@ -15,8 +15,8 @@ from typing import Any
 
 from tabulate import tabulate
 
+from ..analysis.model import Flag, Lifecycle
 from ..escape import printable
-from ..model import Flag, Lifecycle
 from . import Ignoring
 from .text import Text, duration
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any, TextIO
 
+from ..analysis.model import Flag, Lifecycle
 from ..escape import printable
 from ..events import Event, Kind, op_name
-from ..model import Flag, Lifecycle
 
 # Per kind, the fields worth showing in text output (README "Event fields").
 TEXT_FIELDS: dict[Kind, tuple[str, ...]] = {

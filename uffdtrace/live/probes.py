@@ -9,16 +9,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .errors import UffdtraceError
+from ..errors import UffdtraceError
 
 if TYPE_CHECKING:
     from .kallsyms import Kallsyms
     from .kernel import Features
     from .procscan import UffdProcess
 
-BPF_DIR = Path(__file__).resolve().parent / "bpf"
+PACKAGE = Path(__file__).resolve().parent.parent
+BPF_DIR = PACKAGE / "bpf"  # installed: package data (setup.py)
 if not BPF_DIR.is_dir():  # running from a source checkout
-    BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+    BPF_DIR = PACKAGE.parent / "bpf"
 
 
 @dataclass(frozen=True)

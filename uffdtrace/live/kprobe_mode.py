@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import UffdtraceError
 from . import offsets
 from .btf import BtfError
-from .errors import UffdtraceError
 from .kallsyms import Kallsyms
 from .kernel import Features
 from .probes import Backend, Candidate, Plan, ProbeStatus

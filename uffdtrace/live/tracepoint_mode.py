@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UffdtraceError
+from ..errors import UffdtraceError
 from .kallsyms import Kallsyms
 from .kernel import Features
 from .probes import Backend, Plan, ProbeStatus

@@ -20,9 +20,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import kernel, probes, procscan
-from .errors import UffdtraceError
-from .events import (
+from ..analysis.model import BlockedThread
+from ..errors import UffdtraceError
+from ..events import (
     FE_FOLDING,
     FE_HANDED,
     READS_COUNT,
@@ -35,11 +35,11 @@ from .events import (
     decode_many,
     slot_layout,
 )
+from ..session import RunInfo, Totals
+from . import kernel, probes, procscan
 from .kallsyms import Kallsyms
 from .kprobe_mode import KprobeBackend
-from .model import BlockedThread
 from .ringbuf import HEADER_SIZE, RingReader, slot_size
-from .session import RunInfo, Totals
 from .tracepoint_mode import TracepointBackend
 
 POLL_MS = 100

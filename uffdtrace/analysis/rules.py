@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .events import Event, Op
+from ..events import Event, Op
 from .model import MS, AioPoll, Attempt, Evidence, Lifecycle
 
 EEXIST = 17
