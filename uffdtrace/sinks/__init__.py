@@ -9,6 +9,8 @@ from typing import Any, Protocol, TextIO
 
 from ..analysis.model import Flag, Lifecycle
 from ..events import Event
+from .jsonl import JsonLines
+from .text import Text
 
 
 class Sink(Protocol):
@@ -129,9 +131,6 @@ class Filter:
 
 def printer(as_json: bool, out: TextIO, *, tids: tuple[int, ...] = (), flagged_only: bool = False) -> Sink:
     """What `trace` prints to ``out``: JSON lines or text, filtered."""
-    from .jsonl import JsonLines
-    from .text import Text
-
     sink: Sink = JsonLines(out) if as_json else Text(out)
     return Filter(sink, tids=tids, flagged_only=flagged_only) if tids or flagged_only else sink
 
@@ -140,9 +139,6 @@ class Summary(Ignoring):
     """Only the closing summary and lost-record notices (`record` on stderr)."""
 
     def __init__(self, as_json: bool, out: TextIO) -> None:
-        from .jsonl import JsonLines
-        from .text import Text
-
         self.inner: Sink = JsonLines(out) if as_json else Text(out)
 
     def lost(self, count: int) -> None:
