@@ -51,10 +51,10 @@ def replayed(path: Path, *, events: bool = True) -> tuple[str, Reader]:
 
 @pytest.mark.parametrize("path", REAL, ids=lambda p: p.stem)
 def test_a_real_capture_replays_what_was_printed_live(path: Path) -> None:
-    """Recorded on a real kernel (the name says which) with `trace -j --events
+    """Recorded on a real kernel (the name says which) with `trace -j [--events]
     --record`: the replay prints the live lines again, byte for byte."""
-    printed, reader = replayed(path)
     expected = path.with_suffix(".expected.jsonl").read_text()
+    printed, reader = replayed(path, events='"type":"event"' in expected)
     assert reader.damage is None
     assert printed.splitlines()[1:] == expected.splitlines()  # the header aside
     assert any('"type":"flag"' in line for line in expected.splitlines())

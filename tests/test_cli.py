@@ -200,12 +200,16 @@ def _as_nobody(tmp_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
     import click
     import orjson
+    import tabulate
 
     import uffdtrace
 
-    for pkg in (uffdtrace, click, orjson):
-        shutil.copytree(Path(pkg.__file__).parent, tmp_dir / pkg.__name__,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+    for pkg in (uffdtrace, click, orjson, tabulate):
+        source = Path(pkg.__file__ or "")
+        if source.name == "__init__.py":
+            shutil.copytree(source.parent, tmp_dir / pkg.__name__, ignore=shutil.ignore_patterns("__pycache__"))
+        else:  # a single-module distribution
+            shutil.copy(source, tmp_dir / source.name)
     shutil.copytree(Path(uffdtrace.__file__).parent.parent / "bpf", tmp_dir / "bpf")
     subprocess.run(["chmod", "-R", "a+rX", str(tmp_dir)], check=True)
     return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
