@@ -318,12 +318,19 @@ static __always_inline bool quietly_ended(struct fault_entry *hf, u32 tid)
 {
 #ifdef QUIET
 	struct page_key k = { .ctx = hf->ctx, .page = hf->addr };
+	u64 reads;
 
 	if (taken_over(hf, tid))
 		return false;
 	quiet_pages.update(&k, &tid);   /* before the seal: whom it shuts out looks here */
+	reads = seal_reads(hf);
+	/* Its message was counted: no reader is due. Only the entries a reader
+	 * may still look for stay (stale ones would fill the LRU map, whose
+	 * eviction is approximate and may then take recent entries). */
+	if (reads)
+		quiet_pages.delete(&k);
 	count_quiet(QUIET_LIFECYCLES, 1);
-	count_quiet(QUIET_READS, seal_reads(hf));
+	count_quiet(QUIET_READS, reads);
 	return true;
 #else
 	return false;
