@@ -207,10 +207,11 @@ def _as_nobody(tmp_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     for pkg in (uffdtrace, click, orjson, tabulate):
         source = Path(pkg.__file__ or "")
         if source.name == "__init__.py":
-            shutil.copytree(source.parent, tmp_dir / pkg.__name__, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(source.parent, tmp_dir / pkg.__name__, ignore=shutil.ignore_patterns("__pycache__"),
+                            dirs_exist_ok=True)
         else:  # a single-module distribution
             shutil.copy(source, tmp_dir / source.name)
-    shutil.copytree(Path(uffdtrace.__file__).parent.parent / "bpf", tmp_dir / "bpf")
+    shutil.copytree(Path(uffdtrace.__file__).parent.parent / "bpf", tmp_dir / "bpf", dirs_exist_ok=True)
     subprocess.run(["chmod", "-R", "a+rX", str(tmp_dir)], check=True)
     return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
                            "import sys; sys.path.insert(0, sys.argv.pop(1)); from uffdtrace.cli import main; main()",
@@ -235,6 +236,22 @@ def test_not_root_is_one_line_not_a_traceback(world_readable_dir: Path) -> None:
     proc = _as_nobody(world_readable_dir, "trace")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     one_line_error(proc.stderr, "must run as root")
+
+
+def test_a_capture_replays_without_root(world_readable_dir: Path) -> None:
+    """The maintainer's side of a bug report: user nobody replays and reports
+    a capture recorded elsewhere (another kernel), as it was printed live."""
+    import shutil
+
+    golden = Path(__file__).parent / "captures" / "dontwake-kprobe-6.1.cap"
+    capture = world_readable_dir / golden.name
+    shutil.copy(golden, capture)
+    capture.chmod(0o644)
+    proc = _as_nobody(world_readable_dir, "trace", "-j", "--events", "--from", str(capture))
+    assert proc.returncode == 0 and not proc.stderr, proc.stderr
+    assert proc.stdout.splitlines()[1:] == golden.with_suffix(".expected.jsonl").read_text().splitlines()
+    report = _as_nobody(world_readable_dir, "report", str(capture))
+    assert report.returncode == 0 and "FLAG never_woken" in report.stdout, report.stderr
 
 
 def test_ps_not_root_says_what_it_could_not_see(world_readable_dir: Path) -> None:
