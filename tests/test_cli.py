@@ -115,7 +115,9 @@ def test_missing_symbols_degrade_tracepoint_mode_instead_of_refusing(tmp_path: P
 
 
 @pytest.mark.parametrize("args", [["trace", "--stuck-ms", "-1"], ["trace", "--wake-ms", "-5"],
-                                  ["trace", "--retry-threshold", "1"], ["trace", "--retry-threshold", "x"]])
+                                  ["trace", "--retry-threshold", "1"], ["trace", "--retry-threshold", "x"],
+                                  ["serve", "--listen", "foo"], ["serve", "--listen", "127.0.0.1:99999"],
+                                  ["serve", "--stuck-ms", "-1"]])
 def test_impossible_thresholds_are_usage_errors(args: list[str]) -> None:
     code, out = run(*args)
     assert code == 1

@@ -299,6 +299,12 @@ class Correlator:
         --wake-ms, or up to --stuck-ms while the ioctl record of its waker is due."""
         return self.th.stuck_ns if lc.pending_waker is not None else self.th.wake_ns
 
+    def waiting(self) -> list[Lifecycle]:
+        """The open lifecycles whose thread waits now (for live dashboards;
+        in tracepoint mode a fault folded in the kernel joins once the
+        watchdog takes it over)."""
+        return [lc for lc in self.open.values() if lc.waiting]
+
     def finish(self, now: int) -> None:
         """End of the trace: everything is handled; lifecycles still open are
         reported as they stand (state ``blocked`` when the thread still waits)."""

@@ -37,37 +37,57 @@ buffer_option = click.option(
     help="Kernel buffer for records, in KiB (a power of two): the ring, or all CPUs' perf buffers together.")
 
 
+THRESHOLD_OPTIONS = [
+    click.option("--stuck-ms", type=click.FloatRange(min=0), default=1000, show_default=True,
+                 help="never_woken / unread / aio_poll_stuck after this long."),
+    click.option("--wake-ms", type=click.FloatRange(min=0), default=100, show_default=True,
+                 help="A resolution must be followed by a wake-up within this long."),
+    click.option("--retry-threshold", type=click.IntRange(min=2), default=3, show_default=True,
+                 help="retry_loop when a fault enters handle_userfault this many times."),
+]
+
+
+def apply(options: list[Callable[..., Any]], f: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def threshold_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The rule thresholds, and how records reach user space (`serve`)."""
+    return apply([*THRESHOLD_OPTIONS, transport_option, buffer_option], f)
+
+
 def tracing_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The options of `trace` beyond filters: output and rule thresholds."""
-    for option in reversed([
+    return apply([
         json_option,
         click.option("--events", "raw_events", is_flag=True, help="Also print every decoded event."),
         click.option("--flagged", is_flag=True, help="Print only lifecycles that earned a flag (flags always print)."),
-        click.option("--stuck-ms", type=click.FloatRange(min=0), default=1000, show_default=True,
-                     help="never_woken / unread / aio_poll_stuck after this long."),
-        click.option("--wake-ms", type=click.FloatRange(min=0), default=100, show_default=True,
-                     help="A resolution must be followed by a wake-up within this long."),
-        click.option("--retry-threshold", type=click.IntRange(min=2), default=3, show_default=True,
-                     help="retry_loop when a fault enters handle_userfault this many times."),
+        *THRESHOLD_OPTIONS,
         click.option("--fail-on-flags", is_flag=True,
                      help="Exit 3 when anything was flagged (sanitizer mode; sigbus is informational)."),
         transport_option,
         buffer_option,
-    ]):
-        f = option(f)
-    return f
+    ], f)
 
 
-# Filters of a live trace, shared by `trace` and `record`.
+PID_OPTIONS = [
+    click.option("-p", "--pid", "pids", type=click.IntRange(min=1), multiple=True,
+                 help="Trace only this process (repeatable); its children are followed."),
+    click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Stop after S seconds."),
+]
+
+
+def pid_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Which processes, for how long (`serve`)."""
+    return apply(PID_OPTIONS, f)
+
+
 def filter_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    for option in reversed([
-        click.option("-p", "--pid", "pids", type=click.IntRange(min=1), multiple=True,
-                     help="Trace only this process (repeatable); its children are followed."),
-        click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Stop after S seconds."),
-        click.option("--force", is_flag=True, help="Overwrite an existing capture file."),
-    ]):
-        f = option(f)
-    return f
+    """Filters of a live trace, shared by `trace` and `record`."""
+    return apply([*PID_OPTIONS, click.option("--force", is_flag=True, help="Overwrite an existing capture file.")],
+                 f)
 
 
 def live_source(ctx: click.Context, pids: tuple[int, ...], command: tuple[str, ...], duration: float | None,

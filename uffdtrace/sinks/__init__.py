@@ -30,6 +30,10 @@ class Sink(Protocol):
         """End of a batch: what was written should reach its reader now."""
         ...
 
+    def tick(self, now: int, waiting: list[Lifecycle]) -> None:
+        """After each batch: the trace clock, and the faults whose threads wait (dashboards)."""
+        ...
+
 
 class Ignoring:
     """A base for sinks that want only part of what a session writes."""
@@ -53,6 +57,9 @@ class Ignoring:
         pass
 
     def flush(self) -> None:
+        pass
+
+    def tick(self, now: int, waiting: list[Lifecycle]) -> None:
         pass
 
 
@@ -90,6 +97,10 @@ class Tee:
         for s in self.sinks:
             s.flush()
 
+    def tick(self, now: int, waiting: list[Lifecycle]) -> None:
+        for s in self.sinks:
+            s.tick(now, waiting)
+
 
 class Filter:
     """Passes on only what concerns ``tids`` (its faults, or the ones it read,
@@ -112,6 +123,9 @@ class Filter:
 
     def flush(self) -> None:
         self.inner.flush()
+
+    def tick(self, now: int, waiting: list[Lifecycle]) -> None:
+        self.inner.tick(now, waiting)
 
     def event(self, ev: Event) -> None:
         if not self.tids or ev.tid in self.tids or ev.peer_tid in self.tids:

@@ -42,3 +42,6 @@ class JsonLines:
 
     def flush(self) -> None:
         self.out.flush()
+
+    def tick(self, now: int, waiting: list[Lifecycle]) -> None:
+        pass  # printed output has no running state

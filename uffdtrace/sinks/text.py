@@ -128,3 +128,6 @@ class Text:
 
     def flush(self) -> None:
         self.out.flush()
+
+    def tick(self, now: int, waiting: list[Lifecycle]) -> None:
+        pass  # printed output has no running state

@@ -1,0 +1,88 @@
+"""`serve`'s metrics from a real capture (no root): the counters, the
+histograms and the exposition that Prometheus's own promtool accepts; the
+Grafana dashboard's queries name only metrics serve exports; the alerting
+rules pass `promtool check rules`."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from uffdtrace.capture.reader import Reader, replay
+from uffdtrace.sinks.prometheus import Metrics
+
+from .conftest import require
+
+CAPTURES = Path(__file__).parent / "captures"
+
+
+def exposition(capture: Path) -> tuple[str, list[dict[str, object]]]:
+    registry = CollectorRegistry()
+    reader = Reader(str(capture))
+    replay(reader, Metrics(registry), reader.header.thresholds, raw_events=True)
+    live = [json.loads(line) for line in capture.with_suffix(".expected.jsonl").read_text().splitlines()]
+    return generate_latest(registry).decode(), live
+
+
+def value(text: str, series: str) -> float:
+    m = re.search(rf"^{re.escape(series)} (\S+)$", text, re.M)
+    assert m, series
+    return float(m[1])
+
+
+def exported_names(text: str) -> set[str]:
+    return {m[1] for m in re.finditer(r"^# TYPE (\w+) (\w+)$", text, re.M)}
+
+
+def test_the_metrics_of_a_real_capture() -> None:
+    text, live = exposition(CAPTURES / "demo-tracepoint-6.18.cap")
+    lifecycles = [x for x in live if x["type"] == "lifecycle"]
+    assert value(text, 'uffdtrace_faults_total{comm="wl-clean",reason="missing"}') == 8
+    assert sum(float(v) for v in re.findall(r"^uffdtrace_faults_total\{.*\} (\S+)$", text, re.M)) == len(lifecycles)
+    assert value(text, 'uffdtrace_flags_total{comm="wl-dontwake",flag="never_woken"}') == 1
+    assert value(text, 'uffdtrace_flags_total{comm="wl-retry",flag="retry_loop"}') == 1
+    assert value(text, 'uffdtrace_extra_rounds_total{comm="wl-retry"}') == 3
+    assert value(text, 'uffdtrace_phase_seconds_count{phase="pickup"}') == \
+        sum(lc["latency_ns"]["pickup"] is not None for lc in lifecycles)
+    assert value(text, 'uffdtrace_phase_seconds_bucket{le="2.097152",phase="wake"}') == \
+        value(text, 'uffdtrace_phase_seconds_count{phase="wake"}') == 10  # exp2 buckets: the 2 s stall fits 2^21 µs
+    assert value(text, 'uffdtrace_phase_seconds_bucket{le="1.048576",phase="wake"}') == 9
+    assert value(text, 'uffdtrace_fault_seconds_bucket{le="1e-06"}') <= value(text, "uffdtrace_fault_seconds_count")
+    assert 'uffdtrace_info{degraded="' in text and 'mode="tracepoint"' in text
+    assert not re.search(r"[{,](pid|tid|tgid|addr|uffd)=", text)  # cardinality: no per-thread series
+    assert "_created" not in text
+    promtool = shutil.which("promtool")
+    require(promtool is not None, "no promtool (scripts/setup.sh --test installs Debian's prometheus)")
+    assert promtool is not None
+    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_the_grafana_dashboard_queries_what_serve_exports() -> None:
+    text, _ = exposition(CAPTURES / "demo-tracepoint-6.18.cap")
+    names = exported_names(text)
+    series = names | {f"{n}_bucket" for n in names} | {f"{n}_total" for n in names}
+    dash = json.loads(subprocess.run([sys.executable, "-m", "uffdtrace", "dashboard", "--grafana"],
+                                     capture_output=True, text=True, check=True).stdout)
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    assert len(exprs) >= 8 and dash["templating"]["list"][0]["type"] == "datasource"
+    for expr in exprs:
+        used = set(re.findall(r"\buffdtrace_\w+", expr))
+        assert used and used <= series, (expr, used - series)
+
+
+def test_the_alerting_rules_pass_promtool(tmp_path: Path) -> None:
+    rules = tmp_path / "alerts.yml"
+    rules.write_text(subprocess.run([sys.executable, "-m", "uffdtrace", "dashboard", "--alerts"],
+                                    capture_output=True, text=True, check=True).stdout)
+    promtool = shutil.which("promtool")
+    require(promtool is not None, "no promtool (scripts/setup.sh --test installs Debian's prometheus)")
+    assert promtool is not None
+    check = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True, check=False)
+    assert check.returncode == 0 and "3 rules found" in check.stdout, check.stdout + check.stderr

@@ -1,0 +1,2 @@
+"""The Grafana dashboard and Prometheus alerting rules for `uffdtrace serve`
+(printed by `uffdtrace dashboard --grafana` / `--alerts`)."""
