@@ -6,13 +6,11 @@ import sys
 from typing import Any
 
 import click
-from prometheus_client import CollectorRegistry, start_http_server
 
 from .. import session
 from ..errors import UffdtraceError
 from ..live.source import LiveSource, Options
 from ..sinks import Ignoring, Tee
-from ..sinks.prometheus import FlagLog, Metrics
 from .options import pid_options, threshold_options, thresholds
 
 
@@ -45,6 +43,10 @@ def command(ctx: click.Context, /, listen: tuple[str, int], pids: tuple[int, ...
     """Prometheus metrics of every userfaultfd fault (or -p PID's, or CMD's):
     counters, in-flight and oldest-blocked gauges, latency histograms; a
     flag's evidence goes to stderr as a JSON line. Until Ctrl-C or SIGTERM."""
+    from prometheus_client import CollectorRegistry, start_http_server  # only serve needs it
+
+    from ..sinks.prometheus import FlagLog, Metrics
+
     host, port = listen
     registry = CollectorRegistry()
     metrics = Metrics(registry)
