@@ -1,0 +1,56 @@
+"""`top`'s view fed by a real capture (no terminal, no root): what it shows
+in 80x24 and when smaller, and its keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from uffdtrace.capture.reader import Reader, replay
+from uffdtrace.sinks.top import SORTS, Top
+
+CAPTURE = Path(__file__).parent / "captures" / "demo-tracepoint-6.18.cap"
+
+
+def fed() -> Top:
+    reader = Reader(str(CAPTURE))
+    view = Top()
+    replay(reader, view, reader.header.thresholds, raw_events=True)
+    return view
+
+
+def screen(view: Top, width: int, height: int) -> list[str]:
+    console = Console(width=width, height=height, record=True, force_terminal=False)
+    console.print(view.render(width, height))
+    return console.export_text().splitlines()
+
+
+def test_80x24_holds_the_processes_and_the_flags() -> None:
+    lines = screen(fed(), 80, 24)
+    assert len(lines) <= 24 and all(len(line) <= 80 for line in lines)
+    text = "\n".join(lines)
+    for part in ("uffdtrace top", "mode=tracepoint", "wl-clean", "wl-dontwake", "wl-retry", "LATEST FLAGS",
+                 "never_woken wl-dontwake", "q quit  s sort (faults/s)  / pid (all)"):
+        assert part in text, part
+    [clean] = [line for line in lines if line.split()[1:2] == ["wl-clean"]]
+    assert clean.split()[2] == "0.8"  # 8 faults in the 10 s window
+
+
+def test_too_small_still_says_something() -> None:
+    lines = screen(fed(), 40, 6)
+    assert lines and len(lines) <= 6 and lines[0].startswith("uffdtrace top")
+
+
+def test_keys_sort_filter_pause_and_quit() -> None:
+    view = fed()
+    assert view.key("s") and SORTS[view.sort] == "in flight"
+    for ch in "/7339\r":
+        assert view.key(ch)
+    assert view.pid_filter == 7339
+    for ch in "/1\r":
+        view.key(ch)
+    assert view.pid_filter == 1 and not any("wl-clean" in line for line in screen(view, 80, 24))
+    assert "/ pid (1)" in "\n".join(screen(view, 80, 24))
+    assert view.key("p") and view.paused
+    assert not view.key("q")
