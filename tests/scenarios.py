@@ -375,13 +375,19 @@ def check_uffd_stress_flagged(s: Scenario) -> None:
     """The same with --flagged, which prints no clean lifecycle: the reads
     are the summary's, quiet ones (counted in the kernel) included.
 
-    Known defect, tolerated here and nowhere else: about one run in twenty
-    counts one write-protect message as unmatched, read about 1 ms after a
-    UFFDIO_WAKE of its page while its fault left no record (ended quietly);
-    the cause is not found yet (issue 8's note). It is never a flag."""
+    Tracepoint mode cannot see a fault taken through get_user_pages (README
+    "Modes"), and uffd-stress keeps a pthread mutex in every page: a contended
+    one makes futex() fault the page in through fixup_user_fault, with no
+    page-fault exception. Such a fault's message is read and matches nothing:
+    the unmatched messages seen have no record of any fault on their page,
+    and come more often the busier the CPUs (the mutexes contended more).
+    It happens more often the busier the CPUs (2 per 12,000 messages beside
+    a VM at full speed; tests/captures/defects/ holds such a run), so a few
+    are allowed here, in tracepoint mode only; never a flag."""
     assert_clean_run(s)
     assert not s.flags and not s.summary["flags"], s.flags[:3]
-    assert s.summary["unmatched_reads"] <= 1 and s.summary["evicted"] == 0, s.summary
+    allowed = 0 if s.mode == "kprobe" else 1 + s.summary["messages_read"] // 2000
+    assert s.summary["unmatched_reads"] <= allowed and s.summary["evicted"] == 0, s.summary
     assert s.summary["messages_read"] >= uffd_stress_count(s), s.summary
     assert s.summary["quiet_lifecycles"] > 0 and s.summary["quiet_reads"] > 0, s.summary
 
