@@ -316,3 +316,20 @@ def test_a_perfetto_export_follows_the_trace_event_format(tmp_path: Path) -> Non
     again = subprocess.run([sys.executable, "-m", "uffdtrace", "export", str(REAL[0]), "--format", "jsonl", "-o",
                             str(out)], capture_output=True, text=True, check=False)
     assert again.returncode == 1 and "exists: use --force" in again.stderr
+
+
+def test_a_replay_prints_by_default_what_the_live_run_printed(tmp_path: Path) -> None:
+    """A capture taken with --events and --flagged replays with them (its
+    header says so), without being told."""
+    th = Thresholds()
+    src = Scripted(scripted_batches())
+    src.info.output = ["events", "flagged"]
+    live = io.StringIO()
+    session.run(Recording(src, str(tmp_path / "c.cap"), th), printer(True, live, flagged_only=True), th,
+                raw_events=True)
+    proc = subprocess.run([sys.executable, "-m", "uffdtrace", "trace", "-j", "--from", str(tmp_path / "c.cap")],
+                          capture_output=True, text=True, check=True)
+    assert proc.stdout.splitlines()[1:] == live.getvalue().splitlines()[1:]
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert any(r["type"] == "event" for r in records)
+    assert all(r["flags"] for r in records if r["type"] == "lifecycle")

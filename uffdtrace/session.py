@@ -37,6 +37,7 @@ class RunInfo:
     sees_returns: bool = True  # kprobe mode sees handle_userfault return (analysis/lifecycle.py)
     started_ns: int = 0  # CLOCK_MONOTONIC when the probes were live (before any command started)
     wall_offset_ns: int = 0  # CLOCK_REALTIME - CLOCK_MONOTONIC at start
+    output: list[str] = field(default_factory=list)  # "events", "flagged": what the kernel sent, what was printed
 
 
 @dataclass
@@ -104,6 +105,7 @@ def header(info: RunInfo, th: Thresholds) -> dict[str, Any]:
         "host": info.host, "wall_offset_ns": info.wall_offset_ns,
         "probes": info.probes, "command": info.command, "command_pid": info.command_pid, "pids": info.pids,
         "degraded": info.degraded, "existing_uffd_pids": info.existing, "started_ns": info.started_ns,
+        "output": info.output,
         "stuck_ms": th.stuck_ms, "wake_ms": th.wake_ms, "retry_threshold": th.retry_threshold,
     }
 

@@ -62,7 +62,9 @@ RUN_FIELDS: dict[str, Callable[[Any], bool]] = {
     "command_pid": lambda v: v is None or _is_int(v), "pids": _is_int_list, "existing": _is_int_list,
     "degraded": _is_str_list, "sees_returns": lambda v: isinstance(v, bool), "started_ns": _is_int,
     "wall_offset_ns": _is_int,
+    "output": lambda v: _is_str_list(v) and set(v) <= {"events", "flagged"},
 }
+RUN_DEFAULTS: dict[str, Any] = {"output": []}  # fields newer than the first captures of format 1
 THRESHOLD_FIELDS: dict[str, Callable[[Any], bool]] = {
     "stuck_ms": _is_number, "wake_ms": _is_number, "retry_threshold": lambda v: _is_int(v) and v >= 2,
 }
@@ -75,9 +77,11 @@ assert set(RUN_FIELDS) == {f.name for f in fields(RunInfo)}
 assert set(TOTALS_FIELDS) == {f.name for f in fields(Totals)}
 
 
-def _checked(obj: Any, want: dict[str, Callable[[Any], bool]], what: str) -> dict[str, Any]:
+def _checked(obj: Any, want: dict[str, Callable[[Any], bool]], what: str,
+             defaults: dict[str, Any] | None = None) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ValueError(f"{what} is not an object")
+    obj = {**(defaults or {}), **obj}
     for name, ok in want.items():
         if name not in obj:
             raise ValueError(f"{what} has no {name}")
@@ -135,7 +139,7 @@ class Reader:
             raw = json.loads(self._file.read(hdr_len))
             if not isinstance(raw, dict) or not isinstance(raw.get("tool_version"), str):
                 raise ValueError("the header has no tool_version")
-            run = _checked(raw.get("run"), RUN_FIELDS, "run")
+            run = _checked(raw.get("run"), RUN_FIELDS, "run", RUN_DEFAULTS)
             th = _checked(raw.get("thresholds"), THRESHOLD_FIELDS, "thresholds")
         except (ValueError, UnicodeDecodeError) as exc:
             raise self.fail(f"damaged header: {exc}") from None

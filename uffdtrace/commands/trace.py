@@ -32,15 +32,18 @@ def command(ctx: click.Context, /, pids: tuple[int, ...], tids: tuple[int, ...],
     """Per-fault lifecycles and race flags, live; with -- CMD, run CMD and follow it."""
     th = thresholds(kw)
     with open_output(output) as out:
-        sink = printer(kw["as_json"], out, tids=tids, flagged_only=kw["flagged"])
         if from_file is not None:
             if pids or command or record_to or duration:
                 raise click.UsageError("--from replays a capture: -p, --duration, --record and a command do not apply")
             reader = Reader(from_file)
+            # What the live run printed, unless told more: its --events and --flagged too.
+            recorded = reader.header.info.output
+            sink = printer(kw["as_json"], out, tids=tids, flagged_only=kw["flagged"] or "flagged" in recorded)
             summary = replay(reader, sink, replay_thresholds(ctx, reader.header.thresholds, kw),
-                             raw_events=kw["raw_events"])
+                             raw_events=kw["raw_events"] or "events" in recorded)
             check_whole(reader)
         else:
+            sink = printer(kw["as_json"], out, tids=tids, flagged_only=kw["flagged"])
             src: session.Source = live_source(ctx, pids, command, duration, kw)
             if record_to is not None:
                 src = Recording(src, record_to, th, force=force)

@@ -160,7 +160,9 @@ class LiveSource:
     def __init__(self, opts: Options, mode: str = "auto") -> None:
         self.opts = opts
         self.info = RunInfo(mode=mode, kernel=platform.release(), host=socket.gethostname(),
-                            command=list(opts.command), pids=list(opts.pids))
+                            command=list(opts.command), pids=list(opts.pids),
+                            output=[name for name, on in (("events", opts.every_record),
+                                                          ("flagged", opts.flagged_only)) if on])
         self.ids = PointerIds()
         # Raw records from the drain thread, with their layout (ring spans or single perf records).
         self._pending: collections.deque[tuple[struct.Struct, bytes]] = collections.deque()
