@@ -63,7 +63,7 @@ BPF_PERCPU_ARRAY(folded_buf, struct uffdtrace_event, 1);
  * sent, unless user space took the fault over (adopted: tid -> raised).
  * Messages of faults dropped because they never waited are counted too. */
 BPF_PERCPU_ARRAY(quiet, u64, 2);
-enum quiet_counter { QUIET_LIFECYCLES, QUIET_READS };   /* source.py LiveSource.quiet */
+enum quiet_counter { QUIET_LIFECYCLES, QUIET_READS };   /* live/source.py LiveSource.close */
 BPF_TABLE("lru_hash", u32, u64, adopted, 65536);
 /* A fault that ended in the kernel without a record (quietly with QUIET, or
  * dropped because it never waited), until its page faults again (-> its

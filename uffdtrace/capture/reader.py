@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -212,16 +213,11 @@ class Replay:
     def __init__(self, reader: Reader) -> None:
         self.reader = reader
         self.info = reader.header.info
-        self._records = self._each(reader)
+        self._records = itertools.chain.from_iterable(reader.chunks())
         self._next: Raw | None = None
         self._held: collections.deque[Raw] = collections.deque()  # answers after the last batch
         self._lost = 0
         self._clock = self.info.started_ns
-
-    @staticmethod
-    def _each(reader: Reader) -> Iterator[Raw]:
-        for chunk in reader.chunks():
-            yield from chunk
 
     def _peek(self) -> Raw | None:
         if self._next is None:
@@ -310,7 +306,7 @@ class Replay:
 
 def replay(reader: Reader, sink: Sink, th: Thresholds, *, raw_events: bool) -> dict[str, Any]:
     """A session on the capture, up to its end or its damage (``reader.damage``,
-    for the caller to report once the output is complete: see ``damaged``)."""
+    for the caller to report once the output is complete: see ``check_whole``)."""
     try:
         summary = session.run(Replay(reader), sink, th, raw_events=raw_events)
     except (UffdtraceError, OSError):

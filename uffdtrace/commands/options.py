@@ -92,8 +92,11 @@ def filter_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def live_source(ctx: click.Context, pids: tuple[int, ...], command: tuple[str, ...], duration: float | None,
                 kw: dict[str, Any]) -> LiveSource:
+    """The live source of `trace`, `record`, `serve` and `top` (the last two
+    have no --events or --flagged: the kernel folds and filters)."""
     return LiveSource(Options(pids=pids, command=command, duration=duration, transport=kw["transport"],
-                              buffer_kb=kw["buffer_kb"], every_record=kw["raw_events"], flagged_only=kw["flagged"]),
+                              buffer_kb=kw["buffer_kb"], every_record=kw.get("raw_events", False),
+                              flagged_only=kw.get("flagged", False)),
                       ctx.obj["mode"])
 
 

@@ -9,9 +9,8 @@ import click
 
 from .. import session
 from ..errors import UffdtraceError
-from ..live.source import LiveSource, Options
 from ..sinks import Ignoring, Tee
-from .options import pid_options, threshold_options, thresholds
+from .options import live_source, pid_options, threshold_options, thresholds
 
 
 def listen_address(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, int]:
@@ -50,8 +49,7 @@ def command(ctx: click.Context, /, listen: tuple[str, int], pids: tuple[int, ...
     host, port = listen
     registry = CollectorRegistry()
     metrics = Metrics(registry)
-    src = LiveSource(Options(pids=pids, command=command, duration=duration, transport=kw["transport"],
-                             buffer_kb=kw["buffer_kb"]), ctx.obj["mode"])
+    src = live_source(ctx, pids, command, duration, kw)
     try:
         server, thread = start_http_server(port, addr=host, registry=registry)
     except OSError as exc:

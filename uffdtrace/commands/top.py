@@ -17,8 +17,7 @@ import click
 
 from .. import session
 from ..errors import UffdtraceError
-from ..live.source import LiveSource, Options
-from .options import pid_options, threshold_options, thresholds
+from .options import live_source, pid_options, threshold_options, thresholds
 
 
 @contextlib.contextmanager
@@ -47,8 +46,7 @@ def command(ctx: click.Context, /, pids: tuple[int, ...], duration: float | None
 
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UffdtraceError("top needs a terminal: use trace (text, JSON lines) or serve (Prometheus) instead")
-    src = LiveSource(Options(pids=pids, duration=duration, transport=kw["transport"], buffer_kb=kw["buffer_kb"]),
-                     ctx.obj["mode"])
+    src = live_source(ctx, pids, (), duration, kw)
     console = Console()
     click.echo("uffdtrace top: loading the probes...")
     live = Live(console=console, screen=True, auto_refresh=False, transient=True)

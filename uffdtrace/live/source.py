@@ -397,7 +397,10 @@ class LiveSource:
         """Records lost so far, every cause (bpf/common.h ``enum lost_cause``)."""
         if self._bpf is None:
             return self.totals.lost
-        return sum(self._percpu_sum("lost", i) for i in range(len(LOST_CAUSES)))
+        return sum(self._lost_causes().values())
+
+    def _lost_causes(self) -> dict[str, int]:
+        return {name: self._percpu_sum("lost", i) for i, name in enumerate(LOST_CAUSES)}
 
     def now(self) -> int:
         return time.monotonic_ns()
@@ -425,9 +428,9 @@ class LiveSource:
             self._ring.close()
             self._ring = None
         if self._bpf is not None:
-            self.totals.lost_causes = {name: self._percpu_sum("lost", i) for i, name in enumerate(LOST_CAUSES)}
+            self.totals.lost_causes = self._lost_causes()
             self.totals.filtered = self._percpu_sum("filtered", 0)
-            if not self.backend.sees_returns:  # counted by tracepoint.c's QUIET
+            if not self.backend.sees_returns:  # tracepoint.c's quiet counters
                 self.totals.quiet_lifecycles = self._percpu_sum("quiet", 0)
                 self.totals.quiet_reads = self._percpu_sum("quiet", 1)
             self._bpf.cleanup()

@@ -17,6 +17,7 @@ from rich.text import Text
 
 from ..analysis.model import Flag, Lifecycle
 from ..escape import printable
+from ..events import Event
 from . import Ignoring
 from .report import result_name
 from .text import duration
@@ -98,7 +99,7 @@ class Top(Ignoring):
             row = self.rows[key] = Row(tgid, comm, uffd)
         return row
 
-    def event(self, ev: Any) -> None:
+    def event(self, ev: Event) -> None:
         self._batch_events += 1
 
     def lifecycle(self, lc: Lifecycle) -> None:
