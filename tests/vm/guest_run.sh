@@ -5,7 +5,8 @@
 #   guest_run.sh OUTDIR UFFDTRACE
 # OUTDIR/scenarios holds one scenario a line (not the kernel command line,
 # which virtme-ng's --exec travels on and which x86 caps at 2048 bytes):
-# NAME|MODE|ARGS runs `uffdtrace --mode MODE ARGS` (ARGS split on spaces);
+# NAME|MODE|ARGS runs `uffdtrace --mode MODE ARGS` (ARGS split on spaces), or
+# with MODE "run" the command ARGS itself (the labs of scripts/postcopy_lab.py);
 # its output lands in OUTDIR/NAME.{out,err,rc} (NAME.out: its stdout).
 out=$1 uffdtrace=$2
 export UFFDTRACE_CACHE="$out/cache"
@@ -21,8 +22,14 @@ while IFS='|' read -r name mode args; do
 		cat /proc/swaps > "$out/swaps"
 	fi
 	# One scenario that hangs fails alone (rc 124), not the whole boot.
-	# shellcheck disable=SC2086 # ARGS is a word list on purpose
-	timeout 900 "$uffdtrace" --mode "$mode" $args > "$out/$name.out" 2> "$out/$name.err" < /dev/null
+	# ARGS is a word list on purpose (SC2086).
+	if [ "$mode" = run ]; then
+		# shellcheck disable=SC2086
+		timeout 1500 $args > "$out/$name.out" 2> "$out/$name.err" < /dev/null
+	else
+		# shellcheck disable=SC2086
+		timeout 900 "$uffdtrace" --mode "$mode" $args > "$out/$name.out" 2> "$out/$name.err" < /dev/null
+	fi
 	echo $? > "$out/$name.rc"
 done < "$out/scenarios"
 echo done > "$out/finished"
