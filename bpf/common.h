@@ -54,7 +54,8 @@ struct fault_entry {
 	u32 pad;
 	char comm[16];
 };
-struct read_entry { u64 ctx; u64 buf; };
+/* entered: when read() began (a wake-up that ran inside it ran during its refile) */
+struct read_entry { u64 ctx; u64 buf; u64 entered; };
 #define MAX_WOKEN 4
 /* relevant: the ioctl can matter to a lifecycle (see ioctl_wanted);
  * woken: folded faults it woke, settled when it returns (tracepoint.c). */
@@ -175,7 +176,7 @@ static __always_inline bool waiter_matters(void *ctx, u64 uctx, u64 page, u64 ow
 
 /* One READ_MSG per uffd_msg the reader got (ret bytes at user buf), unless
  * the message's fault is folded in the kernel. */
-static __always_inline void emit_messages(void *ctx, u64 uctx, u64 buf, s64 ret)
+static __always_inline void emit_messages(void *ctx, struct read_entry *re, s64 ret)
 {
 	struct uffdtrace_event e = {};
 	u64 nmsgs;
@@ -186,22 +187,23 @@ static __always_inline void emit_messages(void *ctx, u64 uctx, u64 buf, s64 ret)
 	if (nmsgs > MAX_MSGS_PER_READ)
 		count_lost(LOST_MESSAGES, nmsgs - MAX_MSGS_PER_READ);
 	init_event(&e, UT_READ_MSG);
-	e.ctx = uctx;
+	e.ctx = re->ctx;
 	e.ret = ret;
 	for (int i = 0; i < MAX_MSGS_PER_READ; i++) {
 		u64 msg[4] = {};
 
 		if (i >= nmsgs)
 			break;
-		bpf_probe_read_user(msg, sizeof(msg), (void *)(buf + i * UFFD_MSG_SIZE));
+		bpf_probe_read_user(msg, sizeof(msg), (void *)(re->buf + i * UFFD_MSG_SIZE));
 		e.mode = msg[0] & 0xff;      /* event: 0x12 = PAGEFAULT */
 		e.flags = msg[1];            /* arg.pagefault.flags */
 		e.addr = msg[2];             /* arg.pagefault.address */
 		e.peer_tid = (u32)msg[3];    /* arg.pagefault.feat.ptid */
 		e.aux = i;
-		if (e.mode == UFFD_EVENT_PAGEFAULT && fold_read(ctx, uctx, e.addr & ~0xfffULL, e.peer_tid))
+		if (e.mode == UFFD_EVENT_PAGEFAULT && fold_read(ctx, re->ctx, e.addr & ~0xfffULL, e.peer_tid))
 			continue;
 		e.ts_ns = bpf_ktime_get_ns();   /* after any FAULT_STATE fold_read sent */
+		e.len = e.ts_ns - re->entered;  /* time inside read() */
 		emit(ctx, &e);
 	}
 }

@@ -96,6 +96,7 @@ static __always_inline void read_enter(u64 file, u64 buf)
 
 	re.ctx = read_u64(file + OFF_FILE_PRIVATE_DATA);
 	re.buf = buf;
+	re.entered = bpf_ktime_get_ns();
 	if (!followed(current_tgid()) && !ctx_followed(re.ctx))
 		return;
 	reading.update(&tid, &re);
@@ -142,7 +143,7 @@ int kr_userfaultfd_read(struct pt_regs *ctx)
 		return 0;
 	copy = *re;
 	reading.delete(&tid);
-	emit_messages(ctx, copy.ctx, copy.buf, PT_REGS_RC(ctx));
+	emit_messages(ctx, &copy, PT_REGS_RC(ctx));
 	return 0;
 }
 

@@ -883,6 +883,7 @@ static __always_inline void read_enter(u64 fd, u64 buf)
 	if (!uffd_fds.lookup(&re.ctx) || !followed(current_tgid()))
 		return;
 	re.buf = buf;
+	re.entered = bpf_ktime_get_ns();
 	reading.update(&tid, &re);
 }
 
@@ -896,7 +897,7 @@ static __always_inline void read_exit(void *ctx, s64 ret)
 		return;
 	copy = *re;
 	reading.delete(&tid);
-	emit_messages(ctx, copy.ctx, copy.buf, ret);
+	emit_messages(ctx, &copy, ret);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_read)

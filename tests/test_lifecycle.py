@@ -231,6 +231,29 @@ def test_missed_wakeup(mode: str) -> None:
     assert "lost the wake-up" in out.flags[0].evidence[-1].what
 
 
+COPIER = FAULTER + 7
+
+
+@pytest.mark.parametrize(("read_entered", "inside"), [(0.3, True), (0.55, False)])
+def test_missed_wakeup_names_the_read_it_ran_inside(read_entered: float, inside: bool) -> None:
+    """The refile race (refile_seq reverted): a background copy returns while
+    the reader is inside the read() that hands the fault out; its wake-up is
+    lost, and the reader's own copy gets EEXIST. The evidence says the copy
+    ran inside that read() only when it did (the read's time inside the call
+    comes in the message's ``len``)."""
+    took = int((0.6 - read_entered) * MS)
+    seq = [fault(0), copy(0.5, tid=COPIER), ev(Kind.READ_MSG, 0.6, HANDLER, mode=0x12, peer_tid=FAULTER, ret=32,
+                                               len=took),
+           copy(0.7, ret=EEXIST)]
+    out, _ = correlate(seq, "kprobe", ticks=[50, 150, 1200], end=1200)
+    assert out.raised() == ["missed_wakeup", "eexist_without_wake", "never_woken"]
+    missed = out.flags[0].evidence[-1].what
+    assert ("inside read() handing this fault out" in missed) == inside, missed
+    if inside:
+        assert f"copy by tid {COPIER} returned while tid {HANDLER} was inside read()" in missed
+        assert "200 us after it entered, 100 us before it returned" in missed
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_unread_and_never_woken(mode: str) -> None:
     seq = [fault(0)] + ([block(0.01)] if mode == "tracepoint" else [])

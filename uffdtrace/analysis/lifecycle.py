@@ -521,6 +521,8 @@ class Correlator:
         if lc.t_read is None:
             lc.t_read = ev.ts_ns
         lc.reader_tid = ev.tid
+        if ev.len:  # time spent inside read() (records from before it was recorded say 0)
+            lc.read_call = (ev.tid, ev.ts_ns - ev.len, ev.ts_ns)
         if lc.waiting:
             lc.asleep = True  # its message was queued: it is waiting in handle_userfault
         lc.note("message read", ev.ts_ns, ev.tid)

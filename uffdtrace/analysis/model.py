@@ -81,6 +81,7 @@ class Lifecycle:
     resolve: Attempt | None = None
     attempts: list[Attempt] = field(default_factory=list)
     reader_tid: int | None = None
+    read_call: tuple[int, int, int] | None = None  # (tid, entered, returned): the read() that handed it out
     resolver_tid: int | None = None
     waker_tid: int | None = None
     waiting: bool = True  # in handle_userfault, not woken or returned this round

@@ -92,7 +92,7 @@ def timed_flags(lc: Lifecycle, now: int, th: Thresholds) -> list[tuple[str, Evid
     if late:
         out.append(("missed_wakeup", Evidence(
             f"resolved by {late[0].op} (without DONTWAKE) and not woken within {th.wake_ms:g} ms: "
-            "the kernel lost the wake-up")))
+            f"the kernel lost the wake-up{during_read(lc, late[0])}")))
     # A DONTWAKE fill followed by a handler's EEXIST: the handler owned the wake-up.
     late = [a for a in ok_dontwake if now - a.ts_ns > th.wake_ns and not any(e.ts_ns > a.ts_ns for e in eexist)]
     if late:
@@ -108,6 +108,20 @@ def timed_flags(lc: Lifecycle, now: int, th: Thresholds) -> list[tuple[str, Evid
             out.append(("unread", Evidence(f"queued for {blocked / MS:.0f} ms and no handler read the message")))
         out.append(("never_woken", Evidence(f"still blocked in handle_userfault after {blocked / MS:.0f} ms")))
     return out
+
+
+def during_read(lc: Lifecycle, a: Attempt) -> str:
+    """Where the lost wake-up ran, when a read() was handing this fault out
+    at that moment: the refile from the pending to the waiting queue (the
+    race refile_seq closed in v4.3) is inside that call."""
+    if lc.read_call is None:
+        return ""
+    tid, entered, returned = lc.read_call
+    if not entered <= a.ts_ns <= returned:
+        return ""
+    return (f"; {a.op} by tid {a.tid} returned while tid {tid} was inside read() handing this fault out "
+            f"({(a.ts_ns - entered) / 1000:.0f} us after it entered, {(returned - a.ts_ns) / 1000:.0f} us "
+            "before it returned): its wake-up ran during the refile")
 
 
 def retry_cause(lc: Lifecycle) -> str:
