@@ -7,7 +7,8 @@
 #                             (the HTML report is rendered by a real browser), prometheus
 #                             (serve is scraped by a real server; promtool checks), tmux and
 #                             bpftool (top is driven through tmux; no probe may stay behind),
-#                             criu (the lazy-restore lab, run in the VM tier)
+#                             criu (the lazy-restore lab, run in the VM tier), and the
+#                             kernel build tools scripts/seed_kernels.sh needs (opt-in builds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -25,7 +26,8 @@ pkgs=(python3-bpfcc libbpfcc python3-venv python3-pip gcc libc6-dev dwarves)
 if ((WITH_TEST)); then
 	pkgs+=(qemu-system-x86 busybox-static util-linux
 		linux-image-amd64 linux-headers-amd64 linux-image-6.12-amd64 linux-headers-6.12-amd64
-		linux-source-6.12 chromium prometheus tmux bpftool criu)
+		linux-source-6.12 chromium prometheus tmux bpftool criu
+		flex bison bc libelf-dev cpio)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

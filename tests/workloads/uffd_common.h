@@ -114,7 +114,7 @@ struct toucher {
 	volatile unsigned long sum;
 };
 
-static void *toucher_main(void *arg)
+static __attribute__((unused)) void *toucher_main(void *arg)
 {
 	struct toucher *t = arg;
 

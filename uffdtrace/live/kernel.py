@@ -27,8 +27,16 @@ class Features:
 
     @property
     def headers_match(self) -> bool:
-        """Whether the headers bcc will use were built for this very kernel."""
-        return self.headers_target is not None and self.release in self.headers_target
+        """Whether the headers bcc will use were built for this very kernel:
+        the release their build wrote down (a kernel built in its own tree,
+        or Debian's headers package), else the tree's name."""
+        if self.headers_target is None:
+            return False
+        try:
+            built_for = (Path(self.headers_target) / "include" / "config" / "kernel.release").read_text()
+        except OSError:
+            return self.release in self.headers_target
+        return built_for.strip() == self.release
 
 
 def tracefs() -> Path | None:

@@ -1,0 +1,104 @@
+"""Seed-bug tier: the kernels of scripts/seed_kernels.sh (Debian's
+linux-source-6.12, an upstream userfaultfd fix reverted, or race windows
+widened) booted under virtme-ng by scripts/seed_bugs.py, with the racy
+workloads traced in kprobe and tracepoint mode. It runs when the kernels are
+in the cache and says why it did not otherwise: building them is opt-in
+(`scripts/test.sh --seed-kernels`, about 20 minutes the first time)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..conftest import BUILD, ROOT
+from ..scenarios import Scenario, check_aio_poll
+
+SEED_BUGS = ROOT / "scripts" / "seed_bugs.py"
+PYTHON = ROOT / ".venv" / "bin" / "python"
+RACE_FLAGS = {"missed_wakeup", "never_woken", "eexist_without_wake"}
+
+
+@pytest.fixture(scope="module")
+def seeded() -> tuple[Path, list[dict[str, Any]]]:
+    cached = subprocess.run([str(ROOT / "scripts" / "seed_kernels.sh"), "--cached"], capture_output=True,
+                            text=True, check=False)
+    if cached.returncode != 0:
+        pytest.skip(f"{cached.stderr.strip()}: `scripts/test.sh --seed-kernels` builds and runs them")
+    out = BUILD / "seedbugs"
+    results = out / "results.json"
+    done = subprocess.run([str(PYTHON), str(SEED_BUGS), "--cached", "--out", str(out), "--json", str(results)],
+                          capture_output=True, text=True, check=False, timeout=3600)
+    assert done.returncode == 0, done.stderr
+    return out, json.loads(results.read_text())
+
+
+def runs(seeded: tuple[Path, list[dict[str, Any]]], variant: str, scenario: str) -> list[dict[str, Any]]:
+    found = [r for r in seeded[1] if r["variant"] == variant and r["scenario"] == scenario]
+    assert found, (variant, scenario)
+    return found
+
+
+def scenario(seeded: tuple[Path, list[dict[str, Any]]], r: dict[str, Any]) -> Scenario:
+    d = seeded[0] / f"{r['variant']}-{r['run']}"
+    name = r["scenario"]
+    return Scenario.parse(f"{(d / f'{name}.out').read_text()}\n{(d / f'{name}.trace').read_text()}",
+                          int((d / f"{name}.rc").read_text()), (d / f"{name}.err").read_text())
+
+
+@pytest.mark.parametrize("name", ["postcopy_kprobe", "postcopy_tracepoint", "move_idle", "aio"])
+def test_stock_flags_nothing(seeded: tuple[Path, list[dict[str, Any]]], name: str) -> None:
+    """The kernel as shipped, the same loads: a flag here would be a false accusation."""
+    for r in runs(seeded, "stock", name):
+        assert r["flags"] == {}, r["first_flag"]
+        assert r["summary"]["lost"] == 0
+        assert r["workload"] is not None, "the workload hung on the stock kernel"
+        assert r["rc"] == 0
+
+
+@pytest.mark.parametrize("variant", ["refile", "mustwait"])
+@pytest.mark.parametrize("mode", ["kprobe", "tracepoint"])
+def test_lost_wakeup_flagged_while_the_thread_hangs(seeded: tuple[Path, list[dict[str, Any]]], variant: str,
+                                                    mode: str) -> None:
+    """The fix reverted: a thread hangs; uffdtrace says missed_wakeup (the
+    resolution that covered its page woke no one), then never_woken while it
+    still sleeps, and no other kind of flag."""
+    for r in runs(seeded, variant, f"postcopy_{mode}"):
+        assert r["mode"] == mode
+        assert r["workload"] is None, "the race did not hang the workload in its time"
+        assert set(r["flags"]) <= RACE_FLAGS, r["flags"]
+        assert {"missed_wakeup", "never_woken"} <= set(r["flags"]), r["flags"]
+        assert r["first_flag"]["flag"] in ("missed_wakeup", "eexist_without_wake"), r["first_flag"]
+        assert r["summary"]["lost"] == 0
+
+
+def test_refile_evidence_names_the_read(seeded: tuple[Path, list[dict[str, Any]]]) -> None:
+    """Kprobe mode sees read()'s entry: the lost wake-up ran inside the read
+    that refiled the fault."""
+    for r in runs(seeded, "refile", "postcopy_kprobe"):
+        s = scenario(seeded, r)
+        missed = [f for f in s.flags if f["flag"] == "missed_wakeup"]
+        assert any("inside read() handing this fault out" in e["what"] for f in missed for e in f["evidence"]), \
+            missed
+
+
+def test_windows_anon_vma_retry_with_its_move(seeded: tuple[Path, list[dict[str, Any]]]) -> None:
+    """UFFDIO_MOVE changed the folio's anon_vma under page_idle's rmap walk:
+    anon_vma_retry, naming a move by the workload's mover thread."""
+    for r in runs(seeded, "windows", "move_idle"):
+        assert set(r["flags"]) == {"anon_vma_retry"}, r["flags"]
+        s = scenario(seeded, r)
+        mover = s.workload["mover_tid"]
+        for f in s.flags:
+            assert "retries" in f["evidence"][0]["what"]
+        assert any(e["what"] == "concurrent UFFDIO_MOVE returned" and e["tid"] == mover
+                   for f in s.flags for e in f["evidence"])
+
+
+def test_windows_aio_poll_slow_wake_not_stuck(seeded: tuple[Path, list[dict[str, Any]]]) -> None:
+    for r in runs(seeded, "windows", "aio"):
+        assert r["flags"] == {}, r["first_flag"]
+        check_aio_poll(scenario(seeded, r))
