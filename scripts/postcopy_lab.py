@@ -313,8 +313,8 @@ def wait_recording(proc: subprocess.Popen[bytes], cap: Path, work: Path, name: s
              work / f"{name}.record.log")
 
 
-def stop_recording(proc: subprocess.Popen[bytes], work: Path, name: str) -> dict[str, Any]:
-    """Ctrl-C, as a user would; its summary is the last JSON line it printed."""
+def stop_recording(proc: subprocess.Popen[bytes], work: Path, name: str) -> None:
+    """Ctrl-C, as a user would (the capture is what is read next)."""
     proc.send_signal(signal.SIGINT)
     try:
         proc.wait(60)
@@ -322,8 +322,7 @@ def stop_recording(proc: subprocess.Popen[bytes], work: Path, name: str) -> dict
         raise LabError("uffdtrace record did not stop within 60 s of SIGINT") from exc
     log = (work / f"{name}.record.log").read_text(errors="replace")
     if proc.returncode != 0:
-        raise LabError(f"uffdtrace record failed ({proc.returncode}): {log.strip().splitlines()[-1:]}")
-    return {}
+        raise LabError(f"uffdtrace record failed ({proc.returncode}): {one_line(log)}")
 
 
 def replay(cap: Path) -> list[dict[str, Any]]:
@@ -383,7 +382,10 @@ def migrate(src: Qmp, dst: Qmp, args: argparse.Namespace, dst_threads: dict[int,
             dst_pid: int) -> dict[str, Any]:
     """Post-copy from the start; the destination's thread names are gathered
     while it migrates (its fault thread ends with the migration)."""
-    for qmp, caps in ((src, ["postcopy-ram"]), (dst, ["postcopy-ram", "postcopy-blocktime"])):
+    # postcopy-preempt (QEMU 7.1+): requested pages go over a channel of their own,
+    # not queued behind the background stream.
+    both = ["postcopy-ram", *(["postcopy-preempt"] if args.preempt else [])]
+    for qmp, caps in ((src, both), (dst, [*both, "postcopy-blocktime"])):
         qmp.cmd("migrate-set-capabilities",
                 capabilities=[{"capability": c, "state": True} for c in caps])
     if args.bandwidth_mib:
@@ -447,7 +449,7 @@ def run_migration(args: argparse.Namespace, work: Path, delay_ms: float) -> dict
     view = tracer_view(replay(cap), dst_pid)
     readers = {threads.get(tid, str(tid)): n for tid, n in view.pop("readers").items()}
     ram = info.get("ram", {})
-    return {"delay_ms": delay_ms, "migration_s": round(took, 2), "capture": cap.name,
+    return {"delay_ms": delay_ms, "preempt": args.preempt, "migration_s": round(took, 2), "capture": cap.name,
             "qemu": {"postcopy_requests": ram.get("postcopy-requests"), "pages": ram.get("normal"),
                      "transferred_bytes": ram.get("transferred"), "total_time_ms": info.get("total-time"),
                      "postcopy_blocktime_ms": dst_info.get("postcopy-blocktime")},
@@ -588,6 +590,7 @@ def main() -> int:
     q.add_argument("--rate", type=float, default=None, metavar="MBIT")
     q.add_argument("--bandwidth-mib", type=int, default=0, metavar="MIB",
                    help="QEMU's migration bandwidth limit, MiB/s (default: QEMU's own)")
+    q.add_argument("--preempt", action="store_true", help="QEMU's postcopy-preempt (a channel for requested pages)")
     q.add_argument("--guest-mib", type=int, default=256)
     q.add_argument("--dirty-mib", type=int, default=128, help="what the guest's init rewrites each round")
     q.add_argument("--kernel", help="the guest kernel (default: the newest /boot/vmlinuz-*)")
