@@ -4,7 +4,7 @@ scripts/seed_kernels.sh under virtme-ng (TCG, as the VM tier does) and run a
 racy-but-correct workload under `uffdtrace trace -j --fail-on-flags`, in
 kprobe mode and in tracepoint mode, inside the same guest.
 
-The workload is tests/workloads/postcopy_shape: faulting threads touch pages
+The races' workload is tests/workloads/postcopy_shape: faulting threads touch pages
 just ahead of a background thread that copies the area in order, and a fault
 thread reads each message and copies the page too, treating EEXIST as "the
 background copy placed it and woke the waiter", without UFFDIO_WAKE, as QEMU
@@ -13,11 +13,17 @@ handler calls UFFDIO_WAKE after every EEXIST, which wakes the thread whose
 wake-up the kernel lost.) Each run is bounded: the workload is killed after
 --seconds, a hung thread with it.
 
+The windows' workloads: tests/workloads/move_idle (UFFDIO_MOVE back and
+forth while another thread marks the same folios idle through page_idle,
+whose rmap walk takes no folio lock) and tests/workloads/aio_poll (an
+IOCB_CMD_POLL on the uffd); both run on every variant, in kprobe mode.
+
 Expected: `stock` flags nothing; `refile` and `mustwait` hang a thread, and
 uffdtrace says so while it hangs: missed_wakeup (a resolution covered the
 page, without DONTWAKE, while the thread waited, and no wake-up reached it),
 then never_woken; for `refile`, the evidence names the read() during which
-the copy's wake-up ran.
+the copy's wake-up ran; `windows`: anon_vma_retry naming the UFFDIO_MOVE,
+and the slow aio poll wake-ups completed, not flagged.
 
 Prints a table per variant and mode: runs, faults, lifecycles, flags by
 name, seconds to the first flag, and the first flag's evidence as printed.
@@ -47,7 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv" / "bin"
 GUEST_RUN = ROOT / "tests" / "vm" / "guest_run.sh"
 WORKLOADS = ("postcopy_shape", "move_idle", "aio_poll")
-VARIANTS = ("stock", "refile", "mustwait")
+VARIANTS = ("stock", "refile", "mustwait", "windows")
 MODES = ("kprobe", "tracepoint")
 # pages, rounds, faulting threads: a few seconds a run on stock under TCG.
 SHAPE = (256, 40, 2)

@@ -427,6 +427,17 @@ def test_anon_vma_retry_with_concurrent_move() -> None:
     assert not out.flags
 
 
+def test_anon_vma_retry_names_a_move_that_returned_after_it() -> None:
+    """A UFFDIO_MOVE of many pages changes the folio's anon_vma early and
+    returns later: the retry is judged once the move window has passed, so
+    that move is in its evidence, and the flag keeps the retry's own time."""
+    late_move = ev(Kind.RESOLVE, 4, HANDLER, op=Op.MOVE, len=64 * 4096, aux=64 * 4096)
+    out, _ = correlate([anon_lock(1, retries=1), late_move], "kprobe", ticks=[2, 5, 20])
+    assert out.raised() == ["anon_vma_retry"]
+    assert out.flags[0].ts_ns == T0 + 1 * MS
+    assert [(e.what, e.tid) for e in out.flags[0].evidence[1:]] == [("concurrent UFFDIO_MOVE returned", HANDLER)]
+
+
 def test_fault_blocked_before_tracing_began() -> None:
     out = Out()
     corr = Correlator(out, Thresholds(), sees_returns=True)

@@ -30,6 +30,17 @@ static void *idle_main(void *arg)
 	return NULL;
 }
 
+static void register_area(int uffd, char *at, size_t len)
+{
+	struct uffdio_register reg = { .range = { (unsigned long)at, len }, .mode = UFFDIO_REGISTER_MODE_MISSING };
+
+	if (mmap(at, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED)
+		die("mmap");
+	madvise(at, len, MADV_NOHUGEPAGE);
+	if (ioctl(uffd, UFFDIO_REGISTER, &reg))
+		die("UFFDIO_REGISTER");
+}
+
 /* Move the whole range, again where a move gave up part way (EAGAIN, EBUSY). */
 static long move_all(int uffd, char *dst, char *src, size_t len)
 {
@@ -71,8 +82,14 @@ int main(int argc, char **argv)
 	}
 	if (pagemap < 0)
 		die("open pagemap");
-	a = uffd_area(uffd, len);
-	b = uffd_area(uffd, len);
+	/* Two areas with a PROT_NONE page between them: side by side they would
+	 * merge into one VMA with one anon_vma, and a move would change nothing. */
+	a = mmap(NULL, 2 * len + page_size(), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (a == MAP_FAILED)
+		die("mmap");
+	b = a + len + page_size();
+	register_area(uffd, a, len);
+	register_area(uffd, b, len);
 	src = malloc(len);
 	memset(src, 0x5a, len);
 	/* Pages of its own for every address of a (a zero page could not move). */

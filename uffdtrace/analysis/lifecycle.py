@@ -36,6 +36,7 @@ from .model import REASONS, AioPoll, Attempt, BlockedThread, Evidence, Flag, Lif
 from .rules import (
     EEXIST,
     FROM_ABSENCE,
+    MOVE_WINDOW_NS,
     RESOLVES,
     WHILE_BLOCKED,
     Thresholds,
@@ -257,6 +258,7 @@ class Correlator:
         self.settling = Settling()
         self.aio: dict[int, AioPoll] = {}
         self.recent_moves: collections.deque[tuple[int, int]] = collections.deque(maxlen=64)
+        self._rmap_walks: collections.deque[Event] = collections.deque()  # anon_vma locks not judged yet
         self.counters = Counters()
         # Fed, not yet handled: sorted by time in advance() (a stable sort of
         # nearly sorted data, cheaper than a heap operation per event).
@@ -321,6 +323,7 @@ class Correlator:
                 blocked = lc.waiting and (lc.asleep or where == "uffd")
                 self._close_lifecycle(lc, "blocked" if blocked else self._finished_state(lc), last)
         self._age_orphan_reads(None)
+        self._judge_rmap_walks(None)
         for lc in self.settling.due(None, 0, 0):
             self._emit(lc)
 
@@ -800,10 +803,18 @@ class Correlator:
         self.aio.pop(ev.addr, None)
 
     def _anon_vma_lock(self, ev: Event) -> None:
-        evidence = anon_vma_retry(ev, self.recent_moves)
-        if evidence:
-            self._report(Flag("anon_vma_retry", ev.ts_ns, ev.tgid, ev.tid, ev.comm, 0, None, None, "returned",
-                              evidence))
+        # Judged once MOVE_WINDOW_NS has passed: the UFFDIO_MOVE that changed
+        # the anon_vma under the walk often returns after it.
+        self._rmap_walks.append(ev)
+
+    def _judge_rmap_walks(self, now: int | None) -> None:
+        """The walks whose window has passed (all of them when ``now`` is None)."""
+        while self._rmap_walks and (now is None or self._rmap_walks[0].ts_ns + MOVE_WINDOW_NS <= now):
+            ev = self._rmap_walks.popleft()
+            evidence = anon_vma_retry(ev, self.recent_moves)
+            if evidence:
+                self._report(Flag("anon_vma_retry", ev.ts_ns, ev.tgid, ev.tid, ev.comm, 0, None, None, "returned",
+                                  evidence))
 
     # -- watchdog ------------------------------------------------------------------
     def _where(self, lc: Lifecycle) -> TaskState | None:
@@ -811,6 +822,7 @@ class Correlator:
 
     def _tick(self, now: int) -> None:
         self._adopt_folded(now)
+        self._judge_rmap_walks(now)
         if self._orphan_reads:
             self._age_orphan_reads(now)
         for lc in self.open.values():
