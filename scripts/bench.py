@@ -25,12 +25,15 @@
    per second with zero loss (and where loss starts), bytes per record in
    the file; then the time `report` and `trace --from` take per million
    records of the largest capture.
+6. `migration`: a QEMU post-copy migration of scripts/postcopy_lab.py (256
+   MiB guest, 16 MiB/s stream), untraced and recorded, in alternation:
+   QEMU's own migration time and vCPU blocktime (query-migrate), as ratios.
 
 Wall time swings by tens of percent between runs on these machines, hence
 the alternation, the medians and the CPU-cost ratio beside the wall ratio.
 
 Usage (root; bpftrace from Debian's package for the peer column):
-  .venv/bin/python scripts/bench.py [--mode M] [--runs R] [--only stress|micro|busy|rate|capture]
+  .venv/bin/python scripts/bench.py [--mode M] [--runs R] [--only stress|micro|busy|rate|capture|migration]
                                     [--stress TYPE:MIB:BOUNCES]
                                     [--bpf-time]
 Kprobe mode in the Debian 6.12 VM (ratios only: the guest is emulated), from the checkout:
@@ -58,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+MIGRATION_LAB = ("--bandwidth-mib", "16")
 UFFDTRACE = ROOT / ".venv" / "bin" / "uffdtrace"
 UFFD_STRESS = ROOT / ".build" / "uffd-stress"
 SOURCES = sorted((ROOT / "tests" / "workloads").glob("*.c"))
@@ -345,12 +349,36 @@ def bench_capture(mode: str, scratch: Path) -> None:
         print(f"{what:<13} of {n:,} records: {took:.2f} s ({took * 1e6 / max(1, n):.2f} s per million records)")
 
 
+def lab_migration(untraced: bool, scratch: Path) -> dict[str, Any]:
+    out = scratch / "lab.json"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "postcopy_lab.py"), "qemu", *MIGRATION_LAB,
+                    *(["--untraced"] if untraced else []), "--json", str(out)],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    [result] = json.loads(out.read_text())
+    return dict(result["qemu"])
+
+
+def bench_migration(runs: int, scratch: Path) -> None:
+    """QEMU's own figures for a post-copy migration (scripts/postcopy_lab.py),
+    untraced and with `record -p` on the destination, in alternation."""
+    got: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
+    for _ in range(runs):
+        for untraced in (True, False):
+            got[untraced].append(lab_migration(untraced, scratch))
+    for key, what in (("total_time_ms", "migration time"), ("postcopy_blocktime_ms", "vCPU blocktime")):
+        plain, traced = (statistics.median(r[key] for r in got[u]) for u in (True, False))
+        print(f"post-copy {what:<15} untraced {plain:8.0f} ms  traced {traced:8.0f} ms  "
+              f"ratio (untraced/traced) {plain / traced:.2f}  (median of {runs}; QEMU's query-migrate)")
+    requests = [r["postcopy_requests"] for r in got[False]]
+    print(f"post-copy requests per traced run: {requests}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mode", default="auto")
     ap.add_argument("--pages", type=int, default=20000)
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--only", choices=["stress", "micro", "busy", "rate", "capture"])
+    ap.add_argument("--only", choices=["stress", "micro", "busy", "rate", "capture", "migration"])
     ap.add_argument("--stress", action="append", metavar="TYPE:MIB:BOUNCES",
                     help=f"uffd-stress configuration (repeatable; default {' '.join(STRESS_CONFIGS)})")
     ap.add_argument("--bpf-time", action="store_true",
@@ -371,6 +399,8 @@ def main() -> int:
             bench_rate(args.mode, Path(tmp))
         if args.only in (None, "capture"):
             bench_capture(args.mode, Path(tmp))
+        if args.only in (None, "migration"):
+            bench_migration(args.runs, Path(tmp))
     return 0
 
 

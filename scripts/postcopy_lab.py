@@ -433,9 +433,10 @@ def run_migration(args: argparse.Namespace, work: Path, delay_ms: float) -> dict
                  lambda: console.exists() and b"uffdlab: round 1" in console.read_bytes(),
                  args.boot_timeout, procs["src"], logs["src"])
         dst_pid = procs["dst"].pid
-        tracer = stack.enter_context(record(["-p", str(dst_pid)], cap, work, name))
-        wait_recording(tracer, cap, work, name)
-        say(f"{name}: tracing the destination QEMU (pid {dst_pid})")
+        tracer = None if args.untraced else stack.enter_context(record(["-p", str(dst_pid)], cap, work, name))
+        if tracer is not None:
+            wait_recording(tracer, cap, work, name)
+            say(f"{name}: tracing the destination QEMU (pid {dst_pid})")
         started = time.monotonic()
         threads: dict[int, str] = {}
         info = migrate(qmps["src"], qmps["dst"], args, threads, dst_pid)
@@ -445,16 +446,20 @@ def run_migration(args: argparse.Namespace, work: Path, delay_ms: float) -> dict
         # The guest runs on at the destination: it must still be dirtying memory.
         if qmps["dst"].cmd("query-status").get("status") != "running":
             raise LabError("the destination guest is not running after the migration")
-        stop_recording(tracer, work, name)
-    view = tracer_view(replay(cap), dst_pid)
-    readers = {threads.get(tid, str(tid)): n for tid, n in view.pop("readers").items()}
+        if tracer is not None:
+            stop_recording(tracer, work, name)
     ram = info.get("ram", {})
-    return {"delay_ms": delay_ms, "preempt": args.preempt, "migration_s": round(took, 2), "capture": cap.name,
-            "qemu": {"postcopy_requests": ram.get("postcopy-requests"), "pages": ram.get("normal"),
-                     "transferred_bytes": ram.get("transferred"), "total_time_ms": info.get("total-time"),
-                     "postcopy_blocktime_ms": dst_info.get("postcopy-blocktime")},
-            "uffdtrace": {**view, "readers": readers,
-                          "fault_thread_reads": readers.get(FAULT_THREAD, 0)}}
+    result = {"delay_ms": delay_ms, "preempt": args.preempt, "migration_s": round(took, 2),
+              "qemu": {"postcopy_requests": ram.get("postcopy-requests"), "pages": ram.get("normal"),
+                       "transferred_bytes": ram.get("transferred"), "total_time_ms": info.get("total-time"),
+                       "postcopy_blocktime_ms": dst_info.get("postcopy-blocktime")},
+              "uffdtrace": None}
+    if tracer is not None:
+        view = tracer_view(replay(cap), dst_pid)
+        readers = {threads.get(tid, str(tid)): n for tid, n in view.pop("readers").items()}
+        result |= {"capture": cap.name,
+                   "uffdtrace": {**view, "readers": readers, "fault_thread_reads": readers.get(FAULT_THREAD, 0)}}
+    return result
 
 
 def qemu_lab(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
@@ -479,16 +484,20 @@ def ms(x: float | None) -> str:
 
 
 def print_qemu_table(results: list[dict[str, Any]]) -> None:
-    print(f"{'delay':>6} {'migr s':>7} {'qemu requests':>13} {'fault-thread reads':>18} {'placed by read':>14} "
-          f"{'faults':>7} {'lost':>5} {'flags':>5}  resolutions")
+    print(f"{'delay':>6} {'migr s':>7} {'qemu ms':>8} {'blocktime ms':>12} {'qemu requests':>13} "
+          f"{'fault-thread reads':>18} {'placed by read':>14} {'faults':>7} {'lost':>5} {'flags':>5}  resolutions")
     for r in results:
         t, q = r["uffdtrace"], r["qemu"]
-        print(f"{r['delay_ms']:>4g}ms {r['migration_s']:>7} {q['postcopy_requests']!s:>13} "
-              f"{t['fault_thread_reads']:>18} {t['placed_by_read']:>14} {t['faults']:>7} {t['lost']:>5} "
-              f"{len(t['flags']):>5}  {t['resolutions']}")
+        traced = (f"{t['fault_thread_reads']:>18} {t['placed_by_read']:>14} {t['faults']:>7} {t['lost']:>5} "
+                  f"{len(t['flags']):>5}  {t['resolutions']}") if t else f"{'(untraced)':>18}"
+        print(f"{r['delay_ms']:>4g}ms {r['migration_s']:>7} {q['total_time_ms']!s:>8} "
+              f"{q['postcopy_blocktime_ms']!s:>12} {q['postcopy_requests']!s:>13} {traced}")
+    traced_runs = [r for r in results if r["uffdtrace"]]
+    if not traced_runs:
+        return
     print()
     print(f"{'delay':>6} " + " ".join(f"{p + ' p50/p99 ms':>22}" for p in PHASES))
-    for r in results:
+    for r in traced_runs:
         lat = r["uffdtrace"]["latency_ms"]
         print(f"{r['delay_ms']:>4g}ms " + " ".join(
             f"{ms(lat[p]['p50']) + ' / ' + ms(lat[p]['p99']):>22}" for p in PHASES))
@@ -590,6 +599,7 @@ def main() -> int:
     q.add_argument("--rate", type=float, default=None, metavar="MBIT")
     q.add_argument("--bandwidth-mib", type=int, default=0, metavar="MIB",
                    help="QEMU's migration bandwidth limit, MiB/s (default: QEMU's own)")
+    q.add_argument("--untraced", action="store_true", help="migrate without uffdtrace (the baseline of a benchmark)")
     q.add_argument("--preempt", action="store_true", help="QEMU's postcopy-preempt (a channel for requested pages)")
     q.add_argument("--guest-mib", type=int, default=256)
     q.add_argument("--dirty-mib", type=int, default=128, help="what the guest's init rewrites each round")
