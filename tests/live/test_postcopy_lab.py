@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ..conftest import require
-from ..labs import check_postcopy_lab, lab_command, leftovers
+from ..labs import check_criu_lab, check_postcopy_lab, lab_command, leftovers
 
 TIMEOUT_S = 600
 # A slow background stream (QEMU's max-bandwidth) leaves more pages for the guest to ask for.
@@ -119,3 +119,25 @@ def test_netem_missing_or_delay_applied(tmp_path: Path) -> None:
     if has_netem:
         pytest.skip("this kernel has netem: the delayed links run in the VM tier's lab")
     one_line_error(run_lab("qemu", "--delay", "5"), "this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM)")
+
+
+def test_no_criu(tmp_path: Path) -> None:
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    done = subprocess.run(lab_command("criu"), capture_output=True, text=True, check=False,
+                          env={**os.environ, "PATH": str(bare)})
+    one_line_error(done, "criu not found (Debian package criu)")
+
+
+def test_criu_here_runs_whole_or_says_why_in_one_line(tmp_path: Path) -> None:
+    """CRIU 3.17 cannot run on this host's kernel (it fails detecting the
+    kernel's features: its vDSO check); the lab says so in one line with
+    CRIU's own words. Where it can run, the lazy restore must be seen whole
+    (the VM tier always runs it)."""
+    out = tmp_path / "criu.json"
+    done = run_lab("criu", "--json", str(out))
+    if done.returncode == 0:
+        check_criu_lab(json.loads(out.read_text()))
+        assert leftovers() == []
+    else:
+        one_line_error(done, "criu cannot restore lazily on this kernel: Error (")
