@@ -119,8 +119,10 @@ for v in "${variants[@]}"; do
 		rm -rf "$out.tmp" && mkdir -p "$out.tmp"
 		start=$SECONDS
 		if ! make -C "$tree" -j"$jobs" bzImage > "$out.tmp/build.log" 2>&1; then
-			tail -n 20 "$out.tmp/build.log" >&2
-			die "building $v failed (the last lines of its log are above)"
+			failed=$CACHE/$v-failed-build.log  # kept: the .tmp directory goes
+			cp "$out.tmp/build.log" "$failed"
+			first=$(grep -m 1 -E '(error|Error)[: ]' "$failed" || tail -n 1 "$failed")
+			die "building $v failed: $first (whole log: $failed)"
 		fi
 		cp "$tree/arch/x86/boot/bzImage" "$out.tmp/bzImage"
 		cp "$patch_file" "$out.tmp/variant.patch"
