@@ -99,12 +99,17 @@ def test_migration_timeout(tmp_path: Path) -> None:
     one_line_error(run_lab("qemu", "--bandwidth-mib", "1", "--timeout", "3"), "migration timed out after 3 s")
 
 
-def test_no_qemu(tmp_path: Path) -> None:
+def run_lab_without_path(tmp_path: Path, lab: str) -> subprocess.CompletedProcess[str]:
+    """The lab with an empty PATH: none of the programs it drives can be found."""
     bare = tmp_path / "bin"
     bare.mkdir()
-    done = subprocess.run(lab_command("qemu"), capture_output=True, text=True, check=False,
+    return subprocess.run(lab_command(lab), capture_output=True, text=True, check=False,
                           env={**os.environ, "PATH": str(bare)})
-    one_line_error(done, "qemu-system-x86_64 not found (Debian package qemu-system-x86)")
+
+
+def test_no_qemu(tmp_path: Path) -> None:
+    one_line_error(run_lab_without_path(tmp_path, "qemu"),
+                   "qemu-system-x86_64 not found (Debian package qemu-system-x86)")
 
 
 def test_not_root() -> None:
@@ -134,11 +139,7 @@ def test_netem_missing_or_delay_applied(tmp_path: Path) -> None:
 
 
 def test_no_criu(tmp_path: Path) -> None:
-    bare = tmp_path / "bin"
-    bare.mkdir()
-    done = subprocess.run(lab_command("criu"), capture_output=True, text=True, check=False,
-                          env={**os.environ, "PATH": str(bare)})
-    one_line_error(done, "criu not found (Debian package criu)")
+    one_line_error(run_lab_without_path(tmp_path, "criu"), "criu not found (Debian package criu)")
 
 
 def test_criu_here_runs_whole_or_says_why_in_one_line(tmp_path: Path) -> None:
