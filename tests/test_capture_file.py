@@ -19,16 +19,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from uffdtrace import session
-from uffdtrace.analysis.model import BlockedThread
 from uffdtrace.analysis.rules import Thresholds
 from uffdtrace.capture.format import PREAMBLE, Cap
 from uffdtrace.capture.reader import CaptureError, Reader, check_whole, replay
 from uffdtrace.capture.writer import Recording
 from uffdtrace.errors import UffdtraceError
 from uffdtrace.events import RECORD_SIZE, Event, Kind
-from uffdtrace.live.procscan import TaskState
-from uffdtrace.session import RunInfo, Totals
 from uffdtrace.sinks import printer
+from uffdtrace.source import BlockedThread, RunInfo, Source, TaskState, Totals
 
 from .test_lifecycle import FAULTER, PAGE, T0, clean, dontwake_stall
 from .trace_events import check_trace_events
@@ -114,7 +112,7 @@ def scripted_batches() -> list[list[Event]]:
     return [[e for e in events if T0 + i * 500 * MS <= e.ts_ns < T0 + (i + 1) * 500 * MS] for i in range(10)]
 
 
-def run(src: session.Source, th: Thresholds) -> str:
+def run(src: Source, th: Thresholds) -> str:
     out = io.StringIO()
     session.run(src, printer(True, out), th, raw_events=True)
     return out.getvalue()

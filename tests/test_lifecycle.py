@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from uffdtrace.analysis.lifecycle import REFAULT_NOTE, Correlator
-from uffdtrace.analysis.model import BlockedThread, Flag, Lifecycle
+from uffdtrace.analysis.model import Flag, Lifecycle
 from uffdtrace.analysis.rules import Thresholds, counts_as_failure
 from uffdtrace.events import FOLD_CLOSER, FOLD_REFAULT, Event, Kind, Op
-from uffdtrace.live.procscan import TaskState
+from uffdtrace.source import BlockedThread, TaskState
 
 MS = 1_000_000
 T0 = 1_000 * MS

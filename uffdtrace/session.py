@@ -7,96 +7,14 @@ thread is now, what the kernel still folds, the clock) it asks the Source."""
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from . import __version__
 from .analysis.lifecycle import Correlator
-from .analysis.model import BlockedThread
 from .analysis.rules import Thresholds
-from .events import Event, Kind
-from .live.procscan import TaskState
+from .events import Kind
 from .sinks import Sink
-
-
-@dataclass
-class RunInfo:
-    """What a source knows about its run, for headers (and capture headers)."""
-
-    mode: str = "kprobe"
-    transport: str = ""
-    kernel: str = ""  # release of the traced kernel
-    host: str = ""
-    probes: list[dict[str, Any]] = field(default_factory=list)  # probes.ProbeStatus.to_json()
-    command: list[str] = field(default_factory=list)
-    command_pid: int | None = None
-    pids: list[int] = field(default_factory=list)
-    existing: list[int] = field(default_factory=list)  # tracepoint mode: uffd users found in /proc
-    degraded: list[str] = field(default_factory=list)  # what this session cannot see
-    sees_returns: bool = True  # kprobe mode sees handle_userfault return (analysis/lifecycle.py)
-    started_ns: int = 0  # CLOCK_MONOTONIC when the probes were live (before any command started)
-    wall_offset_ns: int = 0  # CLOCK_REALTIME - CLOCK_MONOTONIC at start
-    output: list[str] = field(default_factory=list)  # "events", "flagged": what the kernel sent, what was printed
-
-
-@dataclass
-class Totals:
-    """What a source counted, as it closes."""
-
-    lost_causes: dict[str, int] = field(default_factory=dict)
-    filtered: int = 0  # resolving ioctls the kernel did not send (none could matter)
-    quiet_lifecycles: int = 0  # clean lifecycles the kernel only counted (--flagged)
-    quiet_reads: int = 0  # their messages, and those of faults dropped in the kernel (never waited)
-    command_status: int | None = None
-    pids_exited: bool = False  # every -p process exited, which ended the trace
-
-    @property
-    def lost(self) -> int:
-        return sum(self.lost_causes.values())
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class Source(Protocol):
-    @property
-    def info(self) -> RunInfo:
-        """Complete once start() returned."""
-        ...
-
-    def start(self) -> None: ...
-
-    def blocked_before(self) -> list[BlockedThread]:
-        """Threads waiting in handle_userfault before tracing began (DESIGN §5)."""
-        ...
-
-    def release_command(self) -> None:
-        """The header is out: a command started by the source may run."""
-        ...
-
-    def batches(self) -> Iterator[tuple[list[Event], int]]:
-        """Records in delivery order, in batches; each batch comes with a
-        horizon: every record with an earlier timestamp has been delivered."""
-        ...
-
-    def lost(self) -> int:
-        """Records lost so far."""
-        ...
-
-    def now(self) -> int:
-        """CLOCK_MONOTONIC, as the correlator's clock."""
-        ...
-
-    def thread_state(self, pid: int, tid: int) -> TaskState | None: ...
-
-    def fault_page(self, tid: int) -> int | None: ...
-
-    def folded_faults(self, include_handed: bool) -> list[Event]: ...
-
-    def adopt(self, tid: int, raised_ns: int) -> None: ...
-
-    def close(self) -> Totals: ...
+from .source import RunInfo, Source
 
 
 def header(info: RunInfo, th: Thresholds) -> dict[str, Any]:

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..events import FOLD_CLOSER, FOLD_OP_MASK, FOLD_REFAULT, FOLD_VIA_READ, Event, Kind, Op, op_name
-from ..live.procscan import TaskState
-from .model import REASONS, AioPoll, Attempt, BlockedThread, Evidence, Flag, Lifecycle
+from ..source import BlockedThread, TaskState
+from .model import REASONS, AioPoll, Attempt, Evidence, Flag, Lifecycle
 from .rules import (
     EEXIST,
     FROM_ABSENCE,

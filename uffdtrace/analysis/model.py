@@ -1,7 +1,6 @@
 """The facts about faults, as the correlator (``lifecycle.py``) records them
 and the rules (``rules.py``) read them: a lifecycle and its resolution
-attempts, an aio poll request, a thread found waiting at start, a flag and
-its evidence. No behaviour beyond rendering lives here."""
+attempts, an aio poll request, a flag and its evidence. No behaviour beyond rendering lives here."""
 
 from __future__ import annotations
 
@@ -168,13 +167,3 @@ class AioPoll:
     t_ready: int | None = None
     history: list[Evidence] = field(default_factory=list)
     flagged: bool = False
-
-
-@dataclass
-class BlockedThread:
-    """A thread found in /proc waiting in handle_userfault when tracing began."""
-
-    tgid: int
-    tid: int
-    comm: str
-    since_ns: int  # last time it ran, on the trace clock (an upper bound of its wait start)

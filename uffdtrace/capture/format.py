@@ -6,14 +6,14 @@
     hdr_len    u32      length of the JSON header that follows
     reserved   u32      0
     header     hdr_len bytes of UTF-8 JSON: {"format", "tool_version",
-               "run": session.RunInfo, "thresholds": rules.Thresholds}
+               "run": source.RunInfo, "thresholds": rules.Thresholds}
     records    rec_size bytes each: bpf/events.h's struct uffdtrace_event as
                the source delivered it, kernel pointers (ctx) already
                replaced by small ids; kinds from 0x100 are the capture's own
                (Cap below): the session's batch boundaries and the answers
                the correlator got from outside the record stream
     END        a Cap.END record whose `len` is the length of the JSON
-               trailer (session.Totals and record counts) that follows it
+               trailer (source.Totals and record counts) that follows it
 
 A file cut anywhere (a recorder killed, a disk full) keeps every whole
 record before the cut; the reader replays them and says what is missing."""
@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 import struct
 
-from ..live.procscan import TaskState
+from ..source import TaskState
 
 MAGIC = b"UFFDTRC\0"
 FORMAT_VERSION = 1

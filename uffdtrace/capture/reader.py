@@ -15,14 +15,12 @@ from dataclasses import dataclass, fields
 from typing import Any, BinaryIO, TextIO
 
 from .. import session
-from ..analysis.model import BlockedThread
 from ..analysis.rules import Thresholds
 from ..errors import UffdtraceError
 from ..events import FIELD_NAMES, RECORD, RECORD_SIZE, Event, Kind, decode_comm
-from ..live.procscan import TaskState
-from ..session import RunInfo, Totals
 from ..sinks import Sink
 from ..sinks.jsonl import JsonLines
+from ..source import BlockedThread, RunInfo, TaskState, Totals
 from .format import FORMAT_VERSION, MAGIC, MAX_HEADER, MAX_TRAILER, PREAMBLE, TASK_STATES, Cap
 
 CHUNK_RECORDS = 32768  # records decoded per read

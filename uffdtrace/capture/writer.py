@@ -12,12 +12,10 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from .. import __version__
-from ..analysis.model import BlockedThread
 from ..analysis.rules import Thresholds
 from ..errors import UffdtraceError
 from ..events import RECORD, RECORD_SIZE, Event, encode_many
-from ..live.procscan import TaskState
-from ..session import RunInfo, Source, Totals
+from ..source import BlockedThread, RunInfo, Source, TaskState, Totals
 from .format import FORMAT_VERSION, MAGIC, PREAMBLE, TASK_STATES, Cap
 
 BUFFER = 1 << 20

@@ -10,6 +10,7 @@ from .. import session
 from ..capture.reader import Reader, check_whole, replay
 from ..capture.writer import Recording
 from ..sinks import printer
+from ..source import Source
 from .options import filter_options, live_source, open_output, replay_thresholds, thresholds, tracing_options
 
 
@@ -44,7 +45,7 @@ def command(ctx: click.Context, /, pids: tuple[int, ...], tids: tuple[int, ...],
             check_whole(reader)
         else:
             sink = printer(kw["as_json"], out, tids=tids, flagged_only=kw["flagged"])
-            src: session.Source = live_source(ctx, pids, command, duration, kw)
+            src: Source = live_source(ctx, pids, command, duration, kw)
             if record_to is not None:
                 src = Recording(src, record_to, th, force=force)
             summary = session.run(src, sink, th, raw_events=kw["raw_events"])

@@ -13,9 +13,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
-TaskState = Literal["uffd", "other", "gone"]
+from ..source import TaskState
 
 PROC = Path("/proc")
 UFFD_LINK = "anon_inode:[userfaultfd]"

@@ -1,4 +1,4 @@
-"""The live Source (session.Source): compiles and attaches the probes with
+"""The live Source (source.Source): compiles and attaches the probes with
 bcc, follows the chosen processes, and yields decoded records until told to
 stop; the correlator's questions are answered from /proc and the BPF maps."""
 
@@ -20,7 +20,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..analysis.model import BlockedThread
 from ..errors import UffdtraceError
 from ..events import (
     FE_FOLDING,
@@ -35,7 +34,7 @@ from ..events import (
     decode_many,
     slot_layout,
 )
-from ..session import RunInfo, Totals
+from ..source import BlockedThread, RunInfo, TaskState, Totals
 from . import kernel, probes, procscan
 from .kallsyms import Kallsyms
 from .kprobe_mode import KprobeBackend
@@ -405,7 +404,7 @@ class LiveSource:
     def now(self) -> int:
         return time.monotonic_ns()
 
-    def thread_state(self, pid: int, tid: int) -> procscan.TaskState:
+    def thread_state(self, pid: int, tid: int) -> TaskState:
         return procscan.thread_state(pid, tid)
 
     def blocked_before(self) -> list[BlockedThread]:
