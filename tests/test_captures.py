@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from uffdtrace.analysis.lifecycle import Correlator
+from uffdtrace.analysis.correlator import Correlator
 from uffdtrace.analysis.rules import FROM_ABSENCE, Thresholds
 from uffdtrace.events import Event, Kind, Op
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from uffdtrace.analysis.lifecycle import REFAULT_NOTE, Correlator
+from uffdtrace.analysis.correlator import Correlator
+from uffdtrace.analysis.folded import REFAULT_NOTE
 from uffdtrace.analysis.model import Flag, Lifecycle
 from uffdtrace.analysis.rules import Thresholds, counts_as_failure
 from uffdtrace.events import FOLD_CLOSER, FOLD_REFAULT, Event, Kind, Op
@@ -327,7 +328,7 @@ def retry(mode: str, wakes: int) -> list[Event]:
 @pytest.mark.parametrize("mode", MODES)
 def test_retry_loop(mode: str) -> None:
     out, corr = correlate(retry(mode, wakes=4), mode, ticks=[2.5, 10])
-    assert corr.counters.failing == 1
+    assert corr.flags.counts.failing == 1
     [lc] = out.lifecycles
     assert (lc.rounds, lc.reads) == (5, 5)
     assert out.raised() == ["retry_loop"] and list(lc.flags) == ["retry_loop"]
@@ -377,7 +378,7 @@ def test_close_after_the_fault_ended_is_clean() -> None:
 
 def test_sigbus_is_informational() -> None:
     out, corr = correlate([fault(0), fault_ret(0.1, ret=SIGBUS)], "kprobe")
-    assert out.raised() == ["sigbus"] and not counts_as_failure(out.flags[0].name) and corr.counters.failing == 0
+    assert out.raised() == ["sigbus"] and not counts_as_failure(out.flags[0].name) and corr.flags.counts.failing == 0
     assert [lc.state for lc in out.lifecycles] == ["sigbus"]
 
 
@@ -625,8 +626,8 @@ def test_a_copy_reaches_every_waiter_in_its_range_and_no_other(length: int, expe
     seq.append(ev(Kind.RESOLVE, 1, HANDLER, op=Op.COPY, addr=PAGE, len=length, ret=0, aux=length or 4096))
     out, _ = correlate(seq, "kprobe", end=2)
     assert len(out.lifecycles) == len(pages) + 1
-    assert {(lc.page - PAGE) // 4096 for lc in out.lifecycles if lc.resolve is not None and lc.ctx == CTX} == expected
-    assert all(lc.resolve is None for lc in out.lifecycles if lc.ctx != CTX)
+    assert {(lc.page - PAGE) // 4096 for lc in out.lifecycles if lc.resolve is not None and lc.uffd == CTX} == expected
+    assert all(lc.resolve is None for lc in out.lifecycles if lc.uffd != CTX)
 
 
 # -- faults folded in the kernel (tracepoint mode without --events) ------------
@@ -675,7 +676,7 @@ def test_the_watchdog_takes_over_a_fault_folded_too_long() -> None:
     told: list[tuple[int, int]] = []
     out = Out()
     corr = Correlator(out, Thresholds(), sees_returns=False, tasks=lambda _p, _t: "uffd",
-                      folded=lambda _handed: list(in_kernel), adopted=lambda tid, at: told.append((tid, at)))
+                      folded=lambda _handed: list(in_kernel), on_take_over=lambda tid, at: told.append((tid, at)))
     for at in (50, 500, 1200):
         corr.advance(T0 + at * MS)
     assert out.raised() == ["unread", "never_woken"] and not out.lifecycles

@@ -47,6 +47,13 @@ FE_FOLDING, FE_HANDED = 1, 2
 READS_COUNT = (1 << 63) - 1  # fault_entry.reads without bpf/tracepoint.c's READS_SEALED bit
 
 
+UFFD_EVENT_PAGEFAULT = 0x12  # uffd_msg.event of a page-fault message (include/uapi/linux/userfaultfd.h)
+# x86 page-fault error code bits (tracepoint mode's fault records carry it in flags).
+X86_PF_PROT, X86_PF_WRITE = 0x1, 0x2
+# UFFDIO_REGISTER modes.
+REGISTER_MISSING, REGISTER_WP, REGISTER_MINOR = 0x1, 0x2, 0x4
+
+
 class Op(enum.IntEnum):
     """Userfaultfd ioctl request numbers (_IOC_NR of UFFDIO_*)."""
 
@@ -109,23 +116,53 @@ assert RECORD.size == RECORD_SIZE
 _KINDS = {k.value: k for k in Kind}
 
 
+class RawField(enum.IntEnum):
+    """A field's position in a record unpacked as a tuple (RECORD.iter_unpack):
+    readers of raw tuples (the capture reader) name fields through this."""
+
+    TS_NS = 0
+    KIND = 1
+    CPU = 2
+    TGID = 3
+    TID = 4
+    COMM = 5
+    CTX = 6
+    ADDR = 7
+    LEN = 8
+    FLAGS = 9
+    MODE = 10
+    RET = 11
+    PEER_TID = 12
+    OP = 13
+    AUX = 14
+    PEER2_TID = 15
+    COUNT = 16
+
+
+assert tuple(f.name.lower() for f in RawField) == FIELD_NAMES
+
+
 @dataclass(slots=True)
 class Event:
+    """One decoded record. Decoding builds it positionally (fast); anything
+    else builds it by keyword (``Event(ts_ns=..., kind=Kind.FAULT, tid=...)``):
+    a field left out is 0."""
+
     ts_ns: int
     kind: Kind
-    cpu: int
-    tgid: int
-    tid: int
-    comm: str
-    ctx: int
-    addr: int
-    len: int
-    flags: int
-    mode: int
-    ret: int
-    peer_tid: int
-    op: int
-    aux: int
+    cpu: int = 0
+    tgid: int = 0
+    tid: int = 0
+    comm: str = ""
+    ctx: int = 0
+    addr: int = 0
+    len: int = 0
+    flags: int = 0
+    mode: int = 0
+    ret: int = 0
+    peer_tid: int = 0
+    op: int = 0
+    aux: int = 0
     peer2_tid: int = 0
     count: int = 0
 
@@ -143,6 +180,76 @@ class Event:
             out["op"] = op_name(self.op)
             out["dontwake"] = self.dontwake
         return out
+
+
+class Folded:
+    """A FAULT_STATE or LIFECYCLE record read with its own meanings: a fault
+    the kernel folded (bpf/fold.h). The one place those meanings are written
+    in Python; the live source, the correlator and the capture reader use it."""
+
+    __slots__ = ("ev",)
+
+    def __init__(self, ev: Event) -> None:
+        self.ev = ev
+
+    @property
+    def raised_ns(self) -> int:
+        return self.ev.len
+
+    @property
+    def slept_ns(self) -> int:
+        """When it slept in handle_userfault (0: not seen asleep)."""
+        return self.ev.mode
+
+    @property
+    def read_ns(self) -> int:
+        """When its message was first read (0: not read)."""
+        return self.ev.aux
+
+    @property
+    def reader_tid(self) -> int:
+        return self.ev.peer_tid
+
+    @property
+    def messages(self) -> int:
+        """Messages read for it."""
+        return self.ev.count
+
+    @property
+    def woken_ns(self) -> int:
+        """When it was woken (0: not yet)."""
+        return self.ev.ret
+
+    @property
+    def waker_tid(self) -> int:
+        """The waker (for LIFECYCLE, also the resolver)."""
+        return self.ev.peer2_tid
+
+    @property
+    def resolve_op(self) -> int:
+        return self.ev.op & FOLD_OP_MASK
+
+    @property
+    def via_read(self) -> bool:
+        return bool(self.ev.op & FOLD_VIA_READ)
+
+    @property
+    def by_closer(self) -> bool:
+        return bool(self.ev.op & FOLD_CLOSER)
+
+    @property
+    def refault(self) -> bool:
+        return bool(self.ev.op & FOLD_REFAULT)
+
+    @staticmethod
+    def record(*, kind: Kind, ts_ns: int, cpu: int, tgid: int, tid: int, comm: str, uffd: int, page: int,
+               error_code: int, raised_ns: int, slept_ns: int, read_ns: int, reader_tid: int, messages: int,
+               woken_ns: int, waker_tid: int, op_bits: int) -> Event:
+        """The record for a folded fault, by meaning (the live source builds
+        FAULT_STATE records from the kernel's map entries)."""
+        return Event(ts_ns=ts_ns, kind=kind, cpu=cpu, tgid=tgid, tid=tid, comm=comm, ctx=uffd, addr=page,
+                     len=raised_ns, flags=error_code, mode=slept_ns, ret=woken_ns, peer_tid=reader_tid, op=op_bits,
+                     aux=read_ns, peer2_tid=waker_tid, count=messages)
 
 
 _OP_NAMES = {op.value: op.name.lower() for op in Op}

@@ -10,7 +10,7 @@ import collections
 from typing import Any
 
 from . import __version__
-from .analysis.lifecycle import Correlator
+from .analysis.correlator import Correlator
 from .analysis.rules import Thresholds
 from .events import Kind
 from .sinks import Sink
@@ -37,7 +37,7 @@ def run(src: Source, sink: Sink, th: Thresholds, *, raw_events: bool) -> dict[st
         sink.header(header(src.info, th))
         src.release_command()
         corr = Correlator(sink, th, sees_returns=src.info.sees_returns, tasks=src.thread_state,
-                          faults=src.fault_page, folded=src.folded_faults, adopted=src.adopt)
+                          faults=src.fault_page, folded=src.folded_faults, on_take_over=src.adopt)
         for t in src.blocked_before():
             corr.add_blocked(t)
         for batch, horizon in src.batches():
@@ -66,7 +66,7 @@ def run(src: Source, sink: Sink, th: Thresholds, *, raw_events: bool) -> dict[st
     by_kind = {kind.name.lower(): n for kind, n in kinds.items()}
     summary = {"lifecycles": corr.counters.lifecycles + totals.quiet_lifecycles,
                "quiet_lifecycles": totals.quiet_lifecycles, "quiet_reads": totals.quiet_reads,
-               "flags": dict(corr.counters.flags), "failing_flags": corr.counters.failing,
+               "flags": dict(corr.flags.counts.by_name), "failing_flags": corr.flags.counts.failing,
                "evicted": corr.counters.evicted, "messages_read": corr.counters.messages_read + totals.quiet_reads,
                "unmatched_reads": corr.counters.unmatched_reads,
                "events": sum(by_kind.values()), "by_kind": by_kind, "lost": totals.lost,

@@ -1,4 +1,4 @@
-"""The facts about faults, as the correlator (``lifecycle.py``) records them
+"""The facts about faults, as the correlator (``correlator.py``) records them
 and the rules (``rules.py``) read them: a lifecycle and its resolution
 attempts, an aio poll request, a flag and its evidence. No behaviour beyond rendering lives here."""
 
@@ -9,7 +9,6 @@ from typing import Any
 
 MS = 1_000_000
 MAX_HISTORY = 16
-REASONS = {0x200: "missing", 0x1000: "wp"}  # VM_UFFD_MISSING, VM_UFFD_WP; anything else is MINOR
 
 
 @dataclass(frozen=True)
@@ -58,9 +57,12 @@ class Attempt:
     outcome: str  # ok | eexist | failed
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Lifecycle:
-    ctx: int
+    """One thread's wait for one page of one uffd. An entity: the tables
+    hold it by identity, and two lifecycles never compare equal by value."""
+
+    uffd: int  # the uffd's id (its kernel object, mapped to a small id)
     tgid: int
     tid: int
     comm: str
@@ -119,6 +121,19 @@ class Lifecycle:
             out.append(conclusion)
         return out
 
+    def note_slept(self, ts: int) -> None:
+        """Proof that this round waits: it slept in handle_userfault."""
+        if self.waiting and not self.asleep:
+            self.asleep = True
+            self.last_ts = max(self.last_ts, ts)
+            self.note("slept in handle_userfault", ts, self.tid)
+
+    def finished_state(self) -> str:
+        """The state of a lifecycle that ended without a flag deciding it."""
+        if self.closer is not None:
+            return "released"
+        return "woken" if self.t_woken is not None and not self.returned else "returned"
+
     @property
     def start_known(self) -> bool:
         """False for a thread found waiting when tracing began."""
@@ -144,7 +159,7 @@ class Lifecycle:
     def to_json(self) -> dict[str, Any]:
         res = self.resolve
         return {"type": "lifecycle", "tgid": self.tgid, "tid": self.tid, "comm": self.comm,
-                "uffd": self.ctx or None, "addr": self.page, "reason": self.reason,
+                "uffd": self.uffd or None, "addr": self.page, "reason": self.reason,
                 "rounds": self.rounds, "reads": self.reads,
                 "resolve_op": res.op if res else None, "resolve_ret": res.ret if res else None,
                 "resolve_dontwake": res.dontwake if res else None,
@@ -152,6 +167,16 @@ class Lifecycle:
                 "t_raised_ns": self.t_raised, "t_read_ns": self.t_read, "t_resolved_ns": self.t_resolved,
                 "t_woken_ns": self.t_woken, "t_returned_ns": self.t_returned,
                 "latency_ns": self.latencies(), "state": self.state, "flags": list(self.flags)}
+
+
+@dataclass
+class Counters:
+    """What the correlator counted, for the summary."""
+
+    lifecycles: int = 0
+    evicted: int = 0  # open lifecycles dropped to keep the table bounded
+    unmatched_reads: int = 0
+    messages_read: int = 0  # page-fault messages handlers read (sent one by one or folded in the kernel)
 
 
 @dataclass

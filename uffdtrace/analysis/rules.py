@@ -1,6 +1,7 @@
-"""Race rules (DESIGN §5): which lifecycles are wrong, and the evidence.
+"""Race rules (docs/architecture.md, "Flags"): which lifecycles are wrong,
+and the evidence.
 
-The correlator (``lifecycle.py``) records what happened to each fault in the
+The correlator (``correlator.py``) records what happened to each fault in the
 model (``model.py``); every flag decision is a function here, reading those
 facts and the current time, and returning the conclusion that completes the
 flag's evidence (or None); which ioctl resolves which fault is decided here
@@ -14,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..events import Event, Op
+from ..events import REGISTER_MINOR, REGISTER_MISSING, X86_PF_PROT, X86_PF_WRITE, Event, Op
 from .model import MS, AioPoll, Attempt, Evidence, Lifecycle
 
 EEXIST = 17
@@ -30,9 +31,6 @@ WP_MODE_WP = 1  # UFFDIO_WRITEPROTECT_MODE_WP: protecting, not resolving
 RESOLVES = {Op.COPY: "missing", Op.ZEROPAGE: "missing", Op.MOVE: "missing", Op.POISON: "missing",
             Op.CONTINUE: "minor", Op.WRITEPROTECT: "wp"}
 
-# Stable flag names, in the order DESIGN §5 lists them.
-FLAG_NAMES = ("never_woken", "missed_wakeup", "dontwake_without_wake", "eexist_without_wake", "unread",
-              "retry_loop", "released_with_waiters", "sigbus", "aio_poll_stuck", "anon_vma_retry")
 # Flags that describe a decision of the uffd user, not a defect: not counted by --fail-on-flags.
 INFORMATIONAL = frozenset({"sigbus"})
 
@@ -46,6 +44,23 @@ WHILE_BLOCKED = frozenset({"never_woken", "unread"})
 # confirms that the thread still waits for the page, and they say when
 # records were lost while it waited.
 FROM_ABSENCE = frozenset({"never_woken", "missed_wakeup", "dontwake_without_wake", "eexist_without_wake", "unread"})
+
+
+REASONS = {0x200: "missing", 0x1000: "wp"}  # VM_UFFD_MISSING, VM_UFFD_WP; anything else is MINOR
+
+
+def fault_reason(ev: Event, sees_returns: bool, register_modes: int) -> str | None:
+    """Why the fault went to the uffd: kprobe mode reads it from
+    handle_userfault; tracepoint mode derives it from the x86 error code
+    (present and written: write-protect; not present: missing, or minor
+    on a uffd registered for minor faults only)."""
+    if sees_returns:
+        return REASONS.get(ev.mode, "minor")
+    if ev.flags & X86_PF_PROT:
+        return "wp" if ev.flags & X86_PF_WRITE else None
+    if register_modes & REGISTER_MINOR:
+        return None if register_modes & REGISTER_MISSING else "minor"
+    return "missing"
 
 
 def resolves(op: int, mode: int, reason: str | None) -> bool:

@@ -28,6 +28,7 @@ from ..events import (
     RECORD,
     RECORD_SIZE,
     Event,
+    Folded,
     Kind,
     PointerIds,
     decode_comm,
@@ -377,9 +378,11 @@ class LiveSource:
                     continue
                 # The batch call yields plain ints; handed_faults keys are waker << 32 | woken.
                 tid = (key if isinstance(key, int) else key.value) & 0xFFFFFFFF
-                out.append(Event(now, Kind.FAULT_STATE, 0, fe.tgid, tid, decode_comm(bytes(fe.comm)),
-                                 self.ids(fe.ctx), fe.addr, fe.ts, fe.error_code, fe.slept, fe.t_woken, fe.reader,
-                                 fe.op_bits, fe.t_read, fe.waker, fe.reads & READS_COUNT))
+                out.append(Folded.record(
+                    kind=Kind.FAULT_STATE, ts_ns=now, cpu=0, tgid=fe.tgid, tid=tid, comm=decode_comm(bytes(fe.comm)),
+                    uffd=self.ids(fe.ctx), page=fe.addr, error_code=fe.error_code, raised_ns=fe.ts,
+                    slept_ns=fe.slept, read_ns=fe.t_read, reader_tid=fe.reader, messages=fe.reads & READS_COUNT,
+                    woken_ns=fe.t_woken, waker_tid=fe.waker, op_bits=fe.op_bits))
         return out
 
     def adopt(self, tid: int, raised_ns: int) -> None:

@@ -65,7 +65,7 @@ class Perfetto(Ignoring):
                 points.append((name, max(ts, points[-1][1]) if points else ts))
         start = points[0][1] if points else lc.wait_since
         end = max(points[-1][1] if points else start, lc.ended_at or start)
-        args = {"uffd": lc.ctx, "addr": addr, "reason": lc.reason, "rounds": lc.rounds, "reads": lc.reads,
+        args = {"uffd": lc.uffd, "addr": addr, "reason": lc.reason, "rounds": lc.rounds, "reads": lc.reads,
                 "state": lc.state, "flags": list(lc.flags),
                 "resolve": f"{lc.resolve.op}={lc.resolve.ret}" if lc.resolve else None}
         title = f"fault {addr}" + ("" if lc.t_raised is not None else " (start unknown)")

@@ -84,8 +84,8 @@ class Metrics(Ignoring):
         total = total_ns(lc)
         if total is not None:
             self.fault_time.observe(total / NS)
-        if lc.ctx:
-            self._seen[(lc.tgid, lc.ctx)] = lc.ended_at or lc.last_ts
+        if lc.uffd:
+            self._seen[(lc.tgid, lc.uffd)] = lc.ended_at or lc.last_ts
 
     def flag(self, flag: Flag) -> None:
         if not flag.update:
@@ -100,8 +100,8 @@ class Metrics(Ignoring):
         per_comm: dict[str, int] = {}
         for lc in waiting:
             per_comm[lc.comm] = per_comm.get(lc.comm, 0) + 1
-            if lc.ctx:
-                self._seen[(lc.tgid, lc.ctx)] = now
+            if lc.uffd:
+                self._seen[(lc.tgid, lc.uffd)] = now
         self.in_flight.clear()
         for comm, n in per_comm.items():
             self.in_flight.labels(comm).set(n)

@@ -99,7 +99,7 @@ class Report(Ignoring):
         self.summary_ = summary
 
     def lifecycle(self, lc: Lifecycle) -> None:
-        s = self.uffds[(lc.tgid, lc.comm, lc.ctx)]
+        s = self.uffds[(lc.tgid, lc.comm, lc.uffd)]
         s.faults += 1
         s.reads += lc.reads
         s.extra_rounds += lc.rounds - 1

@@ -83,7 +83,7 @@ class Text:
         res = lc.resolve
         resolved = f"{res.op}{' DONTWAKE' if res.dontwake else ''}={res.ret}" if res else "unresolved"
         parts = [f"{self._seconds(lc.t_raised or lc.ended_at):>12}", f"{printable(lc.comm):<15}",
-                 f"{lc.tgid:>7}/{lc.tid:<7}", f"{lc.state:<10}", f"uffd={lc.ctx or '?'}", f"addr={_addr(lc.page)}",
+                 f"{lc.tgid:>7}/{lc.tid:<7}", f"{lc.state:<10}", f"uffd={lc.uffd or '?'}", f"addr={_addr(lc.page)}",
                  lc.reason or "-",
                  f"rounds={lc.rounds}", f"reads={lc.reads}", resolved,
                  *(f"{k}={duration(v)}" for k, v in lat.items())]

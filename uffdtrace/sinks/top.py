@@ -103,7 +103,7 @@ class Top(Ignoring):
         self._batch_events += 1
 
     def lifecycle(self, lc: Lifecycle) -> None:
-        row = self._row(lc.tgid, lc.comm, lc.ctx)
+        row = self._row(lc.tgid, lc.comm, lc.uffd)
         row.ended.append(lc.ended_at or lc.last_ts)
         for phase, ns in lc.latencies().items():
             if ns is not None and phase in row.lat:
@@ -132,7 +132,7 @@ class Top(Ignoring):
             while row.ended and now - row.ended[0] > WINDOW_S * NS:
                 row.ended.popleft()
         for lc in waiting:
-            row = self._row(lc.tgid, lc.comm, lc.ctx)
+            row = self._row(lc.tgid, lc.comm, lc.uffd)
             row.in_flight += 1
             since = lc.waiting_since
             row.oldest_since = since if row.oldest_since is None else min(row.oldest_since, since)
