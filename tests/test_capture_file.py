@@ -199,7 +199,7 @@ def test_random_bytes_are_refused(tmp_path: Path, data: bytes) -> None:
     assert err is not None
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(at=st.integers(min_value=0, max_value=len(GOLDEN) - 1), junk=st.binary(min_size=1, max_size=64))
 def test_overwritten_bytes_never_raise_anything_else(tmp_path: Path, at: int, junk: bytes) -> None:
     """Bytes overwritten anywhere (header, records, trailer): a CaptureError

@@ -18,6 +18,7 @@ from .. import session
 from ..analysis.rules import Thresholds
 from ..errors import UffdtraceError
 from ..events import FIELD_NAMES, RECORD, RECORD_SIZE, Event, Kind, decode_comm
+from ..events import RawField as F
 from ..sinks import Sink
 from ..sinks.jsonl import JsonLines
 from ..source import BlockedThread, RunInfo, TaskState, Totals
@@ -152,10 +153,11 @@ class Reader:
             data = self._file.read(CHUNK_RECORDS * RECORD_SIZE)
             whole = len(data) - len(data) % RECORD_SIZE
             out: list[Raw] = []
+            kind_at = int(F.KIND)
             for rec in RECORD.iter_unpack(data[:whole]):
-                kind = rec[1]
+                kind = rec[kind_at]
                 if kind == Cap.END:
-                    self._read_trailer(self.data_start + (self.records + 1) * RECORD_SIZE, rec[8])
+                    self._read_trailer(self.data_start + (self.records + 1) * RECORD_SIZE, rec[F.LEN])
                     yield out
                     return
                 if kind not in _KINDS and kind not in _CAPS:
@@ -224,7 +226,7 @@ class Replay:
 
     def _take(self, cap: Cap, match: Callable[[Raw], bool] = lambda _r: True) -> Raw | None:
         rec = self._peek()
-        if rec is None or rec[1] != cap or not match(rec):
+        if rec is None or rec[F.KIND] != cap or not match(rec):
             return None
         self._next = None
         return rec
@@ -232,7 +234,7 @@ class Replay:
     def _following(self, count: int, cap: int) -> Iterator[Raw]:
         for _ in range(count):
             rec = self._peek()
-            if rec is None or rec[1] != cap:
+            if rec is None or rec[F.KIND] != cap:
                 return
             self._next = None
             yield rec
@@ -245,22 +247,22 @@ class Replay:
 
     def blocked_before(self) -> list[BlockedThread]:
         head = self._take(Cap.BLOCKED)
-        return [BlockedThread(r[3], r[4], decode_comm(r[5]), r[0])
-                for r in self._following(head[16] if head else 0, Cap.BLOCKED_THREAD)]
+        return [BlockedThread(r[F.TGID], r[F.TID], decode_comm(r[F.COMM]), r[F.TS_NS])
+                for r in self._following(head[F.COUNT] if head else 0, Cap.BLOCKED_THREAD)]
 
     def batches(self) -> Iterator[tuple[list[Event], int]]:
         batch: list[Event] = []
         unasked: list[Raw] = []
         while (rec := self._peek()) is not None:
             self._next = None
-            kind = rec[1]
+            kind = rec[F.KIND]
             if kind == Cap.BATCH:
-                self._clock = max(self._clock, rec[0])
-                yield batch, rec[0]
+                self._clock = max(self._clock, rec[F.TS_NS])
+                yield batch, rec[F.TS_NS]
                 batch = []
             elif kind in _KINDS:
                 batch.append(to_event(rec))
-                self._clock = max(self._clock, rec[0])
+                self._clock = max(self._clock, rec[F.TS_NS])
             else:
                 unasked.append(rec)
                 continue
@@ -273,24 +275,24 @@ class Replay:
     def lost(self) -> int:
         rec = self._take(Cap.LOST)
         if rec is not None:
-            self._lost = rec[8]
+            self._lost = rec[F.LEN]
         return self._lost
 
     def now(self) -> int:
         rec = self._take(Cap.NOW)
-        return rec[0] if rec is not None else self._clock
+        return rec[F.TS_NS] if rec is not None else self._clock
 
     def thread_state(self, pid: int, tid: int) -> TaskState | None:
-        rec = self._take(Cap.TASK, lambda r: r[3] == pid and r[4] == tid)
-        return TASK_STATES[rec[11]] if rec is not None and 0 <= rec[11] < len(TASK_STATES) else None
+        rec = self._take(Cap.TASK, lambda r: r[F.TGID] == pid and r[F.TID] == tid)
+        return TASK_STATES[rec[F.RET]] if rec is not None and 0 <= rec[F.RET] < len(TASK_STATES) else None
 
     def fault_page(self, tid: int) -> int | None:
-        rec = self._take(Cap.FAULT_PAGE, lambda r: r[4] == tid)
-        return rec[7] if rec is not None and rec[9] else None
+        rec = self._take(Cap.FAULT_PAGE, lambda r: r[F.TID] == tid)
+        return rec[F.ADDR] if rec is not None and rec[F.FLAGS] else None
 
     def folded_faults(self, include_handed: bool) -> list[Event]:
-        head = self._take(Cap.FOLDED, lambda r: r[10] == include_handed)
-        return [to_event(r) for r in self._following(head[16] if head else 0, Kind.FAULT_STATE)]
+        head = self._take(Cap.FOLDED, lambda r: r[F.MODE] == include_handed)
+        return [to_event(r) for r in self._following(head[F.COUNT] if head else 0, Kind.FAULT_STATE)]
 
     def adopt(self, tid: int, raised_ns: int) -> None:
         pass
@@ -305,14 +307,10 @@ class Replay:
 def replay(reader: Reader, sink: Sink, th: Thresholds, *, raw_events: bool) -> dict[str, Any]:
     """A session on the capture, up to its end or its damage (``reader.damage``,
     for the caller to report once the output is complete: see ``check_whole``)."""
-    try:
-        summary = session.run(Replay(reader), sink, th, raw_events=raw_events)
-    except (UffdtraceError, OSError):
-        raise
-    except Exception as exc:  # field values no kernel writes (a capture made to break the reader)
-        raise reader.fail(f"record {reader.records} could not be replayed "
-                          f"({type(exc).__name__}: {exc})") from exc
-    return summary
+    # Damage is found where it is read (Reader.chunks, the header and trailer
+    # checks): any other exception is a defect of the correlator or a sink,
+    # and must surface as one, not as a damaged capture.
+    return session.run(Replay(reader), sink, th, raw_events=raw_events)
 
 
 def check_whole(reader: Reader) -> None:
@@ -329,11 +327,11 @@ def dump(reader: Reader, out: TextIO) -> None:
                  "thresholds": dataclasses.asdict(h.thresholds)})
     for chunk in reader.chunks():
         for rec in chunk:
-            if rec[1] in _KINDS:
+            if rec[F.KIND] in _KINDS:
                 lines.write(to_event(rec).to_json())
             else:
                 fields_ = {n: v for n, v in zip(FIELD_NAMES, rec, strict=True) if v and n not in ("kind", "comm")}
-                lines.write({"type": "capture", "kind": _CAPS[rec[1]].name.lower(), **fields_})
+                lines.write({"type": "capture", "kind": _CAPS[rec[F.KIND]].name.lower(), **fields_})
     lines.write({"type": "capture_trailer", **(reader.trailer or {}), "damage": reader.damage})
     reader.close()
     if reader.damage:
