@@ -16,14 +16,7 @@ BPF_PERF_OUTPUT(spill);   /* per-CPU, lock-free: for records the ring refused */
 #else
 BPF_PERF_OUTPUT(events);
 #endif
-/* What went unseen, per cause (uffdtrace/live/source.py LOST_CAUSES names them). */
-enum lost_cause {
-	LOST_BUFFER_FULL = 0,     /* a record the kernel buffer had no room for */
-	LOST_MESSAGES = 1,        /* messages beyond MAX_MSGS_PER_READ in one read */
-	LOST_RANGES = 2,          /* registered ranges beyond MAX_RANGES (tracepoint mode) */
-	LOST_CAUSES,
-};
-BPF_PERCPU_ARRAY(lost, u64, LOST_CAUSES);
+BPF_PERCPU_ARRAY(lost, u64, UT_LOST_CAUSES);
 
 /* Processes being traced (FILTER), and uffd contexts / aio requests that
  * belong to them, so that handlers in other processes are seen too. */
@@ -33,8 +26,7 @@ BPF_HASH(uffd_users, u32, u8, 65536);
 
 /* A thread's current fault: ts (raised), ctx, addr (page). Tracepoint mode
  * also keeps when it first slept, and, while it folds the fault's steps in
- * the kernel (state FE_FOLDING, see tracepoint.c), what happened to it. */
-enum fault_state { FE_RAW = 0, FE_FOLDING = 1, FE_HANDED = 2 };
+ * the kernel (state UT_FE_FOLDING, see tracepoint.c), what happened to it. */
 struct fault_entry {
 	u64 ts;
 	u64 ctx;
@@ -43,7 +35,7 @@ struct fault_entry {
 	u64 t_read;      /* its first message read (0: none) */
 	u64 t_woken;     /* woken (0: not yet) */
 	u64 reads;       /* messages read (64-bit: updated with atomics) */
-	u64 state;       /* enum fault_state (idem) */
+	u64 state;       /* enum uffdtrace_fault_state (idem) */
 	u32 tgid;
 	u32 reader;
 	u32 waker;
@@ -64,7 +56,6 @@ BPF_HASH(in_ioctl, u32, struct ioctl_entry, 65536);  /* tid -> its uffd ioctl in
 
 #define MAX_MSGS_PER_READ 32
 #define UFFD_MSG_SIZE 32
-#define UFFD_EVENT_PAGEFAULT 0x12
 
 /* read_u64(addr) etc.: one value from kernel or user memory, 0 if unreadable. */
 #define DEFINE_READER(name, type, helper)				\
@@ -109,10 +100,10 @@ static __always_inline void emit(void *ctx, struct uffdtrace_event *e)
 	if (events.ringbuf_output(e, sizeof(*e), BPF_RB_NO_WAKEUP) == 0)
 		return;
 	if (spill.perf_submit(ctx, e, sizeof(*e)) < 0)
-		count_lost(LOST_BUFFER_FULL, 1);
+		count_lost(UT_LOST_BUFFER_FULL, 1);
 #else
 	if (events.perf_submit(ctx, e, sizeof(*e)) < 0)
-		count_lost(LOST_BUFFER_FULL, 1);
+		count_lost(UT_LOST_BUFFER_FULL, 1);
 #endif
 }
 
@@ -185,7 +176,7 @@ static __always_inline void emit_messages(void *ctx, struct read_entry *re, s64 
 		return;
 	nmsgs = ret / UFFD_MSG_SIZE;
 	if (nmsgs > MAX_MSGS_PER_READ)
-		count_lost(LOST_MESSAGES, nmsgs - MAX_MSGS_PER_READ);
+		count_lost(UT_LOST_MESSAGES_PER_READ, nmsgs - MAX_MSGS_PER_READ);
 	init_event(&e, UT_READ_MSG);
 	e.ctx = re->ctx;
 	e.ret = ret;
@@ -200,7 +191,7 @@ static __always_inline void emit_messages(void *ctx, struct read_entry *re, s64 
 		e.addr = msg[2];             /* arg.pagefault.address */
 		e.peer_tid = (u32)msg[3];    /* arg.pagefault.feat.ptid */
 		e.aux = i;
-		if (e.mode == UFFD_EVENT_PAGEFAULT && fold_read(ctx, re->ctx, e.addr & ~0xfffULL, e.peer_tid))
+		if (e.mode == UT_UFFD_EVENT_PAGEFAULT && fold_read(ctx, re->ctx, e.addr & ~0xfffULL, e.peer_tid))
 			continue;
 		e.ts_ns = bpf_ktime_get_ns();   /* after any FAULT_STATE fold_read sent */
 		e.len = e.ts_ns - re->entered;  /* time inside read() */

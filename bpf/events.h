@@ -1,7 +1,9 @@
-/* uffdtrace event ABI: one fixed-size little-endian record per event.
+/* The contract between the BPF programs and user space: the record, and
+ * every value both sides read or write (kinds, ops, counters, states, bits).
  * Mirrored once in Python by uffdtrace/events.py; tests/test_events_abi.py
- * compiles this header and compares every offset and the size.
- * Field meaning per kind is documented in README.md ("Event fields"). */
+ * compiles this header and compares every offset, the size and every UT_
+ * name with its Python value, both ways. Field meaning per kind:
+ * docs/architecture.md ("The record"). */
 #ifndef UFFDTRACE_EVENTS_H
 #define UFFDTRACE_EVENTS_H
 
@@ -35,9 +37,55 @@ enum uffdtrace_kind {
 };
 
 /* FAULT_STATE / LIFECYCLE: op bits beside the resolving op (LIFECYCLE). */
-#define UT_FOLD_VIA_READ 0x100  /* woken after its message was read (refiled) */
-#define UT_FOLD_CLOSER 0x200    /* woken by the thread that closed its uffd */
-#define UT_FOLD_REFAULT 0x400   /* raised again by the in-kernel retry after its wake-up */
+enum uffdtrace_fold_bit {
+	UT_FOLD_OP_MASK = 0xff,   /* the resolving op */
+	UT_FOLD_VIA_READ = 0x100, /* woken after its message was read (refiled) */
+	UT_FOLD_CLOSER = 0x200,   /* woken by the thread that closed its uffd */
+	UT_FOLD_REFAULT = 0x400,  /* raised again by the in-kernel retry after its wake-up */
+};
+
+/* Records that went unseen, per cause: index of the per-CPU `lost` array. */
+enum uffdtrace_lost_cause {
+	UT_LOST_BUFFER_FULL = 0,       /* no room in the kernel buffer */
+	UT_LOST_MESSAGES_PER_READ = 1, /* messages beyond MAX_MSGS_PER_READ in one read */
+	UT_LOST_RANGES_UNTRACKED = 2,  /* registered ranges beyond MAX_RANGES (tracepoint mode) */
+	UT_LOST_CAUSES,
+};
+
+/* A thread_fault / handed_faults entry's state (tracepoint mode, bpf/fold.h). */
+enum uffdtrace_fault_state {
+	UT_FE_RAW = 0,      /* sent step by step */
+	UT_FE_FOLDING = 1,  /* its steps folded in the kernel */
+	UT_FE_HANDED = 2,   /* woken inside an ioctl that has not returned */
+};
+
+/* Faults that ended cleanly in the kernel and were only counted (--flagged):
+ * index of the per-CPU `quiet` array. */
+enum uffdtrace_quiet_counter {
+	UT_QUIET_LIFECYCLES = 0,
+	UT_QUIET_READS = 1,
+	UT_QUIET_COUNTERS,
+};
+
+/* fault_entry.reads: the top bit seals the count once the fault is sent. */
+#define UT_READS_SEALED (1ULL << 63)
+
+/* Kernel and uapi values both sides interpret (include/uapi/linux/userfaultfd.h,
+ * arch/x86/include/asm/trap_pf.h, include/linux/mm.h, include/linux/mm_types.h). */
+enum uffdtrace_kernel_value {
+	UT_UFFD_EVENT_PAGEFAULT = 0x12,  /* uffd_msg.event (READ_MSG mode) */
+	UT_X86_PF_PROT = 0x1,            /* page-fault error code (tracepoint FAULT flags) */
+	UT_X86_PF_WRITE = 0x2,
+	UT_REGISTER_MODE_MISSING = 0x1,  /* UFFDIO_REGISTER modes (REGISTER mode) */
+	UT_REGISTER_MODE_WP = 0x2,
+	UT_REGISTER_MODE_MINOR = 0x4,
+	UT_MODE_DONTWAKE = 0x1,          /* COPY, ZEROPAGE, CONTINUE, POISON, MOVE */
+	UT_WP_MODE_WP = 0x1,             /* WRITEPROTECT: protecting, not resolving */
+	UT_WP_MODE_DONTWAKE = 0x2,
+	UT_VM_UFFD_MISSING = 0x200,      /* handle_userfault's reason (kprobe FAULT mode) */
+	UT_VM_UFFD_WP = 0x1000,
+	UT_VM_FAULT_SIGBUS = 0x2,        /* handle_userfault's return (FAULT_RET ret) */
+};
 
 /* RESOLVE / REGISTER ops: the ioctl number (_IOC_NR) of the request. */
 enum uffdtrace_op {

@@ -62,8 +62,7 @@ BPF_PERCPU_ARRAY(folded_buf, struct uffdtrace_event, 1);
 /* QUIET (--flagged): clean lifecycles and their messages are counted, not
  * sent, unless user space took the fault over (adopted: tid -> raised).
  * Messages of faults dropped because they never waited are counted too. */
-BPF_PERCPU_ARRAY(quiet, u64, 2);
-enum quiet_counter { QUIET_LIFECYCLES, QUIET_READS };   /* live/source.py LiveSource.close */
+BPF_PERCPU_ARRAY(quiet, u64, UT_QUIET_COUNTERS);
 BPF_TABLE("lru_hash", u32, u64, adopted, 65536);
 /* A fault that ended in the kernel without a record (quietly with QUIET, or
  * dropped because it never waited), until its page faults again (-> its
@@ -115,13 +114,6 @@ static __always_inline u32 stack_has(void *ctx, u64 a_start, u64 a_end, u64 b_st
 #if !defined(EVERY_RECORD) && !defined(NO_FOLD)
 #define FOLD 1
 #endif
-#define X86_PF_PROT 0x1
-#define X86_PF_WRITE 0x2
-#define REGISTER_MISSING 0x1
-#define REGISTER_MINOR 0x4
-#define WP_MODE_WP 0x1
-#define WP_MODE_DONTWAKE 0x2
-#define MODE_DONTWAKE 0x1
 enum fault_reason { REASON_ANY, REASON_MISSING, REASON_WP, REASON_MINOR };
 
 /* Readers on other CPUs count messages into an entry while it is being
@@ -131,7 +123,6 @@ enum fault_reason { REASON_ANY, REASON_MISSING, REASON_WP, REASON_MINOR };
  * takes a folded fault (its waker, or whoever unfolds it) is decided by a
  * compare-and-swap of its state. Both are BPF atomics (5.12+, "bpf: Add
  * BPF_FETCH field / create atomic_fetch_add instruction", 5ca419f2864a). */
-#define READS_SEALED (1ULL << 63)
 
 static __always_inline bool count_read(struct fault_entry *fe)
 {
@@ -139,13 +130,13 @@ static __always_inline bool count_read(struct fault_entry *fe)
 		fe->t_read = bpf_ktime_get_ns();
 		fe->reader = current_tid();
 	}
-	return !(__sync_fetch_and_add(&fe->reads, 1) & READS_SEALED);
+	return !(__sync_fetch_and_add(&fe->reads, 1) & UT_READS_SEALED);
 }
 
 /* The count as the consumer takes it; later readers find it sealed. */
 static __always_inline u64 seal_reads(struct fault_entry *fe)
 {
-	return __sync_fetch_and_or(&fe->reads, READS_SEALED) & ~READS_SEALED;
+	return __sync_fetch_and_or(&fe->reads, UT_READS_SEALED) & ~UT_READS_SEALED;
 }
 
 static __always_inline bool take(struct fault_entry *fe, u64 from, u64 to)
@@ -189,7 +180,7 @@ static __always_inline void unfold(void *ctx, struct fault_entry *fe, u32 tid)
 #ifdef FOLD   /* else nothing folds, and no atomic is compiled in */
 	u64 ts = bpf_ktime_get_ns();
 
-	if (take(fe, FE_FOLDING, FE_RAW))
+	if (take(fe, UT_FE_FOLDING, UT_FE_RAW))
 		emit_folded(ctx, fe, tid, UT_FAULT_STATE, 0, ts);
 #endif
 }
@@ -212,14 +203,14 @@ static __always_inline bool drop_unwaited(void *ctx, struct fault_entry *fe, u32
 	struct page_key k = {};
 	u64 ts;
 
-	if (fe->state != FE_FOLDING || fe->slept || fe->reads || taken_over(fe, tid))
+	if (fe->state != UT_FE_FOLDING || fe->slept || fe->reads || taken_over(fe, tid))
 		return false;
 	/* Published first: a read that then finds the fault taken counts there. */
 	k.ctx = fe->ctx;
 	k.page = fe->addr;
 	quiet_pages.update(&k, &tid);
 	ts = bpf_ktime_get_ns();   /* before the take, as in unfold */
-	if (!take(fe, FE_FOLDING, FE_RAW)) {
+	if (!take(fe, UT_FE_FOLDING, UT_FE_RAW)) {
 		quiet_pages.delete(&k);
 		return false;
 	}
@@ -236,7 +227,7 @@ static __always_inline struct fault_entry *folding(u32 tid, u64 uctx, u64 page)
 {
 	struct fault_entry *fe = thread_fault.lookup(&tid);
 
-	if (!fe || fe->state != FE_FOLDING || fe->ctx != uctx || fe->addr != page)
+	if (!fe || fe->state != UT_FE_FOLDING || fe->ctx != uctx || fe->addr != page)
 		return NULL;
 	return fe;
 }
@@ -247,10 +238,10 @@ static __always_inline u32 fault_reason(struct fault_entry *fe)
 	u64 *modes = uffd_modes.lookup(&fe->ctx);
 	u64 m = modes ? *modes : 0;
 
-	if (fe->error_code & X86_PF_PROT)
-		return (fe->error_code & X86_PF_WRITE) ? REASON_WP : REASON_ANY;
-	if (m & REGISTER_MINOR)
-		return (m & REGISTER_MISSING) ? REASON_ANY : REASON_MINOR;
+	if (fe->error_code & UT_X86_PF_PROT)
+		return (fe->error_code & UT_X86_PF_WRITE) ? REASON_WP : REASON_ANY;
+	if (m & UT_REGISTER_MODE_MINOR)
+		return (m & UT_REGISTER_MODE_MISSING) ? REASON_ANY : REASON_MINOR;
 	return REASON_MISSING;
 }
 
@@ -275,17 +266,17 @@ static __always_inline bool resolved_cleanly(struct ioctl_entry *ie, struct faul
 	case UT_OP_MOVE:
 	case UT_OP_POISON:
 		kind = REASON_MISSING;
-		if (mode & MODE_DONTWAKE)
+		if (mode & UT_MODE_DONTWAKE)
 			return false;
 		break;
 	case UT_OP_CONTINUE:
 		kind = REASON_MINOR;
-		if (mode & MODE_DONTWAKE)
+		if (mode & UT_MODE_DONTWAKE)
 			return false;
 		break;
 	case UT_OP_WRITEPROTECT:
 		kind = REASON_WP;
-		if (mode & (WP_MODE_WP | WP_MODE_DONTWAKE))
+		if (mode & (UT_WP_MODE_WP | UT_WP_MODE_DONTWAKE))
 			return false;
 		break;
 	default:
@@ -329,8 +320,8 @@ static __always_inline bool quietly_ended(struct fault_entry *hf, u32 tid)
 	 * eviction is approximate and may then take recent entries). */
 	if (reads)
 		quiet_pages.delete(&k);
-	count_quiet(QUIET_LIFECYCLES, 1);
-	count_quiet(QUIET_READS, reads);
+	count_quiet(UT_QUIET_LIFECYCLES, 1);
+	count_quiet(UT_QUIET_READS, reads);
 	return true;
 #else
 	return false;
@@ -348,7 +339,7 @@ static __always_inline void unfold_thread(void *ctx, struct fault_entry *hf, u32
 
 	if (!fe || fe->ctx != hf->ctx || fe->addr != hf->addr)
 		return;
-	if (fe->ts == hf->ts && take(fe, FE_HANDED, FE_RAW))
+	if (fe->ts == hf->ts && take(fe, UT_FE_HANDED, UT_FE_RAW))
 		return;
 	if (fe->op_bits & UT_FOLD_REFAULT)
 		unfold(ctx, fe, w);
@@ -397,7 +388,7 @@ static __always_inline bool fold_wake(void *ctx, struct fault_entry *fe, u32 pid
 	u64 key, ts, reads;
 	u32 n;
 
-	if (fe->state != FE_FOLDING)
+	if (fe->state != UT_FE_FOLDING)
 		return false;
 
 	if (!ie || ie->nwoken >= MAX_WOKEN) {
@@ -407,7 +398,7 @@ static __always_inline bool fold_wake(void *ctx, struct fault_entry *fe, u32 pid
 		return false;
 	}
 	ts = bpf_ktime_get_ns();
-	if (!take(fe, FE_FOLDING, FE_HANDED))
+	if (!take(fe, UT_FE_FOLDING, UT_FE_HANDED))
 		return false;
 	key = (u64)tid << 32 | pid;
 	old = handed_faults.lookup(&key);
@@ -425,7 +416,7 @@ static __always_inline bool fold_wake(void *ctx, struct fault_entry *fe, u32 pid
 	handed_faults.update(&key, fe);
 	copy = handed_faults.lookup(&key);
 	if (!copy) {   /* no room in the map: it goes out now, taken as it is */
-		fe->state = FE_RAW;
+		fe->state = UT_FE_RAW;
 		emit_folded(ctx, fe, pid, UT_FAULT_STATE, 0, bpf_ktime_get_ns());
 		return false;
 	}
@@ -468,7 +459,7 @@ static __always_inline bool fold_read(void *ctx, u64 uctx, u64 page, u32 ptid)
 		owner = o ? (u32)*o : 0;
 	}
 	fe = owner ? thread_fault.lookup(&owner) : NULL;
-	if (fe && (fe->state == FE_FOLDING || fe->state == FE_HANDED) && fe->ctx == uctx && fe->addr == page &&
+	if (fe && (fe->state == UT_FE_FOLDING || fe->state == UT_FE_HANDED) && fe->ctx == uctx && fe->addr == page &&
 	    count_read(fe))
 		return true;
 	key = handed_pages.lookup(&k);
@@ -481,7 +472,7 @@ static __always_inline bool fold_read(void *ctx, u64 uctx, u64 page, u32 ptid)
 
 	if (ended && (!ptid || *ended == ptid)) {
 		quiet_pages.delete(&k);   /* one message per fault */
-		count_quiet(QUIET_READS, 1);
+		count_quiet(UT_QUIET_READS, 1);
 		return true;
 	}
 	return false;
@@ -547,7 +538,7 @@ static __always_inline void track_range(u32 tgid, u64 start, u64 len, u64 uctx)
 			return;
 		}
 	}
-	count_lost(LOST_RANGES, 1);  /* faults in this range go unseen */
+	count_lost(UT_LOST_RANGES_UNTRACKED, 1);  /* faults in this range go unseen */
 }
 
 static __always_inline void untrack_ranges(u32 tgid, u64 start, u64 end, u64 uctx)
@@ -680,7 +671,7 @@ static __always_inline void on_page_fault(void *ctx, u64 address, u64 error_code
 
 		same = last->ctx == fe.ctx && last->addr == (address & ~0xfffULL);
 		/* user space ends an unwoken unfolded fault at the next one */
-		fold = dropped || last->state == FE_HANDED || (last->state == FE_RAW && last->t_woken);
+		fold = dropped || last->state == UT_FE_HANDED || (last->state == UT_FE_RAW && last->t_woken);
 		unfold(ctx, last, tid);
 		if (!same)
 			page_done(last->ctx, last->addr, tid);
@@ -719,7 +710,7 @@ static __always_inline void on_page_fault(void *ctx, u64 address, u64 error_code
 	}
 #ifdef FOLD
 	if (fold)
-		fe.state = FE_FOLDING;   /* no record: its steps are folded */
+		fe.state = UT_FE_FOLDING;   /* no record: its steps are folded */
 #endif
 #ifdef FOLD
 	{
@@ -729,7 +720,7 @@ static __always_inline void on_page_fault(void *ctx, u64 address, u64 error_code
 	}
 #endif
 	thread_fault.update(&tid, &fe);
-	if (fe.state != FE_FOLDING)
+	if (fe.state != UT_FE_FOLDING)
 		emit(ctx, &e);
 }
 
@@ -759,7 +750,7 @@ static __always_inline void refault(struct fault_entry *fe, u32 tid, u64 ts)
 	u64 *v;
 
 	fe->op_bits |= UT_FOLD_REFAULT;   /* first: settle_woken looks for it */
-	if (!take(fe, FE_HANDED, FE_FOLDING))
+	if (!take(fe, UT_FE_HANDED, UT_FE_FOLDING))
 		return;   /* settled meanwhile, not cleanly: a round user space infers */
 	v = handed_pages.lookup(&k);
 	if (v && *v == key)
@@ -786,7 +777,7 @@ TRACEPOINT_PROBE(sched, sched_switch)
 
 	/* A woken thread runs: a later wait in handle_userfault is a new one.
 	 * (Its waker can run before the thread's own sleep is switched out.) */
-	if (fe && (fe->state == FE_HANDED || fe->t_woken))
+	if (fe && (fe->state == UT_FE_HANDED || fe->t_woken))
 		fe->ran = 1;
 	/* Asleep: S (0x1) or D (0x2). A preempted thread (R+: TASK_REPORT_MAX,
 	 * or TASK_STATE_MAX before 4.14) is still running its fault. */
@@ -801,7 +792,7 @@ TRACEPOINT_PROBE(sched, sched_switch)
 		 * thread's sleeps and wake-ups are not looked at again until its
 		 * next fault. A folded one that never waited is dropped; one that
 		 * did is left to its next fault or the watchdog, which end it. */
-		if (PF_END && !(found & 2) && (fe->state != FE_FOLDING || drop_unwaited(args, fe, tid))) {
+		if (PF_END && !(found & 2) && (fe->state != UT_FE_FOLDING || drop_unwaited(args, fe, tid))) {
 			struct page_key k = { .ctx = fe->ctx, .page = fe->addr };
 			u64 *owner = waiting_pages.lookup(&k);
 
@@ -815,7 +806,7 @@ TRACEPOINT_PROBE(sched, sched_switch)
 	fe->ran = 0;
 	init_event(&e, UT_BLOCK);
 	e.mode = ran;   /* a wait after a wake-up: user space's refault */
-	if (fe->state == FE_HANDED) {
+	if (fe->state == UT_FE_HANDED) {
 		if (!ran)
 			return 0;   /* the sleep its waker already ended */
 #ifdef FOLD

@@ -37,21 +37,53 @@ class Kind(enum.IntEnum):
     LIFECYCLE = 19
 
 
-# FAULT_STATE / LIFECYCLE op bits beside the resolving op (bpf/events.h UT_FOLD_*).
-FOLD_OP_MASK = 0xFF
-FOLD_VIA_READ = 0x100
-FOLD_CLOSER = 0x200
-FOLD_REFAULT = 0x400  # raised again by the kernel's retry of the same page fault, after its wake-up
-# bpf/common.h enum fault_state: a thread_fault entry's state in tracepoint mode.
-FE_FOLDING, FE_HANDED = 1, 2
-READS_COUNT = (1 << 63) - 1  # fault_entry.reads without bpf/tracepoint.c's READS_SEALED bit
+class FoldBit(enum.IntEnum):
+    """FAULT_STATE / LIFECYCLE op bits beside the resolving op (UT_FOLD_*)."""
+
+    OP_MASK = 0xFF
+    VIA_READ = 0x100
+    CLOSER = 0x200
+    REFAULT = 0x400  # raised again by the kernel's retry of the same page fault, after its wake-up
 
 
-UFFD_EVENT_PAGEFAULT = 0x12  # uffd_msg.event of a page-fault message (include/uapi/linux/userfaultfd.h)
-# x86 page-fault error code bits (tracepoint mode's fault records carry it in flags).
-X86_PF_PROT, X86_PF_WRITE = 0x1, 0x2
-# UFFDIO_REGISTER modes.
-REGISTER_MISSING, REGISTER_WP, REGISTER_MINOR = 0x1, 0x2, 0x4
+FOLD_OP_MASK, FOLD_VIA_READ, FOLD_CLOSER, FOLD_REFAULT = FoldBit.OP_MASK, FoldBit.VIA_READ, FoldBit.CLOSER, \
+    FoldBit.REFAULT
+
+
+class LostCause(enum.IntEnum):
+    """Index of the per-CPU ``lost`` array (UT_LOST_*); the name is the summary's."""
+
+    BUFFER_FULL = 0
+    MESSAGES_PER_READ = 1
+    RANGES_UNTRACKED = 2
+
+
+class FaultState(enum.IntEnum):
+    """A thread_fault / handed_faults entry's state in tracepoint mode (UT_FE_*)."""
+
+    RAW = 0
+    FOLDING = 1
+    HANDED = 2
+
+
+class QuietCounter(enum.IntEnum):
+    """Index of the per-CPU ``quiet`` array (UT_QUIET_*)."""
+
+    LIFECYCLES = 0
+    READS = 1
+
+
+READS_SEALED = 1 << 63  # fault_entry.reads: the count is sealed (UT_READS_SEALED)
+READS_COUNT = READS_SEALED - 1  # the count without it
+
+# Kernel and uapi values both sides interpret (enum uffdtrace_kernel_value).
+UFFD_EVENT_PAGEFAULT = 0x12  # uffd_msg.event of a page-fault message
+X86_PF_PROT, X86_PF_WRITE = 0x1, 0x2  # x86 page-fault error code (tracepoint mode's FAULT flags)
+REGISTER_MODE_MISSING, REGISTER_MODE_WP, REGISTER_MODE_MINOR = 0x1, 0x2, 0x4  # UFFDIO_REGISTER modes
+MODE_DONTWAKE = 0x1  # COPY, ZEROPAGE, CONTINUE, POISON, MOVE
+WP_MODE_WP, WP_MODE_DONTWAKE = 0x1, 0x2  # UFFDIO_WRITEPROTECT
+VM_UFFD_MISSING, VM_UFFD_WP = 0x200, 0x1000  # handle_userfault's reason (kprobe mode's FAULT mode)
+VM_FAULT_SIGBUS = 0x2  # handle_userfault's return (FAULT_RET ret)
 
 
 class Op(enum.IntEnum):
@@ -71,12 +103,12 @@ class Op(enum.IntEnum):
 
 # Mode bits that mean "do not wake", per op (include/uapi/linux/userfaultfd.h).
 DONTWAKE_BIT = {
-    Op.COPY: 1 << 0,
-    Op.ZEROPAGE: 1 << 0,
-    Op.CONTINUE: 1 << 0,
-    Op.POISON: 1 << 0,
-    Op.MOVE: 1 << 0,
-    Op.WRITEPROTECT: 1 << 1,
+    Op.COPY: MODE_DONTWAKE,
+    Op.ZEROPAGE: MODE_DONTWAKE,
+    Op.CONTINUE: MODE_DONTWAKE,
+    Op.POISON: MODE_DONTWAKE,
+    Op.MOVE: MODE_DONTWAKE,
+    Op.WRITEPROTECT: WP_MODE_DONTWAKE,
 }
 
 

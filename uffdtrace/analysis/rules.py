@@ -15,13 +15,22 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..events import REGISTER_MINOR, REGISTER_MISSING, X86_PF_PROT, X86_PF_WRITE, Event, Op
+from ..events import (
+    REGISTER_MODE_MINOR,
+    REGISTER_MODE_MISSING,
+    VM_FAULT_SIGBUS,
+    VM_UFFD_MISSING,
+    VM_UFFD_WP,
+    WP_MODE_WP,
+    X86_PF_PROT,
+    X86_PF_WRITE,
+    Event,
+    Op,
+)
 from .model import MS, AioPoll, Attempt, Evidence, Lifecycle
 
 EEXIST = 17
-VM_FAULT_SIGBUS = 0x2
 MOVE_WINDOW_NS = 10 * MS  # a UFFDIO_MOVE this close to an anon_vma retry is named in its evidence
-WP_MODE_WP = 1  # UFFDIO_WRITEPROTECT_MODE_WP: protecting, not resolving
 
 # Which faults each ioctl brings the page for (fs/userfaultfd.c): COPY,
 # ZEROPAGE, MOVE and POISON fill a missing page; CONTINUE maps the page-cache
@@ -46,7 +55,7 @@ WHILE_BLOCKED = frozenset({"never_woken", "unread"})
 FROM_ABSENCE = frozenset({"never_woken", "missed_wakeup", "dontwake_without_wake", "eexist_without_wake", "unread"})
 
 
-REASONS = {0x200: "missing", 0x1000: "wp"}  # VM_UFFD_MISSING, VM_UFFD_WP; anything else is MINOR
+REASONS = {VM_UFFD_MISSING: "missing", VM_UFFD_WP: "wp"}  # anything else is VM_UFFD_MINOR
 
 
 def fault_reason(ev: Event, sees_returns: bool, register_modes: int) -> str | None:
@@ -58,8 +67,8 @@ def fault_reason(ev: Event, sees_returns: bool, register_modes: int) -> str | No
         return REASONS.get(ev.mode, "minor")
     if ev.flags & X86_PF_PROT:
         return "wp" if ev.flags & X86_PF_WRITE else None
-    if register_modes & REGISTER_MINOR:
-        return None if register_modes & REGISTER_MISSING else "minor"
+    if register_modes & REGISTER_MODE_MINOR:
+        return None if register_modes & REGISTER_MODE_MISSING else "minor"
     return "missing"
 
 
@@ -67,7 +76,7 @@ def resolves(op: int, mode: int, reason: str | None) -> bool:
     """Whether ioctl ``op`` (with its ``mode``) brings the page a fault of
     ``reason`` waits for (None: the reason is unknown, any resolution counts)."""
     kind = RESOLVES.get(Op(op)) if op in Op._value2member_map_ else None
-    if kind is None or (op == Op.WRITEPROTECT and mode & WP_MODE_WP):
+    if kind is None or (op == Op.WRITEPROTECT and mode & WP_MODE_WP):  # protecting, not resolving
         return False
     return reason is None or reason == kind
 

@@ -22,15 +22,16 @@ from typing import Any
 
 from ..errors import UffdtraceError
 from ..events import (
-    FE_FOLDING,
-    FE_HANDED,
     READS_COUNT,
     RECORD,
     RECORD_SIZE,
     Event,
+    FaultState,
     Folded,
     Kind,
+    LostCause,
     PointerIds,
+    QuietCounter,
     decode_comm,
     decode_many,
     slot_layout,
@@ -49,8 +50,6 @@ TICK_S = 0.05  # how often the main thread correlates what was drained, and chec
 DRAIN_PAUSE_S = 0.005
 DEFAULT_BUFFER_KB = 16384
 SPILL_PAGES_PER_CPU = 16  # per-CPU perf buffer for the records the ring refused (bpf/common.h emit)
-# bpf/common.h enum lost_cause, in order.
-LOST_CAUSES = ("buffer_full", "messages_per_read", "ranges_untracked")
 # Records reserved before a poll are committed within microseconds; events
 # older than (poll start - this) have all been delivered by the poll.
 DELIVERY_SLACK_NS = 5_000_000
@@ -174,7 +173,7 @@ class LiveSource:
         self._bpf: Any = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._gate: int | None = None  # write end of the pipe the command waits on
-        self.totals = Totals(lost_causes=dict.fromkeys(LOST_CAUSES, 0))  # final once closed
+        self.totals = Totals(lost_causes=dict.fromkeys((c.name.lower() for c in LostCause), 0))  # final once closed
         self.stopper = Stopper()
         self._command = resolve_command(opts.command) if opts.command else []
         check_pids(opts.pids)
@@ -365,7 +364,9 @@ class LiveSource:
         if self._bpf is None or self.backend.sees_returns or self.opts.every_record:
             return []  # nothing folds in kprobe mode or with --events
         now = time.monotonic_ns()  # entries are copied while the kernel changes them: only the count is masked
-        tables = [("thread_fault", FE_FOLDING)] + ([("handed_faults", FE_HANDED)] if include_handed else [])
+        tables = [("thread_fault", FaultState.FOLDING)]
+        if include_handed:
+            tables.append(("handed_faults", FaultState.HANDED))
         out = []
         for name, state in tables:
             table = self._bpf[name]
@@ -402,7 +403,7 @@ class LiveSource:
         return sum(self._lost_causes().values())
 
     def _lost_causes(self) -> dict[str, int]:
-        return {name: self._percpu_sum("lost", i) for i, name in enumerate(LOST_CAUSES)}
+        return {cause.name.lower(): self._percpu_sum("lost", cause) for cause in LostCause}
 
     def now(self) -> int:
         return time.monotonic_ns()
@@ -433,8 +434,8 @@ class LiveSource:
             self.totals.lost_causes = self._lost_causes()
             self.totals.filtered = self._percpu_sum("filtered", 0)
             if not self.backend.sees_returns:  # tracepoint.c's quiet counters
-                self.totals.quiet_lifecycles = self._percpu_sum("quiet", 0)
-                self.totals.quiet_reads = self._percpu_sum("quiet", 1)
+                self.totals.quiet_lifecycles = self._percpu_sum("quiet", QuietCounter.LIFECYCLES)
+                self.totals.quiet_reads = self._percpu_sum("quiet", QuietCounter.READS)
             self._bpf.cleanup()
             self._bpf = None
         return self.totals
