@@ -31,7 +31,6 @@ enum uffdtrace_kind {
 	UT_UFFD_API = 14,
 	UT_UFFD_REGISTER = 15,
 	UT_UFFD_CLOSE = 16,
-	UT_LOST = 17,          /* synthesised by user space from the in-kernel lost counter */
 	UT_FAULT_STATE = 18,   /* a fault folded in the kernel so far, now sent step by step */
 	UT_LIFECYCLE = 19,     /* a fault folded in the kernel from raised to resolved and woken */
 };

@@ -1,41 +1,29 @@
-/* uffdtrace kprobe mode (DESIGN.md §3.1), compiled by bcc.
+/* uffdtrace kprobe mode (docs/architecture.md, "Modes"), compiled by bcc.
  *
  * Never dereferences a kernel struct through a header type: every member
  * offset (OFF_*) is passed in by uffdtrace/live/offsets.py from the running
  * kernel's BTF, and all reads go through read_*() below. Which probes get
- * attached (and to which symbol) is decided in uffdtrace/live/probes.py.
+ * attached (and to which symbol) is decided in uffdtrace/live/kprobe_mode.py.
+ * Every step of a fault is sent (nothing is folded: fold_hooks.h's defaults).
  *
- * Compile-time knobs (-D): FILTER (only followed processes), SPAWN_PARENT
- * (tgid whose children are followed), USE_RINGBUF, RINGBUF_PAGES,
- * HAVE_* for optional members, UFFD_FOPS / FLAVR_START / FLAVR_END addresses.
+ * -D knobs beside those of output.h and follow.h: OFF_* member offsets,
+ * HAVE_* for optional members, UFFD_FOPS (userfaultfd_fops' address),
+ * ANON_VMA_READ_START/_END (folio_lock_anon_vma_read's range), EVERY_RECORD
+ * (--events).
  */
-#include "common.h"
+#include "filter.h"
+#include "messages.h"
 
 BPF_HASH(poll_iocbs, u64, u8, 65536);
 
 struct wake_entry { u64 ts; u64 ctx; u64 addr; u64 start; u64 len; u32 pid; u32 tgid; };
 struct aio_entry { u64 uctx; u64 obj; u64 data; u32 mask; u32 events; u8 scheduled; };
-struct flavr_entry { u64 ts; u64 folio; u32 trylocks; };
+struct anon_vma_read_entry { u64 ts; u64 folio; u32 trylocks; };
 
-/* tid -> the fault it is handling now (entry to return of handle_userfault);
- * user space reads it to confirm that a thread still waits for its page. */
-BPF_HASH(thread_fault, u32, struct fault_entry, 65536);
-BPF_HASH(reading, u32, struct read_entry, 65536);
 BPF_HASH(ioctl_fd, u32, u64, 65536);
 BPF_HASH(waking, u32, struct wake_entry, 4096);
 BPF_HASH(aio_waking, u32, struct aio_entry, 4096);
-BPF_HASH(locking, u32, struct flavr_entry, 65536);
-
-/* Kprobe mode sends every step of a fault (no folding, see tracepoint.c). */
-static __always_inline bool fold_read(void *ctx, u64 uctx, u64 page, u32 ptid)
-{
-	return false;
-}
-
-static __always_inline bool waiter_matters(void *ctx, u64 uctx, u64 page, u64 owner, bool at_exit)
-{
-	return true;
-}
+BPF_HASH(locking, u32, struct anon_vma_read_entry, 65536);
 
 /* ---- handle_userfault: raised / returned ---------------------------- */
 
@@ -223,11 +211,10 @@ int kr_userfaultfd_ioctl(struct pt_regs *ctx)
 
 /* ---- wake-ups ---------------------------------------------------------- */
 
-/* Only with --events: no lifecycle rule reads the range (the wake-ups
- * themselves are the WAKE_TASK records). */
+/* Attached only with --events (kprobe_mode.py events_only): no lifecycle
+ * rule reads the range (the wake-ups themselves are the WAKE_TASK records). */
 int kp___wake_userfault(struct pt_regs *ctx)
 {
-#ifdef EVERY_RECORD
 	struct uffdtrace_event e = {};
 	u64 range = PT_REGS_PARM2(ctx);
 
@@ -238,7 +225,6 @@ int kp___wake_userfault(struct pt_regs *ctx)
 	e.addr = read_u64(range);
 	e.len = read_u64(range + 8);
 	emit(ctx, &e);
-#endif
 	return 0;
 }
 
@@ -409,7 +395,7 @@ int kp_aio_complete(struct pt_regs *ctx)
 
 int kp_anon_vma_read(struct pt_regs *ctx)
 {
-	struct flavr_entry fl = {};
+	struct anon_vma_read_entry fl = {};
 	u32 tid = current_tid();
 
 	fl.ts = bpf_ktime_get_ns();
@@ -424,13 +410,13 @@ int kp_anon_vma_read(struct pt_regs *ctx)
 int kp_down_read_trylock(struct pt_regs *ctx)
 {
 	u32 tid = current_tid();
-	struct flavr_entry *fl = locking.lookup(&tid);
+	struct anon_vma_read_entry *fl = locking.lookup(&tid);
 	u64 ra = 0;
 
 	if (!fl)
 		return 0;
 	bpf_probe_read_kernel(&ra, sizeof(ra), (void *)PT_REGS_SP(ctx));
-	if (ra >= FLAVR_START && ra < FLAVR_END)
+	if (ra >= ANON_VMA_READ_START && ra < ANON_VMA_READ_END)
 		fl->trylocks++;
 	return 0;
 }
@@ -439,7 +425,7 @@ int kr_anon_vma_read(struct pt_regs *ctx)
 {
 	struct uffdtrace_event e = {};
 	u32 tid = current_tid();
-	struct flavr_entry *fl = locking.lookup(&tid);
+	struct anon_vma_read_entry *fl = locking.lookup(&tid);
 	u32 retries;
 	u8 *wanted;
 

@@ -5,6 +5,7 @@ source and compile flags handed to bcc. The backend interface itself
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -51,6 +52,9 @@ class Plan:
     fatal: list[str] = field(default_factory=list)  # why the mode cannot run at all
 
 
+LOCAL_INCLUDE = re.compile(r'^#include "([\w.]+)"$', re.M)
+
+
 def cflags(defines: dict[str, int | None]) -> list[str]:
     # -w: warnings come from the kernel's own headers (often another build's,
     # see scripts/setup.sh); nothing a user can act on. Errors still show.
@@ -61,13 +65,22 @@ def cflags(defines: dict[str, int | None]) -> list[str]:
 
 
 def source_text(program: str) -> str:
-    """The program with common.h pasted in: bcc generates tracepoint argument
-    structs only for TRACEPOINT_PROBEs in the main file, not in headers."""
-    try:
-        text = (BPF_DIR / program).read_text()
-        return text.replace('#include "common.h"', (BPF_DIR / "common.h").read_text(), 1)
-    except OSError as exc:
-        raise UffdtraceError(f"BPF source missing ({exc.filename}): reinstall uffdtrace") from exc
+    """The program with every local header (bpf/*.h) pasted in, each once:
+    bcc generates tracepoint argument structs, and rewrites the kernel
+    memory reads, only for the code of the main file it is given."""
+    pasted: set[str] = set()
+
+    def expand(name: str) -> str:
+        if name in pasted:
+            return ""
+        pasted.add(name)
+        try:
+            text = (BPF_DIR / name).read_text()
+        except OSError as exc:
+            raise UffdtraceError(f"BPF source missing ({exc.filename}): reinstall uffdtrace") from exc
+        return LOCAL_INCLUDE.sub(lambda m: expand(m.group(1)), text)
+
+    return expand(program)
 
 
 class Backend:

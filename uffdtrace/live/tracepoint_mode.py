@@ -1,4 +1,4 @@
-"""tracepoint mode (DESIGN.md §3.2), for kernels without kprobes or fentry:
+"""tracepoint mode (docs/architecture.md, "Modes"), for kernels without kprobes or fentry:
 the same records from tracepoints, stack attribution through kallsyms
 address ranges, and the uffds that existed before tracing learnt from
 /proc."""
@@ -56,13 +56,14 @@ TRACEPOINT_DEGRADED = ("fault_ret", "wake_range", "aio_poll_wake", "ctx is (tgid
                        "fault reason (inferred from error_code)", "anon_vma retries",
                        "faults taken through get_user_pages (no page-fault exception)")
 
-# -D name pairs for the stack-attribution ranges: the first of the symbols
-# that kallsyms has. PF, any page fault's entry: exc_page_fault since 5.8
+# -D name pairs for the stack-attribution ranges (bpf/stacks.h): the first of
+# the symbols that kallsyms has. PAGE_FAULT, any page fault's entry: exc_page_fault since 5.8
 # (91eeafea1e4b, "x86/entry: Switch page fault exception to IDTENTRY_RAW"),
 # do_page_fault before; without either, a thread's fault is never taken as
 # over from its sleeps (more stack walks, nothing missed).
-_RANGE_DEFINES = {"HU": ("handle_userfault",), "UWF": ("userfaultfd_wake_function",), "WU": ("__wake_up",),
-                  "FLAVR": ("folio_lock_anon_vma_read",), "PF": ("exc_page_fault", "do_page_fault")}
+_RANGE_DEFINES = {"HANDLE_USERFAULT": ("handle_userfault",), "WAKE_FUNCTION": ("userfaultfd_wake_function",),
+                  "WAKE_UP": ("__wake_up",), "ANON_VMA_READ": ("folio_lock_anon_vma_read",),
+                  "PAGE_FAULT": ("exc_page_fault", "do_page_fault")}
 _REQUIRED_TRACEPOINT_CAPS = ("block", "wake_task", "read", "resolve")
 
 
@@ -72,7 +73,7 @@ def tracepoint_plan(kallsyms: Kallsyms, tracefs: Path) -> Plan:
         sym = next((found for found in map(kallsyms.symbol, names) if found), None)
         result.defines[f"{prefix}_START"] = sym.start if sym else 0
         result.defines[f"{prefix}_END"] = sym.end if sym else 0
-    result.defines["APCW"] = kallsyms.address("aio_poll_complete_work") or 0
+    result.defines["AIO_POLL_COMPLETE_WORK"] = kallsyms.address("aio_poll_complete_work") or 0
     for cap in TRACEPOINT_CAPS:
         missing_tp = [tp for tp in cap.tracepoints if not (tracefs / "events" / tp).is_dir()]
         missing_sym = [s for s in cap.symbols if s not in kallsyms]

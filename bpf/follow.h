@@ -1,0 +1,59 @@
+/* Which processes are traced (-p PID, a command and its children: FILTER)
+ * and which uffds belong to them, so that a handler in another process is
+ * seen too. Without FILTER every process is followed. */
+#ifndef UFFDTRACE_FOLLOW_H
+#define UFFDTRACE_FOLLOW_H
+#include "output.h"
+
+#ifndef SPAWN_PARENT
+#define SPAWN_PARENT 0   /* the tgid whose children are followed (uffdtrace itself, for a command) */
+#endif
+
+/* Processes being traced (FILTER), and uffd contexts / aio requests that
+ * belong to them, so that handlers in other processes are seen too. */
+BPF_HASH(follow, u32, u8, 65536);
+BPF_HASH(follow_ctx, u64, u8, 65536);
+BPF_HASH(uffd_users, u32, u8, 65536);
+
+static __always_inline bool followed(u32 tgid)
+{
+#ifdef FILTER
+	return follow.lookup(&tgid) != NULL;
+#else
+	return true;
+#endif
+}
+
+static __always_inline bool ctx_followed(u64 uctx)
+{
+#ifdef FILTER
+	return follow_ctx.lookup(&uctx) != NULL;
+#else
+	return true;
+#endif
+}
+
+static __always_inline void mark_user(u32 tgid, u64 uctx)
+{
+	u8 one = 1;
+	uffd_users.update(&tgid, &one);
+	if (uctx)
+		follow_ctx.update(&uctx, &one);
+}
+
+/* ---- process following ---------------------------------------------- */
+
+#ifdef FILTER
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+	u32 parent = current_tgid();
+	u32 child = args->child_pid;
+	u8 one = 1;
+
+	if (parent == SPAWN_PARENT || follow.lookup(&parent))
+		follow.update(&child, &one);
+	return 0;
+}
+#endif
+
+#endif
