@@ -1,7 +1,7 @@
 """Packages for setuptools (metadata is in pyproject.toml): every package
 under uffdtrace/, found, and the BPF sources, which live at the top of the
 tree (bpf/) and ship inside the package as uffdtrace/bpf, where
-uffdtrace/probes.py looks for them first."""
+uffdtrace/live/probes.py looks for them first."""
 
 from setuptools import find_packages, setup
 

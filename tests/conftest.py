@@ -13,6 +13,15 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / ".build"
 WORKLOAD_SRC = ROOT / "tests" / "workloads"
 IN_CI = os.environ.get("CI", "").lower() == "true"
+# The markers of each tier's directory (pyproject.toml declares them): `-m "not vm"` and the like select tiers.
+TIER_MARKERS = {"live": ("live",), "vm": ("live", "vm"), "seedbugs": ("live",)}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = item.path.relative_to(ROOT / "tests").parts
+        for name in TIER_MARKERS.get(parts[0], ()) if len(parts) > 1 else ():
+            item.add_marker(name)
 
 
 def require(condition: bool, reason: str) -> None:

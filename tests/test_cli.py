@@ -105,7 +105,7 @@ def test_missing_symbols_degrade_tracepoint_mode_instead_of_refusing(tmp_path: P
     no_symbols = Kallsyms("ffffffff81000000 T _stext\n")
     plan = tracepoint_mode.tracepoint_plan(no_symbols, tmp_path)
     assert tracepoint_mode.tracepoint_mode_unusable(plan) is None
-    assert plan.defines["HU_START"] == plan.defines["HU_END"] == 0  # block events never match: degraded
+    assert plan.defines["HANDLE_USERFAULT_START"] == plan.defines["HANDLE_USERFAULT_END"] == 0  # blocks never match
     lost = " ".join(tracepoint_mode.degraded(plan))
     assert "handle_userfault not in kallsyms" in lost and "userfaultfd_wake_function not in kallsyms" in lost
     assert "HAVE_PF_TRACEPOINTS" not in plan.defines  # no page-fault tracepoints: that code is left out
@@ -260,3 +260,43 @@ def test_ps_not_root_says_what_it_could_not_see(world_readable_dir: Path) -> Non
     proc = _as_nobody(world_readable_dir, "ps")
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert "processes of other users could not be looked at: run as root" in proc.stdout
+
+
+def test_kprobe_mode_attaches_the_wake_range_probe_only_with_events() -> None:
+    """__wake_userfault's records only matter to --events: without it the
+    probe is not attached at all (every wake-up would pay for an empty body)."""
+    from uffdtrace.live import kprobe_mode
+    from uffdtrace.live.kallsyms import Kallsyms
+
+    syms = "".join(f"ffffffff8100{i:04x} T {c.symbol}\n" for i, spec in enumerate(kprobe_mode.PROBES)
+                   for c in spec.candidates[:1])
+    offsets = {m: 8 for spec in kprobe_mode.PROBES for c in spec.candidates for m in c.needs}
+
+    class Bpf:
+        def __init__(self) -> None:
+            self.attached: list[str] = []
+
+        def attach_kprobe(self, event: str, fn_name: str) -> None:
+            self.attached.append(event)
+
+        def attach_kretprobe(self, event: str, fn_name: str, maxactive: int) -> None:
+            pass
+
+    for every_record, expected in ((False, False), (True, True)):
+        plan = kprobe_mode.plan(Kallsyms(syms), offsets)
+        if every_record:
+            plan.defines["EVERY_RECORD"] = None
+        bpf = Bpf()
+        kprobe_mode.attach(bpf, plan)
+        [status] = [s for s in plan.status if s.name == "wake_range"]
+        assert ("__wake_userfault" in bpf.attached) is expected and status.attached is expected
+        assert "handle_userfault" in bpf.attached
+
+
+def test_lost_records_are_blamed_on_their_own_causes() -> None:
+    from uffdtrace.sinks.text import lost_causes
+
+    assert lost_causes({"buffer_full": 0, "messages_per_read": 0}) == ""
+    said = lost_causes({"buffer_full": 0, "messages_per_read": 3, "ranges_untracked": 1})
+    assert "3 because more than 32 messages in one read()" in said and "--buffer-kb" not in said
+    assert "1 because faults in ranges beyond the 16" in said

@@ -32,7 +32,6 @@ class Kind(enum.IntEnum):
     UFFD_API = 14
     UFFD_REGISTER = 15
     UFFD_CLOSE = 16
-    LOST = 17
     FAULT_STATE = 18
     LIFECYCLE = 19
 

@@ -1,4 +1,4 @@
-"""kprobe mode (DESIGN.md §3.1): attach points chosen from what the running
+"""kprobe mode (docs/architecture.md, "Modes"): attach points chosen from what the running
 kernel has (kallsyms, BTF member offsets), compiled with bcc, attached one by
 one. A probe whose symbol or struct members are missing is reported, not
 fatal: the rest keeps working."""
@@ -22,11 +22,12 @@ KRETPROBE_MAXACTIVE = 4096
 
 @dataclass(frozen=True)
 class ProbeSpec:
-    """One row of DESIGN §3.1: the first candidate the kernel has is used."""
+    """One probe: the first candidate the kernel has is used."""
 
     name: str
     candidates: tuple[Candidate, ...]
     return_fn: str | None = None
+    events_only: bool = False  # its records only matter to --events: attached only then
 
 
 _FAULT_MEMBERS = ("OFF_VM_FAULT_VMA", "OFF_VM_FAULT_ADDRESS", "OFF_VM_FAULT_FLAGS", "OFF_VMA_UFFD_CTX")
@@ -51,7 +52,7 @@ PROBES: tuple[ProbeSpec, ...] = (
               "kr_userfaultfd_ioctl"),
     # __wake_userfault is static and may be inlined into userfaultfd_ioctl;
     # wake_userfault itself is __always_inline and never probe-able.
-    ProbeSpec("wake_range", (Candidate("__wake_userfault", "kp___wake_userfault"),)),
+    ProbeSpec("wake_range", (Candidate("__wake_userfault", "kp___wake_userfault"),), events_only=True),
     ProbeSpec("wake_task", (Candidate("userfaultfd_wake_function", "kp_userfaultfd_wake_function",
                                       _WAKE_MEMBERS),), "kr_userfaultfd_wake_function"),
     ProbeSpec("aio_poll_wake", (Candidate("aio_poll_wake", "kp_aio_poll_wake", _AIO_MEMBERS),),
@@ -93,8 +94,8 @@ def plan(kallsyms: Kallsyms, offsets: dict[str, int]) -> Plan:
                     result.defines.setdefault(member, 0)
     lock = result.chosen.get("anon_vma_lock")
     sym = kallsyms.symbol(lock.symbol) if lock else None
-    result.defines["FLAVR_START"] = sym.start if sym else 0
-    result.defines["FLAVR_END"] = sym.end if sym else 0
+    result.defines["ANON_VMA_READ_START"] = sym.start if sym else 0
+    result.defines["ANON_VMA_READ_END"] = sym.end if sym else 0
     fops = kallsyms.address("userfaultfd_fops")
     if fops:  # needs CONFIG_KALLSYMS_ALL; without it aio polls are filtered by process only
         result.defines["UFFD_FOPS"] = fops
@@ -108,6 +109,9 @@ def attach(bpf: Any, the_plan: Plan) -> None:
         if cand is None:
             continue
         spec = next(s for s in PROBES if s.name == status.name)
+        if spec.events_only and "EVERY_RECORD" not in the_plan.defines:
+            status.detail = "not attached: its records are sent only with --events"
+            continue
         try:
             bpf.attach_kprobe(event=cand.symbol, fn_name=cand.entry_fn)
             if spec.return_fn:

@@ -195,7 +195,7 @@ class LiveSource:
         self.info.degraded = self.backend.degraded(the_plan)
         self.info.probes = [p.to_json() for p in the_plan.status]
         self.info.transport = choose_transport(kallsyms, self.opts.transport)
-        defines: dict[str, int | None] = dict(the_plan.defines)
+        defines = the_plan.defines  # the session's knobs join the plan's: attach() reads them too
         buffer_pages = self.opts.buffer_kb * 1024 // mmap.PAGESIZE
         if self.info.transport == "ringbuf":
             defines["USE_RINGBUF"] = None

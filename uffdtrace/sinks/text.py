@@ -52,6 +52,20 @@ def _addr(addr: int | None) -> str:
     return "?" if addr is None else f"{addr:#x}"
 
 
+# What each cause of lost records means to the operator (events.LostCause).
+LOST_CAUSE_TEXT = {
+    "buffer_full": "the kernel buffer was full (raise --buffer-kb)",
+    "messages_per_read": "more than 32 messages in one read()",
+    "ranges_untracked": "faults in ranges beyond the 16 tracked per process (tracepoint mode)",
+}
+
+
+def lost_causes(causes: dict[str, int]) -> str:
+    """' (N because ..., M because ...)' for the causes that lost records; '' for none."""
+    named = [f"{n} because {LOST_CAUSE_TEXT.get(cause, cause)}" for cause, n in causes.items() if n]
+    return f" ({'; '.join(named)})" if named else ""
+
+
 class Text:
     """Times are seconds since ``origin_ns``: the header's ``started_ns``
     (the probes went live), else the first thing written."""
@@ -111,14 +125,14 @@ class Text:
         self.out.write(" ".join(parts) + "\n")
 
     def lost(self, count: int) -> None:
-        self.out.write(f"# LOST {count} records so far (kernel buffer full: see --buffer-kb)\n")
+        self.out.write(f"# LOST {count} records so far (the summary says why)\n")
         self.out.flush()
 
     def summary(self, summary: dict[str, Any]) -> None:
         kinds = " ".join(f"{k}={v}" for k, v in sorted(summary["by_kind"].items()))
         flags = " ".join(f"{k}={v}" for k, v in sorted(summary["flags"].items())) or "none"
         line = (f"# summary: {summary['lifecycles']} lifecycles, flags: {flags}; {summary['events']} events, "
-                f"{summary['lost']} lost")
+                f"{summary['lost']} lost{lost_causes(summary.get('lost_causes') or {})}")
         if summary["evicted"]:
             line += f", {summary['evicted']} open lifecycles evicted (table full)"
         if summary.get("command_status") is not None:
