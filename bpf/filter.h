@@ -41,13 +41,13 @@ static __always_inline bool range_has_waiter(void *ctx, struct ioctl_entry *ie, 
 		return true;
 	first = start & ~(FILTER_PAGE - 1);
 	for (int i = 0; i < MAX_CHECKED_PAGES; i++) {
-		struct page_key k = { .ctx = ie->ctx, .page = first + i * FILTER_PAGE };
+		struct page_key k = { .uffd = ie->uffd, .page = first + i * FILTER_PAGE };
 		u64 *owner;
 
 		if (k.page >= start + len)
 			break;
 		owner = waiting_pages.lookup(&k);
-		if (owner && waiter_matters(ctx, k.ctx, k.page, *owner, at_exit))
+		if (owner && waiter_matters(ctx, k.uffd, k.page, *owner, at_exit))
 			found = true;
 	}
 	return found;

@@ -83,7 +83,7 @@ static __always_inline void emit_folded(void *ctx, struct fault_entry *fe, u32 t
 	e->tgid = fe->tgid;
 	e->tid = tid;
 	__builtin_memcpy(e->comm, fe->comm, sizeof(e->comm));
-	e->ctx = fe->ctx;
+	e->ctx = fe->uffd;
 	e->addr = fe->addr;
 	e->len = fe->ts;
 	e->flags = fe->error_code;
@@ -129,7 +129,7 @@ static __always_inline bool drop_unwaited(void *ctx, struct fault_entry *fe, u32
 	if (fe->state != UT_FE_FOLDING || fe->slept || fe->reads || taken_over(fe, tid))
 		return false;
 	/* Published first: a read that then finds the fault taken counts there. */
-	k.ctx = fe->ctx;
+	k.uffd = fe->uffd;
 	k.page = fe->addr;
 	quiet_pages.update(&k, &tid);
 	ts = bpf_ktime_get_ns();   /* before the take, as in unfold */
@@ -146,11 +146,11 @@ static __always_inline bool drop_unwaited(void *ctx, struct fault_entry *fe, u32
 }
 
 /* Thread tid's fault on this page, if it is still being folded. */
-static __always_inline struct fault_entry *folding(u32 tid, u64 uctx, u64 page)
+static __always_inline struct fault_entry *folding(u32 tid, u64 uffd, u64 page)
 {
 	struct fault_entry *fe = thread_fault.lookup(&tid);
 
-	if (!fe || fe->state != UT_FE_FOLDING || fe->ctx != uctx || fe->addr != page)
+	if (!fe || fe->state != UT_FE_FOLDING || fe->uffd != uffd || fe->addr != page)
 		return NULL;
 	return fe;
 }
@@ -158,7 +158,7 @@ static __always_inline struct fault_entry *folding(u32 tid, u64 uctx, u64 page)
 /* Why the fault came, as user space derives it (uffdtrace/analysis/rules.py fault_reason). */
 static __always_inline u32 fault_reason(struct fault_entry *fe)
 {
-	u64 *modes = uffd_modes.lookup(&fe->ctx);
+	u64 *modes = uffd_modes.lookup(&fe->uffd);
 	u64 m = modes ? *modes : 0;
 
 	if (fe->error_code & UT_X86_PF_PROT)
@@ -180,7 +180,7 @@ static __always_inline bool resolved_cleanly(struct ioctl_entry *ie, struct faul
 		return false;
 	ioctl_range(ie, &start, &len);
 	start &= ~(FILTER_PAGE - 1);
-	if (hf->ctx != ie->ctx || hf->addr < start || hf->addr >= start + len)
+	if (hf->uffd != ie->uffd || hf->addr < start || hf->addr >= start + len)
 		return false;
 	mode = (nr == UT_OP_COPY || nr == UT_OP_MOVE) ? ie->in[3] : ie->in[2];
 	switch (nr) {
@@ -211,7 +211,7 @@ static __always_inline bool resolved_cleanly(struct ioctl_entry *ie, struct faul
 
 static __always_inline void handed_page_done(struct fault_entry *hf, u64 key)
 {
-	struct page_key k = { .ctx = hf->ctx, .page = hf->addr };
+	struct page_key k = { .uffd = hf->uffd, .page = hf->addr };
 	u64 *v = handed_pages.lookup(&k);
 
 	if (v && *v == key)
@@ -231,7 +231,7 @@ static __always_inline void count_quiet(int counter, u64 n)
 static __always_inline bool quietly_ended(struct fault_entry *hf, u32 tid)
 {
 #ifdef QUIET
-	struct page_key k = { .ctx = hf->ctx, .page = hf->addr };
+	struct page_key k = { .uffd = hf->uffd, .page = hf->addr };
 	u64 reads;
 
 	if (taken_over(hf, tid))
@@ -260,7 +260,7 @@ static __always_inline void unfold_thread(void *ctx, struct fault_entry *hf, u32
 {
 	struct fault_entry *fe = thread_fault.lookup(&w);
 
-	if (!fe || fe->ctx != hf->ctx || fe->addr != hf->addr)
+	if (!fe || fe->uffd != hf->uffd || fe->addr != hf->addr)
 		return;
 	if (fe->ts == hf->ts && take(fe, UT_FE_HANDED, UT_FE_RAW))
 		return;
@@ -315,7 +315,7 @@ static __always_inline bool fold_wake(void *ctx, struct fault_entry *fe, u32 pid
 		return false;
 
 	if (!ie || ie->nwoken >= MAX_WOKEN) {
-		if (closed && *closed == fe->ctx)
+		if (closed && *closed == fe->uffd)
 			fe->op_bits |= UT_FOLD_CLOSER;   /* the release of the uffd wakes it */
 		unfold(ctx, fe, pid);
 		return false;
@@ -344,7 +344,7 @@ static __always_inline bool fold_wake(void *ctx, struct fault_entry *fe, u32 pid
 		return false;
 	}
 	copy->reads = 0;
-	pk.ctx = fe->ctx;
+	pk.uffd = fe->uffd;
 	pk.page = fe->addr;
 	handed_pages.update(&pk, &key);
 	reads = seal_reads(fe);
@@ -359,17 +359,17 @@ static __always_inline bool fold_wake(void *ctx, struct fault_entry *fe, u32 pid
 	if (n < MAX_WOKEN)
 		ie->woken[n] = pid;
 	ie->nwoken = n + 1;
-	page_done(fe->ctx, fe->addr, pid);
+	page_done(fe->uffd, fe->addr, pid);
 	return true;
 }
 
 /* A message of a folded fault is counted in its entry (true). The thread's
  * entry is tried first, also once handed (until its waker seals it), then the
  * handed copy, then a fault that ended in the kernel without a record. */
-static __always_inline bool fold_read(void *ctx, u64 uctx, u64 page, u32 ptid)
+static __always_inline bool fold_read(void *ctx, u64 uffd, u64 page, u32 ptid)
 {
 #ifdef FOLD
-	struct page_key k = { .ctx = uctx, .page = page };
+	struct page_key k = { .uffd = uffd, .page = page };
 	struct fault_entry *fe;
 	u32 owner = ptid;
 	u64 *key;
@@ -382,13 +382,13 @@ static __always_inline bool fold_read(void *ctx, u64 uctx, u64 page, u32 ptid)
 		owner = o ? (u32)*o : 0;
 	}
 	fe = owner ? thread_fault.lookup(&owner) : NULL;
-	if (fe && (fe->state == UT_FE_FOLDING || fe->state == UT_FE_HANDED) && fe->ctx == uctx && fe->addr == page &&
+	if (fe && (fe->state == UT_FE_FOLDING || fe->state == UT_FE_HANDED) && fe->uffd == uffd && fe->addr == page &&
 	    count_read(fe))
 		return true;
 	key = handed_pages.lookup(&k);
 	if (key && (!ptid || (u32)*key == ptid)) {
 		fe = handed_faults.lookup(key);
-		if (fe && fe->ctx == uctx && fe->addr == page && count_read(fe))
+		if (fe && fe->uffd == uffd && fe->addr == page && count_read(fe))
 			return true;
 	}
 	u32 *ended = quiet_pages.lookup(&k);
@@ -404,7 +404,7 @@ static __always_inline bool fold_read(void *ctx, u64 uctx, u64 page, u32 ptid)
 #endif
 }
 
-static __always_inline bool waiter_matters(void *ctx, u64 uctx, u64 page, u64 owner, bool at_exit)
+static __always_inline bool waiter_matters(void *ctx, u64 uffd, u64 page, u64 owner, bool at_exit)
 {
 #ifdef FOLD
 	u32 tid = (u32)owner;
@@ -412,7 +412,7 @@ static __always_inline bool waiter_matters(void *ctx, u64 uctx, u64 page, u64 ow
 
 	if (owner & PAGE_SHARED)
 		return true;
-	fe = folding(tid, uctx, page);
+	fe = folding(tid, uffd, page);
 	if (!fe)
 		return true;
 	if (!at_exit)

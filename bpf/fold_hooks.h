@@ -7,14 +7,14 @@
 
 #ifndef UT_FOLD_HOOKS
 /* A message of a fault folded in the kernel is counted there (true): no record. */
-static __always_inline bool fold_read(void *ctx, u64 uctx, u64 page, u32 ptid)
+static __always_inline bool fold_read(void *ctx, u64 uffd, u64 page, u32 ptid)
 {
 	return false;
 }
 
 /* Whether the fault of the thread waiting on the page (owner) makes the
  * ioctl covering it matter to user space. */
-static __always_inline bool waiter_matters(void *ctx, u64 uctx, u64 page, u64 owner, bool at_exit)
+static __always_inline bool waiter_matters(void *ctx, u64 uffd, u64 page, u64 owner, bool at_exit)
 {
 	return true;
 }

@@ -24,21 +24,21 @@ static __always_inline bool followed(u32 tgid)
 #endif
 }
 
-static __always_inline bool ctx_followed(u64 uctx)
+static __always_inline bool ctx_followed(u64 uffd)
 {
 #ifdef FILTER
-	return follow_ctx.lookup(&uctx) != NULL;
+	return follow_ctx.lookup(&uffd) != NULL;
 #else
 	return true;
 #endif
 }
 
-static __always_inline void mark_user(u32 tgid, u64 uctx)
+static __always_inline void mark_user(u32 tgid, u64 uffd)
 {
 	u8 one = 1;
 	uffd_users.update(&tgid, &one);
-	if (uctx)
-		follow_ctx.update(&uctx, &one);
+	if (uffd)
+		follow_ctx.update(&uffd, &one);
 }
 
 /* ---- process following ---------------------------------------------- */

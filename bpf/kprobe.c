@@ -16,8 +16,8 @@
 
 BPF_HASH(poll_iocbs, u64, u8, 65536);
 
-struct wake_entry { u64 ts; u64 ctx; u64 addr; u64 start; u64 len; u32 pid; u32 tgid; };
-struct aio_entry { u64 uctx; u64 obj; u64 data; u32 mask; u32 events; u8 scheduled; };
+struct wake_entry { u64 ts; u64 uffd; u64 addr; u64 start; u64 len; u32 pid; u32 tgid; };
+struct aio_entry { u64 uffd; u64 obj; u64 data; u32 mask; u32 events; u8 scheduled; };
 struct anon_vma_read_entry { u64 ts; u64 folio; u32 trylocks; };
 
 BPF_HASH(ioctl_fd, u32, u64, 65536);
@@ -47,10 +47,10 @@ int kp_handle_userfault(struct pt_regs *ctx)
 	e.flags = read_u32(vmf + OFF_VM_FAULT_FLAGS);
 	e.mode = PT_REGS_PARM2(ctx);
 	fe.ts = e.ts_ns;
-	fe.ctx = e.ctx;
+	fe.uffd = e.ctx;
 	fe.addr = e.addr;
 	thread_fault.update(&tid, &fe);
-	page_waits(fe.ctx, fe.addr, tid);
+	page_waits(fe.uffd, fe.addr, tid);
 	mark_user(e.tgid, e.ctx);
 	emit(ctx, &e);
 	return 0;
@@ -65,11 +65,11 @@ int kr_handle_userfault(struct pt_regs *ctx)
 	if (!fe)
 		return 0;
 	init_event(&e, UT_FAULT_RET);
-	e.ctx = fe->ctx;
+	e.ctx = fe->uffd;
 	e.addr = fe->addr;
 	e.ret = (u32)PT_REGS_RC(ctx);
 	e.aux = e.ts_ns - fe->ts;
-	page_done(fe->ctx, fe->addr, tid);
+	page_done(fe->uffd, fe->addr, tid);
 	thread_fault.delete(&tid);
 	emit(ctx, &e);
 	return 0;
@@ -82,10 +82,10 @@ static __always_inline void read_enter(u64 file, u64 buf)
 	struct read_entry re = {};
 	u32 tid = current_tid();
 
-	re.ctx = read_u64(file + OFF_FILE_PRIVATE_DATA);
+	re.uffd = read_u64(file + OFF_FILE_PRIVATE_DATA);
 	re.buf = buf;
 	re.entered = bpf_ktime_get_ns();
-	if (!followed(current_tgid()) && !ctx_followed(re.ctx))
+	if (!followed(current_tgid()) && !ctx_followed(re.uffd))
 		return;
 	reading.update(&tid, &re);
 }
@@ -179,8 +179,8 @@ int kp_userfaultfd_ioctl(struct pt_regs *ctx)
 	struct ioctl_entry ie = {};
 	u32 tid = current_tid();
 
-	ie.ctx = read_u64(PT_REGS_PARM1(ctx) + OFF_FILE_PRIVATE_DATA);
-	if (!followed(current_tgid()) && !ctx_followed(ie.ctx))
+	ie.uffd = read_u64(PT_REGS_PARM1(ctx) + OFF_FILE_PRIVATE_DATA);
+	if (!followed(current_tgid()) && !ctx_followed(ie.uffd))
 		return 0;
 	ie.cmd = PT_REGS_PARM2(ctx);
 	ie.arg = PT_REGS_PARM3(ctx);
@@ -239,11 +239,11 @@ int kp_userfaultfd_wake_function(struct pt_regs *ctx)
 	u32 tid = current_tid();
 
 	we.ts = bpf_ktime_get_ns();
-	we.ctx = read_u64(uwq + OFF_UWQ_CTX);
+	we.uffd = read_u64(uwq + OFF_UWQ_CTX);
 	we.addr = read_u64(uwq + OFF_UWQ_MSG + OFF_MSG_ADDRESS);
 	we.pid = read_u32(task + OFF_TASK_PID);
 	we.tgid = read_u32(task + OFF_TASK_TGID);
-	if (!followed(current_tgid()) && !followed(we.tgid) && !ctx_followed(we.ctx))
+	if (!followed(current_tgid()) && !followed(we.tgid) && !ctx_followed(we.uffd))
 		return 0;
 	if (key) {
 		we.start = read_u64(key);
@@ -273,7 +273,7 @@ int kr_userfaultfd_wake_function(struct pt_regs *ctx)
 	/* Timed at entry, before try_to_wake_up: the woken thread may run and
 	 * return from handle_userfault on another CPU before this return. */
 	e.ts_ns = we->ts;
-	e.ctx = we->ctx;
+	e.ctx = we->uffd;
 	e.addr = we->addr;
 	e.peer_tid = we->pid;
 	e.flags = we->tgid;
@@ -326,7 +326,7 @@ int kp_aio_poll_wake(struct pt_regs *ctx)
 	iocb = iocb_of_poll(req);
 	if (!followed(current_tgid()) && !poll_iocbs.lookup(&iocb))
 		return 0;
-	ae.uctx = uffd_of_poll(req);
+	ae.uffd = uffd_of_poll(req);
 	ae.obj = read_u64(iocb + OFF_KIOCB_RES_OBJ);
 	ae.data = read_u64(iocb + OFF_KIOCB_RES_DATA);
 	ae.mask = (u32)PT_REGS_PARM4(ctx);
@@ -349,7 +349,7 @@ int kr_aio_poll_wake(struct pt_regs *ctx)
 		return 0;
 	init_event(&e, UT_AIO_POLL_WAKE);
 	/* The request may be completed (freed) by now: use what entry read. */
-	e.ctx = ae->uctx;
+	e.ctx = ae->uffd;
 	e.addr = ae->obj;
 	e.aux = ae->data;
 	e.mode = ae->mask;

@@ -17,7 +17,7 @@ static __always_inline void emit_messages(void *ctx, struct read_entry *re, s64 
 	if (nmsgs > MAX_MSGS_PER_READ)
 		count_lost(UT_LOST_MESSAGES_PER_READ, nmsgs - MAX_MSGS_PER_READ);
 	init_event(&e, UT_READ_MSG);
-	e.ctx = re->ctx;
+	e.ctx = re->uffd;
 	e.ret = ret;
 	for (int i = 0; i < MAX_MSGS_PER_READ; i++) {
 		u64 msg[4] = {};
@@ -30,7 +30,7 @@ static __always_inline void emit_messages(void *ctx, struct read_entry *re, s64 
 		e.addr = msg[2];             /* arg.pagefault.address */
 		e.peer_tid = (u32)msg[3];    /* arg.pagefault.feat.ptid */
 		e.aux = i;
-		if (e.mode == UT_UFFD_EVENT_PAGEFAULT && fold_read(ctx, re->ctx, e.addr & ~0xfffULL, e.peer_tid))
+		if (e.mode == UT_UFFD_EVENT_PAGEFAULT && fold_read(ctx, re->uffd, e.addr & ~0xfffULL, e.peer_tid))
 			continue;
 		e.ts_ns = bpf_ktime_get_ns();   /* after any FAULT_STATE fold_read sent */
 		e.len = e.ts_ns - re->entered;  /* time inside read() */

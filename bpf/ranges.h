@@ -12,7 +12,7 @@
 struct range_set {
 	u64 start[MAX_RANGES];
 	u64 end[MAX_RANGES];
-	u64 ctx[MAX_RANGES];
+	u64 uffd[MAX_RANGES];
 };
 
 BPF_HASH(ranges, u32, struct range_set, 16384);
@@ -34,12 +34,12 @@ static __always_inline u64 range_uffd(struct range_set *rs, u64 address)
 {
 	for (int i = 0; i < MAX_RANGES; i++) {
 		if (address >= rs->start[i] && address < rs->end[i])
-			return rs->ctx[i];
+			return rs->uffd[i];
 	}
 	return 0;
 }
 
-static __always_inline void track_range(u32 tgid, u64 start, u64 len, u64 uctx)
+static __always_inline void track_range(u32 tgid, u64 start, u64 len, u64 uffd)
 {
 	int zero = 0;
 	struct range_set *empty = empty_ranges.lookup(&zero);
@@ -55,14 +55,14 @@ static __always_inline void track_range(u32 tgid, u64 start, u64 len, u64 uctx)
 		if (rs->end[i] == 0) {
 			rs->start[i] = start;
 			rs->end[i] = start + len;
-			rs->ctx[i] = uctx;
+			rs->uffd[i] = uffd;
 			return;
 		}
 	}
 	count_lost(UT_LOST_RANGES_UNTRACKED, 1);  /* faults in this range go unseen */
 }
 
-static __always_inline void untrack_ranges(u32 tgid, u64 start, u64 end, u64 uctx)
+static __always_inline void untrack_ranges(u32 tgid, u64 start, u64 end, u64 uffd)
 {
 	struct range_set *rs = ranges.lookup(&tgid);
 
@@ -71,7 +71,7 @@ static __always_inline void untrack_ranges(u32 tgid, u64 start, u64 end, u64 uct
 	for (int i = 0; i < MAX_RANGES; i++) {
 		bool inside = rs->start[i] >= start && rs->end[i] <= end;
 
-		if (rs->end[i] && (inside || (uctx && rs->ctx[i] == uctx)))
+		if (rs->end[i] && (inside || (uffd && rs->uffd[i] == uffd)))
 			rs->end[i] = 0;
 	}
 }

@@ -63,7 +63,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_ioctl)
 	}
 	if (!uffd_fds.lookup(&key))
 		return 0;
-	ie.ctx = key;
+	ie.uffd = key;
 	ie.cmd = args->cmd;
 	ie.arg = args->arg;
 	bpf_probe_read_user(ie.in, sizeof(ie.in), (void *)ie.arg);
@@ -94,7 +94,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 		in_ioctl.delete(&tid);
 		return 0;
 	}
-	fill_ioctl_event(&e, ie, args->ret, (u32)ie->ctx);
+	fill_ioctl_event(&e, ie, args->ret, (u32)ie->uffd);
 	in_ioctl.delete(&tid);
 	if (e.ret == 0 && e.op == UT_OP_REGISTER) {
 		u64 *modes = uffd_modes.lookup(&e.ctx);
@@ -139,7 +139,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
  * page), the next one folds: settle_woken sends the handed one first.
  * Returns whether the new fault may fold; *slept: when the previous attempt
  * at the same page slept (see sched_switch), else untouched. */
-static __always_inline bool previous_fault_over(void *ctx, u32 tid, u64 uctx, u64 page, u64 *slept)
+static __always_inline bool previous_fault_over(void *ctx, u32 tid, u64 uffd, u64 page, u64 *slept)
 {
 	struct fault_entry *last = thread_fault.lookup(&tid);
 	bool dropped, fold;
@@ -150,27 +150,27 @@ static __always_inline bool previous_fault_over(void *ctx, u32 tid, u64 uctx, u6
 	/* user space ends an unwoken unfolded fault at the next one */
 	fold = dropped || last->state == UT_FE_HANDED || (last->state == UT_FE_RAW && last->t_woken);
 	unfold(ctx, last, tid);
-	if (last->ctx == uctx && last->addr == page)
+	if (last->uffd == uffd && last->addr == page)
 		*slept = last->slept;
 	else
-		page_done(last->ctx, last->addr, tid);
+		page_done(last->uffd, last->addr, tid);
 	return fold;
 }
 
 /* Whether the thread is alone on the page. If another waits there too, a
  * read or a resolution cannot tell the two apart in the kernel: the other's
  * folded fault goes out, and this one does not fold. */
-static __always_inline bool alone_on_page(void *ctx, u64 uctx, u64 page, u32 tid)
+static __always_inline bool alone_on_page(void *ctx, u64 uffd, u64 page, u32 tid)
 {
-	struct page_key k = { .ctx = uctx, .page = page };
+	struct page_key k = { .uffd = uffd, .page = page };
 	struct fault_entry *ofe;
 	u64 *owner;
 
-	if (page_waits(uctx, page, tid))
+	if (page_waits(uffd, page, tid))
 		return true;
 	owner = waiting_pages.lookup(&k);
 	if (owner) {
-		ofe = folding((u32)*owner, uctx, page);
+		ofe = folding((u32)*owner, uffd, page);
 		if (ofe)
 			unfold(ctx, ofe, (u32)*owner);
 	}
@@ -190,15 +190,15 @@ static __always_inline void on_page_fault(void *ctx, u64 address, u64 error_code
 	rs = ranges.lookup(&tgid);
 	if (!rs)
 		return;
-	fe.ctx = range_uffd(rs, address);
+	fe.uffd = range_uffd(rs, address);
 	fe.addr = address & ~0xfffULL;
-	fold = previous_fault_over(ctx, tid, fe.ctx, fe.addr, &e.len);
-	if (!fe.ctx) {
+	fold = previous_fault_over(ctx, tid, fe.uffd, fe.addr, &e.len);
+	if (!fe.uffd) {
 		thread_fault.delete(&tid);
 		return;
 	}
 	init_event(&e, UT_FAULT);
-	e.ctx = fe.ctx;
+	e.ctx = fe.uffd;
 	e.addr = fe.addr;
 	e.aux = address;
 	e.flags = error_code;   /* x86: 0x1 present, 0x2 write, 0x4 user */
@@ -206,12 +206,12 @@ static __always_inline void on_page_fault(void *ctx, u64 address, u64 error_code
 	fe.tgid = tgid;
 	fe.error_code = error_code;
 	__builtin_memcpy(fe.comm, e.comm, sizeof(fe.comm));
-	fold = alone_on_page(ctx, fe.ctx, fe.addr, tid) && fold;
+	fold = alone_on_page(ctx, fe.uffd, fe.addr, tid) && fold;
 #ifdef FOLD
 	if (fold)
 		fe.state = UT_FE_FOLDING;   /* no record: its steps are folded */
 	{
-		struct page_key k = { .ctx = fe.ctx, .page = fe.addr };
+		struct page_key k = { .uffd = fe.uffd, .page = fe.addr };
 
 		quiet_pages.delete(&k);   /* later messages of this page are this fault's */
 	}
@@ -242,7 +242,7 @@ TRACEPOINT_PROBE(exceptions, page_fault_kernel)
  * its next round instead (unfold_thread). */
 static __always_inline void refault(struct fault_entry *fe, u32 tid, u64 ts)
 {
-	struct page_key k = { .ctx = fe->ctx, .page = fe->addr };
+	struct page_key k = { .uffd = fe->uffd, .page = fe->addr };
 	u64 key = (u64)fe->waker << 32 | tid;
 	u64 *v;
 
@@ -290,7 +290,7 @@ TRACEPOINT_PROBE(sched, sched_switch)
 		 * next fault. A folded one that never waited is dropped; one that
 		 * did is left to its next fault or the watchdog, which end it. */
 		if (PAGE_FAULT_END && !(found & 2) && (fe->state != UT_FE_FOLDING || drop_unwaited(args, fe, tid))) {
-			struct page_key k = { .ctx = fe->ctx, .page = fe->addr };
+			struct page_key k = { .uffd = fe->uffd, .page = fe->addr };
 			u64 *owner = waiting_pages.lookup(&k);
 
 			fe->over = 1;
@@ -310,11 +310,11 @@ TRACEPOINT_PROBE(sched, sched_switch)
 		refault(fe, tid, e.ts_ns);
 #endif
 	}
-	e.ctx = fe->ctx;
+	e.ctx = fe->uffd;
 	e.addr = fe->addr;
 	e.aux = e.ts_ns - fe->ts;
 	/* Again (a thread that shared the page may have left it); shared now: unfold. */
-	if (!page_waits(fe->ctx, fe->addr, tid))
+	if (!page_waits(fe->uffd, fe->addr, tid))
 		unfold(args, fe, tid);
 	if (!fe->slept)
 		fe->slept = e.ts_ns;
@@ -349,7 +349,7 @@ TRACEPOINT_PROBE(sched, sched_waking)
 		return 0;
 #endif
 	init_event(&e, UT_WAKE_TASK);   /* after any FAULT_STATE fold_wake sent */
-	e.ctx = fe->ctx;
+	e.ctx = fe->uffd;
 	e.addr = fe->addr;
 	fe->t_woken = e.ts_ns;
 	ioctl_woke();
@@ -367,8 +367,8 @@ static __always_inline void read_enter(u64 fd, u64 buf)
 	struct read_entry re = {};
 	u32 tid = current_tid();
 
-	re.ctx = uffd_key(current_tgid(), fd);
-	if (!uffd_fds.lookup(&re.ctx) || !followed(current_tgid()))
+	re.uffd = uffd_key(current_tgid(), fd);
+	if (!uffd_fds.lookup(&re.uffd) || !followed(current_tgid()))
 		return;
 	re.buf = buf;
 	re.entered = bpf_ktime_get_ns();
@@ -471,16 +471,16 @@ static __always_inline void getevents_exit(void *ctx, s64 ret)
 	for (int i = 0; i < MAX_IOCBS; i++) {
 		struct uffdtrace_event e = {};
 		u64 ev[4] = {};
-		u64 *uctx;
+		u64 *uffd;
 
 		if (i >= ret)
 			break;
 		bpf_probe_read_user(ev, sizeof(ev), (void *)(events + 32 * i));
-		uctx = aio_polls.lookup(&ev[1]);
-		if (!uctx)
+		uffd = aio_polls.lookup(&ev[1]);
+		if (!uffd)
 			continue;
 		init_event(&e, UT_AIO_COMPLETE);
-		e.ctx = *uctx;
+		e.ctx = *uffd;
 		e.addr = ev[1];
 		e.aux = ev[0];
 		e.ret = ev[2];

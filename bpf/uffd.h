@@ -9,7 +9,7 @@
  * the kernel (state UT_FE_FOLDING, see fold.h), what happened to it. */
 struct fault_entry {
 	u64 ts;
-	u64 ctx;
+	u64 uffd;        /* the uffd: its context (kprobe mode) or (tgid << 32 | fd) (tracepoint mode) */
 	u64 addr;
 	u64 slept;       /* first sleep in handle_userfault (0: not yet) */
 	u64 t_read;      /* its first message read (0: none) */
@@ -27,11 +27,11 @@ struct fault_entry {
 	char comm[16];
 };
 /* entered: when read() began (a wake-up that ran inside it ran during its refile) */
-struct read_entry { u64 ctx; u64 buf; u64 entered; };
+struct read_entry { u64 uffd; u64 buf; u64 entered; };
 #define MAX_WOKEN 4
 /* relevant: the ioctl can matter to a lifecycle (see ioctl_wanted);
  * woken: folded faults it woke, settled when it returns (fold.h). */
-struct ioctl_entry { u64 ctx; u64 cmd; u64 arg; u64 in[5]; u64 relevant; u32 nwoken; u32 woken[MAX_WOKEN]; };
+struct ioctl_entry { u64 uffd; u64 cmd; u64 arg; u64 in[5]; u64 relevant; u32 nwoken; u32 woken[MAX_WOKEN]; };
 BPF_HASH(in_ioctl, u32, struct ioctl_entry, 65536);  /* tid -> its uffd ioctl in progress */
 
 #define MAX_MSGS_PER_READ 32
@@ -72,7 +72,7 @@ static __always_inline void fill_ioctl_event(struct uffdtrace_event *e, struct i
 	u32 nr = ie->cmd & 0xff;
 
 	init_event(e, UT_RESOLVE);
-	e->ctx = ie->ctx;
+	e->ctx = ie->uffd;
 	e->op = nr;
 	e->ret = ret;
 	e->addr = ie->in[0];

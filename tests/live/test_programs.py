@@ -40,7 +40,7 @@ def test_tracepoint_program_loads(knobs: dict[str, int | None]) -> None:
     features = kernel.probe()
     require(features.tracefs is not None, "no tracefs")
     plan = tracepoint_mode.TracepointBackend().plan(Kallsyms.load(), features)
-    bpf = bpf_class(text=probes.source_text("tracepoint.c"), cflags=probes.cflags({**plan.defines, **knobs}))
+    bpf = bpf_class(text=probes.source_text("tracepoint.c").encode(), cflags=probes.cflags({**plan.defines, **knobs}))
     try:
         assert bpf.num_open_tracepoints() >= 8
     finally:
@@ -52,7 +52,7 @@ def test_tracepoint_program_loads(knobs: dict[str, int | None]) -> None:
 def test_kprobe_program_loads(knobs: dict[str, int | None]) -> None:
     bpf_class = _bcc()
     plan = kprobe_mode.KprobeBackend().plan(Kallsyms.load(), kernel.probe())
-    bpf = bpf_class(text=probes.source_text("kprobe.c"), cflags=probes.cflags({**plan.defines, **knobs}))
+    bpf = bpf_class(text=probes.source_text("kprobe.c").encode(), cflags=probes.cflags({**plan.defines, **knobs}))
     try:
         for spec in kprobe_mode.PROBES:
             for cand in spec.candidates:

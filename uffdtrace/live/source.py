@@ -381,7 +381,7 @@ class LiveSource:
                 tid = (key if isinstance(key, int) else key.value) & 0xFFFFFFFF
                 out.append(Folded.record(
                     kind=Kind.FAULT_STATE, ts_ns=now, cpu=0, tgid=fe.tgid, tid=tid, comm=decode_comm(bytes(fe.comm)),
-                    uffd=self.ids(fe.ctx), page=fe.addr, error_code=fe.error_code, raised_ns=fe.ts,
+                    uffd=self.ids(fe.uffd), page=fe.addr, error_code=fe.error_code, raised_ns=fe.ts,
                     slept_ns=fe.slept, read_ns=fe.t_read, reader_tid=fe.reader, messages=fe.reads & READS_COUNT,
                     woken_ns=fe.t_woken, waker_tid=fe.waker, op_bits=fe.op_bits))
         return out

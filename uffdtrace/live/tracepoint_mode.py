@@ -129,6 +129,6 @@ class TracepointBackend(Backend):
             owner = proc.pid << 32 | proc.fds[0].fd
             rs = ranges.Leaf()
             for i, (start, end) in enumerate(proc.ranges[: len(rs.start)]):
-                rs.start[i], rs.end[i], rs.ctx[i] = start, end, owner
+                rs.start[i], rs.end[i], rs.uffd[i] = start, end, owner
             ranges[ctypes.c_uint32(proc.pid)] = rs
         return [p.pid for p in found]
