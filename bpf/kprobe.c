@@ -1,4 +1,4 @@
-/* uffdtrace kprobe mode (docs/architecture.md, "Modes"), compiled by bcc.
+/* uffdtrace kprobe mode (README, "Modes"; docs/architecture.md, "The BPF programs"), compiled by bcc.
  *
  * Never dereferences a kernel struct through a header type: every member
  * offset (OFF_*) is passed in by uffdtrace/live/offsets.py from the running

@@ -1,4 +1,4 @@
-/* uffdtrace tracepoint mode (docs/architecture.md, "Modes"), for kernels
+/* uffdtrace tracepoint mode (README, "Modes"; docs/architecture.md, "The BPF programs"), for kernels
  * without kprobes or fentry. The same records as kprobe.c, derived from
  * tracepoints only; no kernel struct is read. A uffd context is identified
  * by (tgid << 32 | fd) (ranges.h). Only threads that just faulted inside a

@@ -28,7 +28,7 @@ from uffdtrace.events import RECORD_SIZE, Event, Kind
 from uffdtrace.sinks import printer
 from uffdtrace.source import BlockedThread, RunInfo, Source, TaskState, Totals
 
-from .test_lifecycle import FAULTER, PAGE, T0, clean, dontwake_stall
+from .synthetic import FAULTER, PAGE, T0, clean, dontwake_stall
 from .trace_events import check_trace_events
 
 CAPTURES = Path(__file__).parent / "captures"

@@ -18,7 +18,7 @@ from uffdtrace.analysis.correlator import Correlator
 from uffdtrace.analysis.rules import FROM_ABSENCE, Thresholds
 from uffdtrace.events import Event, Kind, Op
 
-from .test_lifecycle import Out
+from .synthetic import Out
 
 CAPTURE = Path(__file__).parent / "captures" / "uffd_stress_anon_2_2.jsonl.gz"
 TICK_NS = 50_000_000  # the live session's watchdog tick

@@ -133,7 +133,7 @@ def test_printer_renders_lifecycles_and_flags() -> None:
     from uffdtrace.sinks import printer
     from uffdtrace.sinks.text import Text
 
-    from .test_lifecycle import FAULTER, HANDLER, PAGE, T0, clean, correlate, dontwake_stall
+    from .synthetic import FAULTER, HANDLER, PAGE, T0, clean, correlate, dontwake_stall
 
     out, _ = correlate(dontwake_stall("kprobe", wake_at=2000) + clean("kprobe", page=PAGE + 4096, at=3000),
                        "kprobe", ticks=[150, 1100, 2500, 3500])
@@ -174,7 +174,7 @@ def test_text_output_shows_control_characters_instead_of_obeying_them() -> None:
     from uffdtrace.escape import printable
     from uffdtrace.sinks.text import Text
 
-    from .test_lifecycle import T0, correlate, dontwake_stall, ev
+    from .synthetic import T0, correlate, dontwake_stall, ev
 
     assert printable("qemu-system-x86") == "qemu-system-x86"
     assert printable("a\x1b[31mb\rc\x9b\x7f\t") == "a\\x1b[31mb\\x0dc\\x9b\\x7f\\x09"

@@ -1,4 +1,4 @@
-"""Command line (DESIGN §6). Exit codes: 0 ok, 1 usage/environment error, 3 flags found
+"""Command line (README, "Commands"). Exit codes: 0 ok, 1 usage/environment error, 3 flags found
 with --fail-on-flags."""
 
 from __future__ import annotations

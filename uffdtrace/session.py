@@ -1,4 +1,4 @@
-"""One tracing session (DESIGN §2): a Source's records -> the correlator and
+"""One tracing session (docs/architecture.md, "The seams"): a Source's records -> the correlator and
 its rules -> a Sink. The same code runs on a live kernel (source.LiveSource),
 while recording (capture.Recording) and on a capture file (capture.Replay):
 everything the correlator learns from outside the record stream (where a

@@ -73,7 +73,7 @@ class Source(Protocol):
     def start(self) -> None: ...
 
     def blocked_before(self) -> list[BlockedThread]:
-        """Threads waiting in handle_userfault before tracing began (DESIGN §5)."""
+        """Threads waiting in handle_userfault before tracing began."""
         ...
 
     def release_command(self) -> None:

@@ -113,14 +113,15 @@ def test_no_qemu(tmp_path: Path) -> None:
 
 
 def test_not_root() -> None:
-    """As user nobody, from a world-readable copy of the script (the checkout
-    and its venv may not be readable to it; the lab needs only the standard
-    library until it has checked for root)."""
+    """As user nobody, from a world-readable copy of the script and its
+    package (the checkout and its venv may not be readable to it; the lab
+    needs only the standard library until it has checked for root)."""
     copy = Path(tempfile.mkdtemp(prefix="uffdlab-nobody-", dir="/tmp"))
     try:
         copy.chmod(0o755)
         shutil.copy(LAB, copy / LAB.name)
         (copy / LAB.name).chmod(0o755)
+        shutil.copytree(LAB.parent / "postcopy", copy / "postcopy", ignore=shutil.ignore_patterns("__pycache__"))
         done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
                                str(copy / LAB.name), "qemu"], capture_output=True, text=True, check=False, cwd="/")
     finally:

@@ -1,5 +1,5 @@
-"""Race rules (docs/architecture.md, "Flags"): which lifecycles are wrong,
-and the evidence.
+"""Race rules: which lifecycles are wrong, and the evidence (README, "Flags";
+adding one: docs/architecture.md, "Add a flag rule").
 
 The correlator (``correlator.py``) records what happened to each fault in the
 model (``model.py``); every flag decision is a function here, reading those

@@ -1,4 +1,4 @@
-"""Capture files (DESIGN §7): `record` writes one while tracing, `trace
+"""Capture files (README, "record"; the format: capture/format.py): `record` writes one while tracing, `trace
 --from`, `report`, `export` and `dump` read it back without root or BPF.
 
 A capture sits at the Source seam (source.Source), not behind a Sink: it

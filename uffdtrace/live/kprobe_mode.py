@@ -1,4 +1,4 @@
-"""kprobe mode (docs/architecture.md, "Modes"): attach points chosen from what the running
+"""kprobe mode (README, "Modes"; docs/architecture.md, "The BPF programs"): attach points chosen from what the running
 kernel has (kallsyms, BTF member offsets), compiled with bcc, attached one by
 one. A probe whose symbol or struct members are missing is reported, not
 fatal: the rest keeps working."""

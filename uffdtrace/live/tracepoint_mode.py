@@ -1,4 +1,4 @@
-"""tracepoint mode (docs/architecture.md, "Modes"), for kernels without kprobes or fentry:
+"""tracepoint mode (README, "Modes"; docs/architecture.md, "The BPF programs"), for kernels without kprobes or fentry:
 the same records from tracepoints, stack attribution through kallsyms
 address ranges, and the uffds that existed before tracing learnt from
 /proc."""

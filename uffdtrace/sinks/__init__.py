@@ -1,4 +1,4 @@
-"""Sinks: everything that consumes a session's output (DESIGN §2). A session
+"""Sinks: everything that consumes a session's output (docs/architecture.md, "The seams"). A session
 writes its header, events (with --events), lifecycles, flags, lost-record
 notices and the closing summary to one Sink; text and JSON lines are two of
 them, filters and fan-out wrap others."""

@@ -19,7 +19,7 @@ from ..events import Event
 from . import Ignoring
 from .report import result_name, total_ns
 
-# 1 µs to 64 s in powers of two (DESIGN: exp2 buckets), in seconds.
+# 1 µs to 64 s in powers of two (exp2 buckets, as bcc's histograms), in seconds.
 BUCKETS = tuple(2**i / 1e6 for i in range(27))
 UFFD_IDLE_S = 600
 NS = 1e9

@@ -1,0 +1,278 @@
+"""Correlator and rules on synthetic sequences (tests/synthetic.py), the
+edges: informational flags, aio poll and rmap trackers, threads found
+blocked at start or gone, bounded tables, records out of step, reasons per
+register mode and ioctl, and absence flags that need the kernel's word."""
+
+from __future__ import annotations
+
+import pytest
+
+from uffdtrace.analysis.correlator import Correlator
+from uffdtrace.analysis.rules import Thresholds, counts_as_failure
+from uffdtrace.events import Kind, Op
+from uffdtrace.source import BlockedThread
+
+from .synthetic import (
+    CTX,
+    EEXIST,
+    FAULTER,
+    HANDLER,
+    MODES,
+    MS,
+    OTHER,
+    PAGE,
+    PID,
+    SIGBUS,
+    T0,
+    Out,
+    aio_complete,
+    aio_wake,
+    anon_lock,
+    block,
+    close,
+    copy,
+    correlate,
+    ev,
+    fault,
+    fault_ret,
+    read,
+    woken,
+    writeprotect,
+)
+
+
+def test_sigbus_is_informational() -> None:
+    out, corr = correlate([fault(0), fault_ret(0.1, ret=SIGBUS)], "kprobe")
+    assert out.raised() == ["sigbus"] and not counts_as_failure(out.flags[0].name) and corr.flags.counts.failing == 0
+    assert [lc.state for lc in out.lifecycles] == ["sigbus"]
+
+
+def test_aio_poll_stuck_kprobe() -> None:
+    out, _ = correlate([aio_wake(0)], "kprobe", ticks=[500, 1500])
+    assert out.raised() == ["aio_poll_stuck"] and (out.flags[0].uffd, out.flags[0].addr) == (CTX, 0x5000)
+    out, _ = correlate([aio_wake(0), aio_complete(2)], "kprobe", ticks=[500, 1500])
+    assert not out.flags
+    out, _ = correlate([aio_wake(0, ret=0)], "kprobe", ticks=[1500])
+    assert not out.flags  # a wake-up the request did not ask for
+
+
+def test_aio_poll_stuck_tracepoint_when_the_uffd_became_readable() -> None:
+    submit = ev(Kind.AIO_POLL_SUBMIT, 0, HANDLER, addr=0x5000, aux=0x1234, flags=1)
+    done = ev(Kind.AIO_COMPLETE, 3, HANDLER, ctx=CTX, addr=0x5000, aux=0x1234, ret=1)
+    out, _ = correlate([submit, fault(1), block(1.01)], "tracepoint", ticks=[1500])
+    assert "aio_poll_stuck" in out.raised()
+    out, _ = correlate([submit, fault(1), block(1.01), done, read(4), woken(5), copy(6)], "tracepoint",
+                       ticks=[1500])
+    assert not out.flags
+    out, _ = correlate([submit], "tracepoint", ticks=[1500])
+    assert not out.flags  # nothing to read: the poll rightly waits
+
+
+def test_anon_vma_retry_with_concurrent_move() -> None:
+    move = ev(Kind.RESOLVE, 0, HANDLER, op=Op.MOVE, len=4096, aux=4096)
+    out, _ = correlate([move, anon_lock(1, retries=2)], "kprobe")
+    assert out.raised() == ["anon_vma_retry"]
+    assert any("UFFDIO_MOVE" in e.what for e in out.flags[0].evidence)
+    out, _ = correlate([move, anon_lock(1, retries=0)], "kprobe")
+    assert not out.flags
+    contended = ev(Kind.ANON_VMA_LOCK, 1, OTHER, ctx=3, ret=-1)  # tracepoint mode: retries unknown
+    out, _ = correlate([contended], "tracepoint")
+    assert not out.flags
+
+
+def test_anon_vma_retry_names_a_move_that_returned_after_it() -> None:
+    """A UFFDIO_MOVE of many pages changes the folio's anon_vma early and
+    returns later: the retry is judged once the move window has passed, so
+    that move is in its evidence, and the flag keeps the retry's own time."""
+    late_move = ev(Kind.RESOLVE, 4, HANDLER, op=Op.MOVE, len=64 * 4096, aux=64 * 4096)
+    out, _ = correlate([anon_lock(1, retries=1), late_move], "kprobe", ticks=[2, 5, 20])
+    assert out.raised() == ["anon_vma_retry"]
+    assert out.flags[0].ts_ns == T0 + 1 * MS
+    assert [(e.what, e.tid) for e in out.flags[0].evidence[1:]] == [("concurrent UFFDIO_MOVE returned", HANDLER)]
+
+
+def test_fault_blocked_before_tracing_began() -> None:
+    out = Out()
+    corr = Correlator(out, Thresholds(), sees_returns=True)
+    corr.add_blocked(BlockedThread(PID, FAULTER, "wl", since_ns=T0 - 5000 * MS))
+    corr.advance(T0)
+    assert out.raised() == ["never_woken"] and out.flags[0].addr is None
+    assert out.flags[0].blocked_ns == 5000 * MS
+    corr.feed([woken(10), copy(10.1)])  # the wake-up tells the page
+    corr.advance(T0 + 200 * MS)
+    corr.finish(T0 + 300 * MS)
+    [lc] = out.lifecycles
+    assert lc.page == PAGE and lc.t_raised is None and not lc.start_known and lc.state == "woken"
+    assert lc.to_json()["t_raised_ns"] is None
+
+
+def test_a_thread_that_exited_ends_cleanly() -> None:
+    seq = [fault(0), block(0.01), read(0.1)]
+    out, _ = correlate(seq, "tracepoint", ticks=[1500], tasks={FAULTER: "gone"})
+    assert not out.flags and [lc.state for lc in out.lifecycles] == ["exited"]
+
+
+def test_kernel_says_not_waiting_is_not_stuck() -> None:
+    """A wake-up we did not see (a signal): no never_woken, and it ends."""
+    seq = [fault(0), block(0.01), read(0.1)]
+    out, _ = correlate(seq, "tracepoint", ticks=[1500, 1700], end=1700, tasks={FAULTER: "other"})
+    assert not out.flags and [lc.state for lc in out.lifecycles] == ["returned"]
+
+
+def test_tracepoint_fault_that_never_waited_is_not_flagged() -> None:
+    """A fault in a registered range whose page arrived first never enters
+    handle_userfault's wait: no sleep, no message, no wake-up."""
+    out, _ = correlate([fault(0), copy(0.5, tid=OTHER)], "tracepoint", ticks=[200, 2000])
+    assert not out.flags and [lc.state for lc in out.lifecycles] == ["returned"]
+
+
+def test_late_read_record_still_counts() -> None:
+    """A reader preempted between copying the message out and returning is
+    recorded after the fault ended; it still belongs to it."""
+    seq = [fault(0), woken(0.2, waker=OTHER), fault_ret(0.25), copy(0.3, tid=OTHER), read(5, tid=HANDLER)]
+    out, corr = correlate(seq, "kprobe", ticks=[1, 10, 200])
+    [lc] = out.lifecycles
+    assert lc.reads == 1 and corr.counters.unmatched_reads == 0
+
+
+def test_open_lifecycles_are_bounded() -> None:
+    out = Out()
+    corr = Correlator(out, Thresholds(), sees_returns=True, max_open=10)
+    corr.feed([fault(i * 0.01, tid=1000 + i) for i in range(25)])
+    corr.advance(T0 + 1 * MS)
+    assert len(corr.open) == 10 and corr.counters.evicted == 15
+    assert {lc.tid for lc in corr.open.values()} == set(range(1015, 1025))
+
+
+def test_flag_json_shape() -> None:
+    out, _ = correlate([fault(0)], "kprobe", ticks=[1200], end=1200)
+    j = out.flags[0].to_json()
+    assert {"type", "flag", "tid", "addr", "blocked_ms", "evidence"} <= j.keys()
+    assert j["type"] == "flag" and j["blocked_ms"] == 1200.0 and j["evidence"][0]["ts_ns"] == T0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_waker_record_after_the_thread_moved_on(mode: str) -> None:
+    """Under load the woken thread returns and faults its next page before
+    the handler's UFFDIO_COPY returns (300 ms later here, beyond --wake-ms):
+    the copy still belongs to the first fault."""
+    nxt = PAGE + 4096
+    seq = [fault(0)] + ([block(0.01)] if mode == "tracepoint" else []) + [read(0.1), woken(0.2)]
+    seq += [fault_ret(0.25)] if mode == "kprobe" else []
+    # The next page is served by another handler meanwhile.
+    seq += [fault(0.3, page=nxt)] + ([block(0.31)] if mode == "tracepoint" else [])
+    seq += [read(0.4, tid=OTHER, page=nxt), woken(0.5, waker=OTHER, page=nxt)]
+    seq += [fault_ret(0.55, page=nxt)] if mode == "kprobe" else []
+    seq += [copy(0.6, tid=OTHER, page=nxt), copy(300)]
+    out, corr = correlate(seq, mode, ticks=[0.5, 150, 250, 350, 600])
+    first, second = sorted(out.lifecycles, key=lambda lc: lc.page or 0)
+    assert first.page == PAGE and first.resolve is not None and first.resolve.op == "copy"
+    assert first.rounds == 1 and second.page == nxt and second.resolve is not None
+    assert not out.flags and corr.counters.unmatched_reads == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_messages_without_thread_id_match_by_page(mode: str) -> None:
+    """Without UFFD_FEATURE_THREAD_ID a message names no thread: two threads
+    waiting on one page get one read each."""
+    other = FAULTER + 1
+    seq = [fault(0), fault(0.05, tid=other)]
+    seq += [block(0.01), block(0.06, tid=other)] if mode == "tracepoint" else []
+    seq += [read(0.1, peer=0), read(0.15, peer=0), woken(0.2), woken(0.21, peer=other)]
+    seq += [fault_ret(0.25), fault_ret(0.26, tid=other)] if mode == "kprobe" else []
+    seq += [copy(0.3)]
+    out, corr = correlate(seq, mode, ticks=[1, 500])
+    assert sorted((lc.tid, lc.reads) for lc in out.lifecycles) == [(FAULTER, 1), (other, 1)]
+    assert not out.flags and corr.counters.unmatched_reads == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_writeprotect_does_not_resolve_a_missing_fault(mode: str) -> None:
+    """uffd-stress: a handler lifts write protection over a range while another
+    thread waits there for a missing page. That is no resolution of it (the
+    old rule called it one, and raised missed_wakeup when no wake-up came)."""
+    seq = [fault(0)] + ([block(0.01)] if mode == "tracepoint" else [])
+    seq += [read(0.1), writeprotect(0.2), copy(300), woken(300.1)]
+    seq += [fault_ret(300.2)] if mode == "kprobe" else []
+    out, _ = correlate(seq, mode, ticks=[150, 250, 400])
+    assert not out.flags
+    [lc] = out.lifecycles
+    assert lc.resolve is not None and lc.resolve.op == "copy" and [a.op for a in lc.attempts] == ["copy"]
+
+
+def test_write_protect_fault_is_lifted_by_writeprotect_only() -> None:
+    """Tracepoint mode reads the reason from the x86 error code: a write to a
+    present page is a write-protect fault; a copy over it brings nothing."""
+    wp_fault = ev(Kind.FAULT, 0, FAULTER, flags=0x1 | 0x2 | 0x4)
+    seq = [wp_fault, block(0.01), read(0.1), copy(0.2, tid=OTHER, ret=EEXIST), writeprotect(0.3, HANDLER),
+           woken(0.31)]
+    out, _ = correlate(seq, "tracepoint", ticks=[200])
+    [lc] = out.lifecycles
+    assert not out.flags and lc.reason == "wp"
+    assert lc.resolve is not None and lc.resolve.op == "writeprotect"
+    assert [a.op for a in lc.attempts] == ["writeprotect"]
+    # Protecting (MODE_WP) resolves nothing, whatever the fault.
+    out, _ = correlate([wp_fault, block(0.01), read(0.1), writeprotect(0.3, HANDLER, protect=True)], "tracepoint",
+                       ticks=[200], end=200)
+    assert [lc.resolve for lc in out.lifecycles] == [None] and not out.flags
+
+
+def test_tracepoint_reason_minor_on_a_uffd_registered_for_minor_faults() -> None:
+    register = ev(Kind.UFFD_REGISTER, -1, HANDLER, op=Op.REGISTER, mode=0x4, len=1 << 20)
+    cont = ev(Kind.RESOLVE, 0.2, HANDLER, op=Op.CONTINUE, len=4096)
+    out, _ = correlate([register, fault(0), block(0.01), read(0.1), cont, woken(0.19, HANDLER)], "tracepoint")
+    [lc] = out.lifecycles
+    assert lc.reason == "minor" and lc.resolve is not None and lc.resolve.op == "continue" and not out.flags
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_absence_flags_need_the_kernel_to_show_the_thread_still_on_the_page(mode: str) -> None:
+    """Resolved, and no wake-up record: missed_wakeup only if the kernel's
+    per-thread fault state still holds this page and wchan says it waits."""
+    seq = [fault(0)] + ([block(0.01)] if mode == "tracepoint" else []) + [read(0.1), copy(0.2)]
+    # The wake-up record was lost: the thread already faults on another page.
+    out, _ = correlate(seq, mode, ticks=[150, 300], end=300, tasks={FAULTER: "uffd"},
+                       faults={FAULTER: PAGE + 0x5000})
+    assert not out.flags and [lc.state for lc in out.lifecycles] == ["returned"]
+    assert "woken unseen" in out.lifecycles[0].history[-1].what
+    # It left handle_userfault: not stuck either.
+    out, _ = correlate(seq, mode, ticks=[150, 300], end=300, tasks={FAULTER: "other"}, faults={FAULTER: PAGE})
+    assert not out.flags and [lc.state for lc in out.lifecycles] == ["returned"]
+    # Still there, on this page: the kernel did lose the wake-up.
+    out, _ = correlate(seq, mode, ticks=[150], end=150, tasks={FAULTER: "uffd"}, faults={FAULTER: PAGE | 0x123})
+    assert out.raised() == ["missed_wakeup"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_flag_says_when_records_were_lost_while_the_thread_waited(mode: str) -> None:
+    seq = [fault(0)] + ([block(0.01)] if mode == "tracepoint" else [])
+    out, _ = correlate(seq, mode, ticks=[500, 1200], end=1200, lost={500: 7})
+    assert out.raised() == ["unread", "never_woken"]
+    assert all("7 records were lost while it waited" in f.evidence[-1].what for f in out.flags if not f.update)
+    # Records lost before the fault began do not cast doubt on it.
+    out, _ = correlate([fault(100)] + ([block(100.01)] if mode == "tracepoint" else []), mode,
+                       ticks=[0, 700, 1300], end=1300, lost={0: 7})
+    assert out.raised() == ["unread", "never_woken"]
+    assert not any("lost" in e.what for f in out.flags for e in f.evidence)
+
+
+def test_release_is_flagged_on_the_closers_wake_only() -> None:
+    """kprobe mode: a lifecycle that only looks open at the release (its
+    return record was lost) is not accused; the release's wake-up is proof."""
+    out, _ = correlate([fault(0), read(0.1), close(50)], "kprobe", ticks=[40, 100], end=100)
+    assert "released_with_waiters" not in out.raised()
+
+
+@pytest.mark.parametrize(("length", "expected"), [(4096, {0}), (3 * 4096, {0, 1, 2}), (200 * 4096, {0, 1, 2, 3, 100}),
+                                                  (1, {0})])
+def test_a_copy_reaches_every_waiter_in_its_range_and_no_other(length: int, expected: set[int]) -> None:
+    """Open lifecycles are found through their (uffd, page) index, or by a
+    scan when the range is long; a waiter on another uffd is never touched."""
+    pages = [0, 1, 2, 3, 100]
+    seq = [fault(0.01 * i, tid=1000 + p, page=PAGE + p * 4096) for i, p in enumerate(pages)]
+    seq.append(ev(Kind.FAULT, 0.1, 2000, addr=PAGE, mode=0x200, ctx=CTX + 1))
+    seq.append(ev(Kind.RESOLVE, 1, HANDLER, op=Op.COPY, addr=PAGE, len=length, ret=0, aux=length or 4096))
+    out, _ = correlate(seq, "kprobe", end=2)
+    assert len(out.lifecycles) == len(pages) + 1
+    assert {(lc.page - PAGE) // 4096 for lc in out.lifecycles if lc.resolve is not None and lc.uffd == CTX} == expected
+    assert all(lc.resolve is None for lc in out.lifecycles if lc.uffd != CTX)
