@@ -136,6 +136,9 @@ def assert_clean_run(s: Scenario) -> None:
 
 def check_clean_faults(s: Scenario) -> None:
     assert_clean_run(s)
+    # The header says what attached: every probe this workload needs did.
+    attached = {p["probe"] for p in s.header["probes"] if p["attached"]}
+    assert {"fault", "read", "resolve", "wake_task"} <= attached, s.header["probes"]
     w = s.workload
     n, faulter, handler = w["pages"], w["faulter_tid"], w["handler_tid"]
     assert n == CLEAN_PAGES and w["msgs_read"] == n

@@ -193,7 +193,6 @@ class LiveSource:
             raise UffdtraceError("/proc/kallsyms shows no addresses (kptr_restrict): run as root")
         the_plan = self.backend.plan(kallsyms, features)
         self.info.degraded = self.backend.degraded(the_plan)
-        self.info.probes = [p.to_json() for p in the_plan.status]
         self.info.transport = choose_transport(kallsyms, self.opts.transport)
         defines = the_plan.defines  # the session's knobs join the plan's: attach() reads them too
         buffer_pages = self.opts.buffer_kb * 1024 // mmap.PAGESIZE
@@ -209,6 +208,7 @@ class LiveSource:
             defines["SPAWN_PARENT"] = os.getpid() if self._command else 0
         self._bpf = self._load(BPF, defines)
         self.backend.attach(self._bpf, the_plan)
+        self.info.probes = [p.to_json() for p in the_plan.status]  # after attach: it says what attached
         follow = self._bpf["follow"]
         for pid in self.opts.pids:
             follow[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
