@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,22 @@ WORKLOAD_SRC = ROOT / "tests" / "workloads"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 # The markers of each tier's directory (pyproject.toml declares them): `-m "not vm"` and the like select tiers.
 TIER_MARKERS = {"live": ("live",), "vm": ("live", "vm"), "seedbugs": ("live",)}
+
+
+SESSION_START = time.time()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Beside pytest's slowest tests: each VM scenario's wall time in its
+    guest (a kernel's scenarios run in one boot, which pytest times as one)."""
+    for times in sorted(BUILD.glob("vm-*/times")):
+        if times.stat().st_mtime < SESSION_START:
+            continue  # a boot of an earlier session
+        rows = [line.split() for line in times.read_text().splitlines() if len(line.split()) == 2]
+        rows.sort(key=lambda r: -int(r[1]))
+        total = sum(int(r[1]) for r in rows)
+        terminalreporter.write_line(f"{times.parent.name} scenarios ({total} s in the guest): "
+                                    + ", ".join(f"{name} {secs} s" for name, secs in rows[:8]))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

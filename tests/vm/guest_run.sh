@@ -7,7 +7,8 @@
 # which virtme-ng's --exec travels on and which x86 caps at 2048 bytes):
 # NAME|MODE|ARGS runs `uffdtrace --mode MODE ARGS` (ARGS split on spaces), or
 # with MODE "run" the command ARGS itself (the labs of scripts/postcopy_lab.py);
-# its output lands in OUTDIR/NAME.{out,err,rc} (NAME.out: its stdout).
+# its output lands in OUTDIR/NAME.{out,err,rc} (NAME.out: its stdout), and
+# its wall time in seconds in OUTDIR/times (the suite prints them at its end).
 out=$1 uffdtrace=$2
 export UFFDTRACE_CACHE="$out/cache"
 uname -r > "$out/uname"
@@ -21,6 +22,7 @@ while IFS='|' read -r name mode args; do
 			mkswap /dev/zram0 >/dev/null && swapon /dev/zram0
 		cat /proc/swaps > "$out/swaps"
 	fi
+	started=$(date +%s)
 	# One scenario that hangs fails alone (rc 124), not the whole boot.
 	# ARGS is a word list on purpose (SC2086).
 	if [ "$mode" = run ]; then
@@ -31,5 +33,6 @@ while IFS='|' read -r name mode args; do
 		timeout 900 "$uffdtrace" --mode "$mode" $args > "$out/$name.out" 2> "$out/$name.err" < /dev/null
 	fi
 	echo $? > "$out/$name.rc"
+	echo "$name $(($(date +%s) - started))" >> "$out/times"
 done < "$out/scenarios"
 echo done > "$out/finished"
