@@ -6,7 +6,7 @@ from __future__ import annotations
 from uffdtrace.analysis.correlator import Correlator
 from uffdtrace.analysis.folded import REFAULT_NOTE
 from uffdtrace.analysis.rules import Thresholds
-from uffdtrace.events import FOLD_CLOSER, FOLD_REFAULT, Kind
+from uffdtrace.events import FoldBit, Kind
 
 from .synthetic import (
     FAULTER,
@@ -101,7 +101,7 @@ def test_an_unfolded_fault_of_a_thread_that_moved_on_ends_apart() -> None:
 
 
 def test_release_of_a_folded_fault_is_flagged() -> None:
-    seq = [close(50), folded(Kind.FAULT_STATE, 50.1, woken_at=50.1, bits=FOLD_CLOSER)]
+    seq = [close(50), folded(Kind.FAULT_STATE, 50.1, woken_at=50.1, bits=FoldBit.CLOSER)]
     out, _ = correlate(seq, "tracepoint", ticks=[40, 100, 200])
     assert out.raised() == ["released_with_waiters"]
     assert [lc.state for lc in out.lifecycles] == ["released"]
@@ -116,7 +116,7 @@ def test_a_wait_again_after_a_clean_wake_up_is_a_fault_of_its_own() -> None:
     raw_seq = [*clean("tracepoint"), ev(Kind.BLOCK, 1.0, FAULTER, mode=1)]  # mode: it ran since its wake-up
     folded_seq = [folded(Kind.LIFECYCLE, 0.3)]
     in_kernel = [folded(Kind.FAULT_STATE, 1200, slept=1.0, read_at=None, woken_at=None, raised=1.0,
-                        bits=FOLD_REFAULT)]
+                        bits=FoldBit.REFAULT)]
     results = [correlate(raw_seq, "tracepoint", ticks=[500, 1200], end=1300, tasks={FAULTER: "uffd"},
                          faults={FAULTER: PAGE}),
                correlate(folded_seq, "tracepoint", ticks=[500, 1200], end=1300, tasks={FAULTER: "uffd"},

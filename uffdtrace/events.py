@@ -45,10 +45,6 @@ class FoldBit(enum.IntEnum):
     REFAULT = 0x400  # raised again by the kernel's retry of the same page fault, after its wake-up
 
 
-FOLD_OP_MASK, FOLD_VIA_READ, FOLD_CLOSER, FOLD_REFAULT = FoldBit.OP_MASK, FoldBit.VIA_READ, FoldBit.CLOSER, \
-    FoldBit.REFAULT
-
-
 class LostCause(enum.IntEnum):
     """Index of the per-CPU ``lost`` array (UT_LOST_*); the name is the summary's."""
 
@@ -216,7 +212,8 @@ class Event:
 class Folded:
     """A FAULT_STATE or LIFECYCLE record read with its own meanings: a fault
     the kernel folded (bpf/fold.h). The one place those meanings are written
-    in Python; the live source, the correlator and the capture reader use it."""
+    in Python: the live source builds such records with ``record``, the
+    correlator reads them through the properties."""
 
     __slots__ = ("ev",)
 
@@ -258,19 +255,19 @@ class Folded:
 
     @property
     def resolve_op(self) -> int:
-        return self.ev.op & FOLD_OP_MASK
+        return self.ev.op & FoldBit.OP_MASK
 
     @property
     def via_read(self) -> bool:
-        return bool(self.ev.op & FOLD_VIA_READ)
+        return bool(self.ev.op & FoldBit.VIA_READ)
 
     @property
     def by_closer(self) -> bool:
-        return bool(self.ev.op & FOLD_CLOSER)
+        return bool(self.ev.op & FoldBit.CLOSER)
 
     @property
     def refault(self) -> bool:
-        return bool(self.ev.op & FOLD_REFAULT)
+        return bool(self.ev.op & FoldBit.REFAULT)
 
     @staticmethod
     def record(*, kind: Kind, ts_ns: int, cpu: int, tgid: int, tid: int, comm: str, uffd: int, page: int,
