@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -60,8 +62,24 @@ def trace(*args: str, events: bool = True) -> Scenario:
                               timeout=TIMEOUT_S, stdin=subprocess.DEVNULL, check=False)
         traced = out.read_text() if out.exists() else ""
         if proc.returncode in (0, 3):
-            assert_replays_the_same(str(UFFDTRACE), str(capture), traced, flagged="--flagged" in args)
+            try:
+                assert_replays_the_same(str(UFFDTRACE), str(capture), traced, flagged="--flagged" in args)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{keep_evidence(out, capture)}") from None
     return Scenario.parse(f"{proc.stdout}\n{traced}", proc.returncode, proc.stderr)
+
+
+def keep_evidence(*files: Path) -> str:
+    """A failing live run's trace and capture, kept for whoever looks next
+    (.build/failed/ in the checkout, one folder per test): a flake seen once
+    is found from its capture, not by waiting for it again."""
+    test = os.environ.get("PYTEST_CURRENT_TEST", "unknown").split(" ")[0]
+    where = ROOT / ".build" / "failed" / re.sub(r"[^\w.-]+", "_", test)
+    where.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        if f.exists():
+            shutil.copy2(f, where / f.name)
+    return f"the trace and capture are kept in {where}"
 
 
 def test_clean_faults(workloads: Path) -> None:

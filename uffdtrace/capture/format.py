@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 import struct
 
+from ..events import Kind
 from ..source import TaskState
 
 MAGIC = b"UFFDTRC\0"
@@ -45,5 +46,9 @@ class Cap(enum.IntEnum):
     BLOCKED_THREAD = 0x107  # one of them (tgid, tid, comm; ts_ns: last ran)
     END = 0x1FF  # the trailer follows (len: its length)
 
+
+# An answer mark owns the `count` records after it, of this kind: they are
+# part of the answer, never of the stream, even when nobody asks for it.
+FOLLOWERS: dict[int, int] = {Cap.FOLDED: Kind.FAULT_STATE, Cap.BLOCKED: Cap.BLOCKED_THREAD}
 
 TASK_STATES: tuple[TaskState | None, ...] = ("uffd", "other", "gone", None)  # thread_state answers, by index

@@ -22,7 +22,7 @@ from ..events import RawField as F
 from ..sinks import Sink
 from ..sinks.jsonl import JsonLines
 from ..source import BlockedThread, RunInfo, TaskState, Totals
-from .format import FORMAT_VERSION, MAGIC, MAX_HEADER, MAX_TRAILER, PREAMBLE, TASK_STATES, Cap
+from .format import FOLLOWERS, FORMAT_VERSION, MAGIC, MAX_HEADER, MAX_TRAILER, PREAMBLE, TASK_STATES, Cap
 
 CHUNK_RECORDS = 32768  # records decoded per read
 _KINDS = {k.value: k for k in Kind}
@@ -248,7 +248,7 @@ class Replay:
     def blocked_before(self) -> list[BlockedThread]:
         head = self._take(Cap.BLOCKED)
         return [BlockedThread(r[F.TGID], r[F.TID], decode_comm(r[F.COMM]), r[F.TS_NS])
-                for r in self._following(head[F.COUNT] if head else 0, Cap.BLOCKED_THREAD)]
+                for r in self._following(head[F.COUNT] if head else 0, FOLLOWERS[Cap.BLOCKED])]
 
     def batches(self) -> Iterator[tuple[list[Event], int]]:
         batch: list[Event] = []
@@ -265,6 +265,7 @@ class Replay:
                 self._clock = max(self._clock, rec[F.TS_NS])
             else:
                 unasked.append(rec)
+                unasked.extend(self._following(rec[F.COUNT], FOLLOWERS[kind]) if kind in FOLLOWERS else ())
                 continue
             # Answers nobody asked for this time (other thresholds) before more records: passed over.
             unasked = []
@@ -292,7 +293,7 @@ class Replay:
 
     def folded_faults(self, include_handed: bool) -> list[Event]:
         head = self._take(Cap.FOLDED, lambda r: r[F.MODE] == include_handed)
-        return [to_event(r) for r in self._following(head[F.COUNT] if head else 0, Kind.FAULT_STATE)]
+        return [to_event(r) for r in self._following(head[F.COUNT] if head else 0, FOLLOWERS[Cap.FOLDED])]
 
     def adopt(self, tid: int, raised_ns: int) -> None:
         pass
