@@ -66,6 +66,10 @@ enum uffdtrace_quiet_counter {
 	UT_QUIET_COUNTERS,
 };
 
+/* UFFD_CLOSE flags: a holder closed its descriptor and the uffd lives on
+ * (other descriptors or references hold it); 0: the close released it. */
+#define UT_CLOSE_KEPT 0x1
+
 /* fault_entry.reads: the top bit seals the count once the fault is sent. */
 #define UT_READS_SEALED (1ULL << 63)
 

@@ -1,6 +1,6 @@
-/* What tracepoint mode knows in place of kernel structs: the uffds of each
- * process, as (tgid << 32 | fd), and the ranges registered on them. Only
- * processes known to use userfaultfd (uffd_users: filled when a uffd is
+/* What tracepoint mode knows in place of the VMAs: the ranges registered on
+ * each uffd, per process whose memory they are (uffd_id.h names the uffd).
+ * Only processes known to use userfaultfd (uffd_users: filled when a uffd is
  * created, and from /proc at start) are looked at beyond one map lookup. */
 #ifndef UFFDTRACE_RANGES_H
 #define UFFDTRACE_RANGES_H
@@ -16,13 +16,7 @@ struct range_set {
 };
 
 BPF_HASH(ranges, u32, struct range_set, 16384);
-BPF_HASH(uffd_fds, u64, u8, 65536);              /* (tgid, fd) of every known uffd */
 BPF_ARRAY(empty_ranges, struct range_set, 1);      /* all zero: template for new entries */
-
-static __always_inline u64 uffd_key(u32 tgid, u64 fd)
-{
-	return ((u64)tgid << 32) | (u32)fd;
-}
 
 static __always_inline bool tracked(u32 tgid)
 {

@@ -15,6 +15,7 @@
  * 5.19+), EVERY_RECORD (--events), QUIET (--flagged), NO_FOLD.
  */
 #include <uapi/linux/aio_abi.h>
+#include "uffd_id.h"
 #include "ranges.h"
 #include "stacks.h"
 #include "fold.h"
@@ -35,10 +36,8 @@ BPF_HASH(aio_polls, u64, u64, 65536);             /* user iocb -> uffd ctx */
 static __always_inline void uffd_created(void *ctx, s64 fd, u64 from_dev)
 {
 	struct uffdtrace_event e = {};
-	u64 key = uffd_key(current_tgid(), fd);
-	u8 one = 1;
 
-	uffd_fds.update(&key, &one);
+	uffd_created_as(fd);
 	emit_uffd_new(ctx, fd, from_dev, &e);
 }
 
@@ -53,17 +52,17 @@ TRACEPOINT_PROBE(syscalls, sys_enter_ioctl)
 {
 	struct ioctl_entry ie = {};
 	u32 tid = current_tid();
-	u32 tgid = current_tgid();
-	u64 key = uffd_key(tgid, args->fd);
 	u8 one = 1;
 
 	if (args->cmd == USERFAULTFD_IOC_NEW) {
 		new_uffd.update(&tid, &one);
 		return 0;
 	}
-	if (!uffd_fds.lookup(&key))
+	if (_IOC_TYPE(args->cmd) != UFFDIO)  /* before the fd table walk: most ioctls are not ours */
 		return 0;
-	ie.uffd = key;
+	ie.uffd = uffd_of_fd(args->fd);
+	if (!ie.uffd)
+		return 0;
 	ie.cmd = args->cmd;
 	ie.arg = args->arg;
 	bpf_probe_read_user(ie.in, sizeof(ie.in), (void *)ie.arg);
@@ -101,30 +100,38 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 		u64 m = e.mode | (modes ? *modes : 0);
 
 		uffd_modes.update(&e.ctx, &m);
-		track_range(e.tgid, e.addr, e.len, e.ctx);
+		track_range(uffd_owner_of(e.ctx, e.tgid), e.addr, e.len, e.ctx);
 	}
 	if (e.ret == 0 && e.op == UT_OP_UNREGISTER)
-		untrack_ranges(e.tgid, e.addr, e.addr + e.len, 0);
-	if (followed(e.tgid))
+		untrack_ranges(uffd_owner_of(e.ctx, e.tgid), e.addr, e.addr + e.len, 0);
+	if (followed(e.tgid) || ctx_followed(e.ctx))
 		emit(args, &e);
 	return 0;
 }
 
+/* Every holder's close is sent (user space keeps who holds a uffd); only
+ * the one that releases it ends its registrations. */
 TRACEPOINT_PROBE(syscalls, sys_enter_close)
 {
 	struct uffdtrace_event e = {};
 	u32 tid = current_tid();
-	u64 key = uffd_key(current_tgid(), args->fd);
+	bool released;
+	u64 uffd = uffd_closing(args->fd, &released);
 
-	if (!uffd_fds.lookup(&key))
+	if (!uffd)
 		return 0;
-	uffd_fds.delete(&key);
-	uffd_modes.delete(&key);
-	closing.update(&tid, &key);
 	init_event(&e, UT_UFFD_CLOSE);
-	e.ctx = key;
-	untrack_ranges(e.tgid, 0, 0, key);
-	if (followed(e.tgid))
+	e.ctx = uffd;
+	e.aux = args->fd;
+	if (released) {
+		closing.update(&tid, &uffd);
+		uffd_modes.delete(&uffd);
+		untrack_ranges(uffd_owner_of(uffd, e.tgid), 0, 0, uffd);
+		uffd_owner.delete(&uffd);
+	} else {
+		e.flags = UT_CLOSE_KEPT;
+	}
+	if (followed(e.tgid) || ctx_followed(uffd))
 		emit(args, &e);
 	return 0;
 }
@@ -367,8 +374,8 @@ static __always_inline void read_enter(u64 fd, u64 buf)
 	struct read_entry re = {};
 	u32 tid = current_tid();
 
-	re.uffd = uffd_key(current_tgid(), fd);
-	if (!uffd_fds.lookup(&re.uffd) || !followed(current_tgid()))
+	re.uffd = uffd_of_fd(fd);
+	if (!re.uffd || (!followed(current_tgid()) && !ctx_followed(re.uffd)))
 		return;
 	re.buf = buf;
 	re.entered = bpf_ktime_get_ns();
@@ -434,8 +441,8 @@ TRACEPOINT_PROBE(syscalls, sys_enter_io_submit)
 		/* struct iocb: aio_data@0, aio_lio_opcode u16@16, aio_fildes u32@20, aio_buf@24 */
 		if ((cb[2] & 0xffff) != IOCB_CMD_POLL)
 			continue;
-		key = uffd_key(tgid, cb[2] >> 32);
-		if (!uffd_fds.lookup(&key))
+		key = uffd_of_fd(cb[2] >> 32);
+		if (!key)
 			continue;
 		aio_polls.update(&iocbp, &key);
 		init_event(&e, UT_AIO_POLL_SUBMIT);

@@ -406,6 +406,35 @@ def check_postcopy_shape(s: Scenario) -> None:
         s.summary
 
 
+HANDLER_SERVE = ("serve", "4096", "4")  # handler_process: pages, faulting threads
+HANDLER_KILLED = ("killed", "1500")  # handler_process: how long the fault waits after its handler died (ms)
+
+
+def check_handler_process_serve(s: Scenario) -> None:
+    """Firecracker's layout: the handler is another process, holding the
+    only descriptor (passed with SCM_RIGHTS). Every read it made is matched
+    to its fault, whatever mode; nothing flagged."""
+    w = s.workload
+    reads = check_reads_match_lifecycles(s)
+    assert reads == w["handler_reads"] == w["pages"], (w, s.summary)
+    assert {lc["reader_tid"] for lc in s.lifecycles} == {w["handler_pid"]}
+    assert {lc["tgid"] for lc in s.lifecycles} != {w["handler_pid"]}
+
+
+def check_handler_process_killed(s: Scenario) -> None:
+    """The handler process read the fault and was killed: no_reader, naming
+    it, never unread (its read was seen) nor never_woken."""
+    w = s.workload
+    assert s.rc == 0 and w["handler_reads"] == 1, (s.rc, w, s.stderr)
+    assert s.flag_names() == {"no_reader"}, s.flags
+    [flag] = s.flags
+    assert flag["tid"] == w["tids"][0] and f"tid {w['handler_pid']}" in flag["evidence"][-1]["what"], flag
+    assert any(e["what"] == "message read" and e["tid"] == w["handler_pid"] for e in flag["evidence"]), flag
+    [lc] = s.lifecycles
+    assert lc["reads"] == 1 and lc["reader_tid"] == w["handler_pid"] and lc["flags"] == ["no_reader"], lc
+    assert s.summary["lost"] == 0
+
+
 # Python workload scenarios (uffdtrace.workloads), run by both live tiers:
 # name -> (workload arguments, check).
 PYTHON_SCENARIOS: dict[str, tuple[list[str], Callable[[Scenario], None]]] = {

@@ -14,7 +14,7 @@ from typing import Any
 from uffdtrace.analysis.correlator import Correlator
 from uffdtrace.analysis.model import Flag, Lifecycle
 from uffdtrace.analysis.rules import Thresholds
-from uffdtrace.events import Event, Kind, Op
+from uffdtrace.events import CLOSE_KEPT, Event, Kind, Op
 from uffdtrace.source import TaskState
 
 MS = 1_000_000
@@ -63,8 +63,9 @@ def woken(at: float, waker: int = HANDLER, peer: int = FAULTER, page: int = PAGE
     return ev(Kind.WAKE_TASK, at, waker, peer_tid=peer, addr=page, ret=1)
 
 
-def close(at: float, tid: int = HANDLER) -> Event:
-    return ev(Kind.UFFD_CLOSE, at, tid, addr=0)
+def close(at: float, tid: int = HANDLER, kept: bool = False) -> Event:
+    """close(2) of a uffd descriptor; ``kept``: another holder keeps it open."""
+    return ev(Kind.UFFD_CLOSE, at, tid, addr=0, flags=CLOSE_KEPT if kept else 0)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from .conftest import require
 
 Node = dict[str, tuple[int, Any]]  # member -> (offset, type name | nested members)
 MEMBER_RE = re.compile(r"^(?P<type>.*?[\w*\s])\s*\**(?P<name>\w+)(\[\d*\])*(\s*:\s*\d+)?;\s*/\*\s*(?P<off>\d+)")
+FUNC_PTR_RE = re.compile(r"^.*\(\*(?P<name>\w+)\)\(.*\);\s*/\*\s*(?P<off>\d+)")  # __poll_t (*poll)(...);
 CLOSE_RE = re.compile(r"^\}\s*(?P<name>\w*)\s*;\s*/\*\s*(?P<off>\d+)")
 
 
@@ -37,6 +38,8 @@ def pahole(struct: str) -> Node:
                 stack[-1][m["name"]] = (off, inner)
             else:
                 stack[-1].update(inner)
+        elif m := FUNC_PTR_RE.match(s):
+            stack[-1][m["name"]] = (int(m["off"]), None)
         elif m := MEMBER_RE.match(s):
             type_name = m["type"].replace("const", "").split()
             stack[-1][m["name"]] = (int(m["off"]), type_name[-1] if type_name[0] in ("struct", "union") else None)

@@ -10,6 +10,7 @@ import dataclasses
 import pytest
 
 from uffdtrace.events import Event, Kind
+from uffdtrace.source import TaskState
 
 from .synthetic import (
     COPIER,
@@ -238,6 +239,50 @@ def test_released_with_waiters_tracepoint_needs_the_closers_wake() -> None:
     assert not out.flags and [lc.state for lc in out.lifecycles] == ["blocked"]
 
 
+def test_a_holders_close_that_keeps_the_uffd_releases_nothing() -> None:
+    """Tracepoint mode sends every holder's close; one that leaves the uffd
+    open (UT_CLOSE_KEPT) does not make the next wake-up a release."""
+    seq = [fault(0), block(0.01), read(0.1), close(50, kept=True), woken(50.1)]
+    out, _ = correlate(seq, "tracepoint", ticks=[40, 100, 200])
+    assert "released_with_waiters" not in out.raised()
+    assert [lc.state for lc in out.lifecycles] != ["released"]
+
+
 def test_close_after_the_fault_ended_is_clean() -> None:
     out, _ = correlate([*clean("kprobe"), close(5)], "kprobe", ticks=[1, 10])
     assert not out.flags
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_no_reader_when_every_handler_that_read_the_uffd_is_gone(mode: str) -> None:
+    """A handler (in any process) read the message and died: no_reader, in
+    place of never_woken; a fault queued after its handlers died earns it
+    in place of unread. While a reader lives it is only slow: never_woken."""
+    waits = [fault(0)] + ([block(0.01)] if mode == "tracepoint" else [])
+    seq = [*waits, read(0.1, tid=OTHER)]
+    out, _ = correlate(seq, mode, ticks=[500, 1200, 1300, 2500], end=2500, tasks={FAULTER: "uffd", OTHER: "gone"})
+    assert out.raised() == ["no_reader"]
+    [flag] = [f for f in out.flags if not f.update]
+    assert f"tid {OTHER}" in flag.evidence[-1].what and "read and never resolved" in flag.evidence[-1].what
+    out, _ = correlate(seq, mode, ticks=[500, 1200, 2500], end=2500, tasks={FAULTER: "uffd", OTHER: "other"})
+    assert out.raised() == ["never_woken"]
+    # The handler dies after the fault was flagged never_woken: no_reader follows.
+    class DiesWhenAsked(dict[int, TaskState]):
+        def get(self, tid: int, default: TaskState | None = None) -> TaskState | None:  # type: ignore[override]
+            state = super().get(tid, default)
+            if tid == OTHER:
+                self[OTHER] = "gone"
+            return state
+
+    out, _ = correlate(seq, mode, ticks=[500, 1200, 2000, 2300, 3300], end=3300,
+                       tasks=DiesWhenAsked({FAULTER: "uffd", OTHER: "other"}))
+    assert out.raised() == ["never_woken", "no_reader"]
+
+
+def test_no_reader_for_a_message_still_queued_after_its_handlers_died() -> None:
+    seq = [fault(0, tid=OTHER + 1), read(0.1, peer=OTHER + 1, tid=OTHER), fault(10), block(10.01)]
+    seq = [*seq[:2], ev(Kind.WAKE_TASK, 0.2, OTHER, peer_tid=OTHER + 1, ret=1), *seq[2:]]
+    out, _ = correlate(seq, "tracepoint", ticks=[500, 1200], end=1200,
+                       tasks={FAULTER: "uffd", OTHER: "gone", OTHER + 1: "other"})
+    assert out.raised() == ["no_reader"]
+    assert "still queued" in next(f for f in out.flags if not f.update).evidence[-1].what

@@ -68,6 +68,7 @@ class QuietCounter(enum.IntEnum):
     READS = 1
 
 
+CLOSE_KEPT = 0x1  # UFFD_CLOSE flags: a holder's descriptor closed, the uffd lives on (UT_CLOSE_KEPT)
 READS_SEALED = 1 << 63  # fault_entry.reads: the count is sealed (UT_READS_SEALED)
 READS_COUNT = READS_SEALED - 1  # the count without it
 

@@ -48,6 +48,26 @@ def test_tracepoint_program_loads(knobs: dict[str, int | None]) -> None:
 
 
 @pytest.mark.live
+@pytest.mark.parametrize("identity", ["context", "tgid and fd"])
+def test_tracepoint_program_loads_with_each_uffd_identity(identity: str) -> None:
+    """bpf/uffd_id.h's fallbacks: uffds sharing one inode (before 5.12), and no BTF."""
+    bpf_class = _bcc()
+    features = kernel.probe()
+    require(features.tracefs is not None, "no tracefs")
+    defines = tracepoint_mode.TracepointBackend().plan(Kallsyms.load(), features).defines
+    assert "UFFD_BY_FILE" in defines, "this kernel has BTF: the descriptor is resolved to its uffd"
+    if identity == "context":
+        defines["UFFD_ID_CTX"] = None
+    else:
+        defines = {k: v for k, v in defines.items() if k != "UFFD_BY_FILE"}
+    bpf = bpf_class(text=probes.source_text("tracepoint.c").encode(), cflags=probes.cflags(defines))
+    try:
+        assert bpf.num_open_tracepoints() >= 8
+    finally:
+        bpf.cleanup()
+
+
+@pytest.mark.live
 @pytest.mark.parametrize("knobs", KNOBS.values(), ids=list(KNOBS))
 def test_kprobe_program_loads(knobs: dict[str, int | None]) -> None:
     bpf_class = _bcc()

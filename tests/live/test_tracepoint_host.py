@@ -20,6 +20,8 @@ from ..conftest import ROOT, require
 from ..scenarios import (
     CLEAN_PAGES,
     DONTWAKE_STALL_S,
+    HANDLER_KILLED,
+    HANDLER_SERVE,
     PYTHON_SCENARIOS,
     REFAULT,
     UFFD_STRESS_HOST,
@@ -32,6 +34,8 @@ from ..scenarios import (
     check_demo,
     check_dontwake,
     check_dontwake_lifecycle,
+    check_handler_process_killed,
+    check_handler_process_serve,
     check_postcopy_shape,
     check_refault,
     check_uffd_stress,
@@ -80,6 +84,15 @@ def keep_evidence(*files: Path) -> str:
         if f.exists():
             shutil.copy2(f, where / f.name)
     return f"the trace and capture are kept in {where}"
+
+
+def test_a_handler_in_another_process_serves_every_fault(workloads: Path) -> None:
+    check_handler_process_serve(trace("--fail-on-flags", "--", str(workloads / "handler_process"), *HANDLER_SERVE,
+                                      events=False))
+
+
+def test_a_handler_process_killed_after_reading_is_no_reader(workloads: Path) -> None:
+    check_handler_process_killed(trace("--", str(workloads / "handler_process"), *HANDLER_KILLED, events=False))
 
 
 def test_clean_faults(workloads: Path) -> None:

@@ -23,6 +23,8 @@ from ..labs import check_criu_lab, check_postcopy_lab, lab_command
 from ..scenarios import (
     CLEAN_PAGES,
     DONTWAKE_STALL_S,
+    HANDLER_KILLED,
+    HANDLER_SERVE,
     PYTHON_SCENARIOS,
     REFAULT,
     UFFD_STRESS_VM,
@@ -35,6 +37,8 @@ from ..scenarios import (
     check_demo,
     check_dontwake,
     check_dontwake_lifecycle,
+    check_handler_process_killed,
+    check_handler_process_serve,
     check_postcopy_shape,
     check_refault,
     check_uffd_stress,
@@ -62,6 +66,7 @@ def scenarios(wl: Path, stress: Path, out: Path, version: str) -> list[str]:
     lab = " ".join(lab_command())
     stress_args = " ".join(map(str, UFFD_STRESS_VM))
     refault = " ".join(map(str, REFAULT))
+    serve, killed = " ".join(HANDLER_SERVE), " ".join(HANDLER_KILLED)
     lines = {
         "uffd_stress": ("kprobe", trace("uffd_stress", f"--events -j --fail-on-flags -- {stress} {stress_args}")),
         "tp_uffd_stress": ("tracepoint", trace("tp_uffd_stress", f"-j --fail-on-flags -- {stress} {stress_args}")),
@@ -70,6 +75,11 @@ def scenarios(wl: Path, stress: Path, out: Path, version: str) -> list[str]:
         "dontwake": ("kprobe", trace("dontwake", f"{events} {wl}/dontwake {DONTWAKE_STALL_S}")),
         "aio": ("kprobe", trace("aio", f"{events} {wl}/aio_poll")),
         "refault": ("kprobe", trace("refault", f"-j -- {wl}/refault {refault}")),
+        # A handler in another process (Firecracker's layout): serving, and killed after a read.
+        "tp_handler_serve": ("tracepoint", trace("tp_handler_serve",
+                                                 f"-j --fail-on-flags -- {wl}/handler_process {serve}")),
+        "handler_killed": ("kprobe", trace("handler_killed", f"-j -- {wl}/handler_process {killed}")),
+        "tp_handler_killed": ("tracepoint", trace("tp_handler_killed", f"-j -- {wl}/handler_process {killed}")),
         "tp_refault": ("tracepoint", trace("tp_refault", f"-j -- {wl}/refault {refault}")),
         "move_pageout": ("kprobe", trace("move_pageout", f"{events} {wl}/move_pageout {MOVE_PAGES}")),
         **{name: ("kprobe", trace(name, f"-j -- {PYTHON} -m uffdtrace.workloads {' '.join(args)}"))
@@ -245,6 +255,15 @@ def test_uffd_stress(vm: VmRun, name: str) -> None:
     s = vm.scenario(name)
     assert s.mode == ("tracepoint" if name.startswith("tp_") else "kprobe")
     check_uffd_stress(s)
+
+
+def test_a_handler_in_another_process_serves_every_fault(vm: VmRun) -> None:
+    check_handler_process_serve(vm.scenario("tp_handler_serve"))
+
+
+@pytest.mark.parametrize("name", ["handler_killed", "tp_handler_killed"])
+def test_a_handler_process_killed_after_reading_is_no_reader(vm: VmRun, name: str) -> None:
+    check_handler_process_killed(vm.scenario(name))
 
 
 def test_postcopy_shape(vm: VmRun) -> None:

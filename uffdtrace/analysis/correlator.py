@@ -19,18 +19,21 @@ import collections
 from collections.abc import Callable
 from typing import Protocol
 
-from ..events import UFFD_EVENT_PAGEFAULT, Event, Kind, Op, op_name
+from ..events import CLOSE_KEPT, UFFD_EVENT_PAGEFAULT, Event, Kind, Op, op_name
 from ..source import BlockedThread, TaskState
 from .aio import AioPolls
 from .flags import Flags
 from .folded import REFAULT_NOTE, FoldedFaults, FoldedProbe, TakeOverHook
+from .handlers import Handlers
 from .model import Attempt, Counters, Evidence, Flag, Lifecycle
 from .rmap import RmapWalks
 from .rules import (
     EEXIST,
+    NO_READER_SAYS_MORE,
     RESOLVES,
     Thresholds,
     fault_reason,
+    no_reader_evidence,
     released_with_waiters,
     resolves,
     retry_loop,
@@ -81,6 +84,7 @@ class Correlator:
         self.folded = FoldedFaults(self, folded, on_take_over)
         self.aio = AioPolls(self.flags.report)
         self.rmap = RmapWalks(self.flags.report)
+        self.handlers = Handlers()
         # Fed, not yet handled: sorted by time in advance() (a stable sort of
         # nearly sorted data, cheaper than a heap operation per event).
         self._queue: list[Event] = []
@@ -297,6 +301,7 @@ class Correlator:
         if lc.t_read is None:
             lc.t_read = ev.ts_ns
         lc.reader_tid = ev.tid
+        self.handlers.read_by(lc.uffd, ev.tid)
         if ev.len:  # time spent inside read() (records from before it was recorded say 0)
             lc.read_call = (ev.tid, ev.ts_ns - ev.len, ev.ts_ns)
         if lc.waiting:
@@ -418,6 +423,8 @@ class Correlator:
             self.open.set_pending(lc, ev.tid)
 
     def _on_close(self, ev: Event) -> None:
+        if ev.flags & CLOSE_KEPT:
+            return  # one holder's descriptor: the uffd lives on, nothing is woken
         for lc in self.open.values():
             if lc.uffd != ev.ctx or not lc.waiting:
                 continue
@@ -467,11 +474,19 @@ class Correlator:
             self._close(lc, "exited" if where == "gone" else "returned", now)
         return False
 
+    def _handlers_due(self, lc: Lifecycle, now: int) -> bool:
+        """Blocked past --stuck-ms on a uffd whose readers were seen: ask,
+        once per --stuck-ms, whether any of them still lives."""
+        return ("no_reader" not in lc.flags and self.tasks is not None and self.handlers.seen(lc.uffd)
+                and now - lc.wait_since > self.th.stuck_ns and now - lc.handlers_asked > self.th.stuck_ns)
+
     def _check_waiting(self, lc: Lifecycle, now: int) -> None:
         if not lc.asleep and not self._shows_waiting(lc, now):
             return
-        earned = [(n, e) for n, e in timed_flags(lc, now, self.th) if n not in lc.flags]
-        if not earned:
+        earned = [(n, e) for n, e in timed_flags(lc, now, self.th)
+                  if n not in lc.flags and not (n in NO_READER_SAYS_MORE and "no_reader" in lc.flags)]
+        ask_handlers = self._handlers_due(lc, now)
+        if not earned and not ask_handlers:
             return
         # Every timed flag concludes from a missing event: confirm that the
         # thread still waits, for this page, before accusing anyone.
@@ -493,5 +508,11 @@ class Correlator:
             lc.note(f"the kernel shows it faulting at {page & PAGE_MASK:#x} now: woken unseen", now)
             self._close(lc, "returned", now)
             return
+        if ask_handlers and self.tasks is not None:
+            lc.handlers_asked = now
+            if gone := self.handlers.all_gone(lc.uffd, lc.tid, self.tasks):
+                # Its handlers are dead: say so, not that they are slow or lost a wake-up.
+                earned = [(n, e) for n, e in earned if n not in NO_READER_SAYS_MORE]
+                earned.append(("no_reader", no_reader_evidence(lc, gone, now)))
         for name, conclusion in earned:
             self._raise(lc, name, now, conclusion)

@@ -94,6 +94,7 @@ class Lifecycle:
     pending_waker: int | None = None  # woke it; its ioctl record will say whether it resolved
     closer: int | None = None  # closed the uffd while this waited
     other_since: int | None = None  # the kernel says the thread left handle_userfault, unseen
+    handlers_asked: int = 0  # when the kernel was last asked whether its uffd's readers live (no_reader)
     unfolded: int | None = None  # raise time of the fault folded in the kernel whose steps it holds
     state: str = "blocked"
     ended_at: int = 0

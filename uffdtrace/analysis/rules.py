@@ -48,11 +48,14 @@ def counts_as_failure(name: str) -> bool:
     """Whether --fail-on-flags counts this flag."""
     return name not in INFORMATIONAL
 # Flags about a thread that is still blocked: re-reported with the final numbers when it ends.
-WHILE_BLOCKED = frozenset({"never_woken", "unread"})
+WHILE_BLOCKED = frozenset({"never_woken", "unread", "no_reader"})
+# What no_reader explains better: a fault whose handlers are dead is not just slow.
+NO_READER_SAYS_MORE = frozenset({"never_woken", "unread"})
 # Flags concluded from an event that did not come: raised only once the kernel
 # confirms that the thread still waits for the page, and they say when
 # records were lost while it waited.
-FROM_ABSENCE = frozenset({"never_woken", "missed_wakeup", "dontwake_without_wake", "eexist_without_wake", "unread"})
+FROM_ABSENCE = frozenset({"never_woken", "missed_wakeup", "dontwake_without_wake", "eexist_without_wake", "unread",
+                          "no_reader"})
 
 
 REASONS = {VM_UFFD_MISSING: "missing", VM_UFFD_WP: "wp"}  # anything else is VM_UFFD_MINOR
@@ -132,6 +135,14 @@ def timed_flags(lc: Lifecycle, now: int, th: Thresholds) -> list[tuple[str, Evid
             out.append(("unread", Evidence(f"queued for {blocked / MS:.0f} ms and no handler read the message")))
         out.append(("never_woken", Evidence(f"still blocked in handle_userfault after {blocked / MS:.0f} ms")))
     return out
+
+
+def no_reader_evidence(lc: Lifecycle, gone: list[int], now: int) -> Evidence:
+    """A fault blocked past --stuck-ms whose uffd's readers have all exited."""
+    who = ", ".join(f"tid {tid}" for tid in gone)
+    message = "its message was read and never resolved" if lc.round_reads else "its message is still queued"
+    return Evidence(f"every thread seen reading uffd {lc.uffd} has exited ({who}): {message}, and no living "
+                    f"handler reads the uffd (blocked {(now - lc.wait_since) / MS:.0f} ms)")
 
 
 def during_read(lc: Lifecycle, a: Attempt) -> str:

@@ -46,6 +46,18 @@ MEMBERS: dict[str, str] = {
     "OFF_KIOCB_RES_DATA": "aio_kiocb.ki_res.data",
     "OFF_KIOCB_RES_OBJ": "aio_kiocb.ki_res.obj",
     "OFF_KIOCB_RES_RES": "aio_kiocb.ki_res.res",
+    # Tracepoint mode: a descriptor to its uffd (bpf/uffd_id.h).
+    "OFF_TASK_FILES": "task_struct.files",
+    "OFF_FILES_FDT": "files_struct.fdt",
+    "OFF_FDTABLE_MAX_FDS": "fdtable.max_fds",
+    "OFF_FDTABLE_FD": "fdtable.fd",
+    "OFF_FILE_F_INODE": "file.f_inode",
+    "OFF_INODE_INO": "inode.i_ino",
+    "OFF_FOPS_POLL": "file_operations.poll",
+    # A file's references: file_ref_t f_ref since v6.13 (90ee6ed776c0,
+    # "fs: port files to file_ref"), atomic_long_t f_count before.
+    "OFF_FILE_F_REF": "file.f_ref",
+    "OFF_FILE_F_COUNT": "file.f_count",
 }
 
 # C macro -> enumerator whose value the C code needs.

@@ -108,6 +108,6 @@ class Backend:
     def attach(self, bpf: Any, the_plan: Plan) -> None:
         """Attach what the loaded program does not attach by itself."""
 
-    def learn(self, bpf: Any, found: list[UffdProcess]) -> list[int]:
+    def learn(self, bpf: Any, the_plan: Plan, found: list[UffdProcess]) -> list[int]:
         """Seed the maps with the uffds /proc shows at start; returns their pids."""
         return []

@@ -29,6 +29,7 @@ class UffdFd:
     fd: int
     pending: int | None = None
     total: int | None = None
+    ino: int | None = None  # the uffd's inode: the same through every holder's descriptor (5.12+)
 
 
 @dataclass
@@ -57,7 +58,11 @@ def _read(path: Path) -> str | None:
 
 
 def _fdinfo(pid: int, fd: int) -> UffdFd:
-    info = UffdFd(fd)
+    try:
+        ino: int | None = os.stat(PROC / str(pid) / "fd" / str(fd)).st_ino
+    except OSError:
+        ino = None
+    info = UffdFd(fd, ino=ino)
     for line in (_read(PROC / str(pid) / "fdinfo" / str(fd)) or "").splitlines():
         key, _, value = line.partition(":")
         if key == "pending":

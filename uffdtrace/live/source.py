@@ -212,7 +212,7 @@ class LiveSource:
         follow = self._bpf["follow"]
         for pid in self.opts.pids:
             follow[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
-        self._scan_proc()
+        self._scan_proc(the_plan)
         per_cpu = max(1, buffer_pages // (os.cpu_count() or 1))
         if self.info.transport == "ringbuf":
             self._ring = RingReader(self._bpf["events"].map_fd, buffer_pages * mmap.PAGESIZE, RECORD_SIZE)
@@ -267,7 +267,7 @@ class LiveSource:
             os.close(self._gate)
             self._gate = None
 
-    def _scan_proc(self) -> None:
+    def _scan_proc(self, the_plan: probes.Plan) -> None:
         """One walk of /proc at start (probes attached): tracepoint mode learns
         the uffds that already exist; threads already blocked in
         handle_userfault are kept for the correlator (a command started here
@@ -277,7 +277,7 @@ class LiveSource:
             return
         pids = () if self.backend.learns_every_uffd else self.opts.pids
         found = procscan.scan(pids, include_blocked_only=want_blocked).processes  # as root: nothing hidden
-        self.info.existing = self.backend.learn(self._bpf, [p for p in found if p.fds])
+        self.info.existing = self.backend.learn(self._bpf, the_plan, [p for p in found if p.fds])
         if want_blocked:
             self._blocked = [(p.pid, t) for p in found if not self.opts.pids or p.pid in self.opts.pids
                                    for t in p.blocked]

@@ -6,11 +6,14 @@ address ranges, and the uffds that existed before tracing learnt from
 from __future__ import annotations
 
 import ctypes
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import UffdtraceError
+from . import offsets
+from .btf import BtfError
 from .kallsyms import Kallsyms
 from .kernel import Features
 from .probes import Backend, Plan, ProbeStatus
@@ -52,8 +55,8 @@ TRACEPOINT_CAPS: tuple[TracepointCapability, ...] = (
 )
 
 # What tracepoint mode cannot see at all (recorded in headers and doctor).
-TRACEPOINT_DEGRADED = ("fault_ret", "wake_range", "aio_poll_wake", "ctx is (tgid, fd), not the kernel object",
-                       "fault reason (inferred from error_code)", "anon_vma retries",
+TRACEPOINT_DEGRADED = ("fault_ret", "wake_range", "aio_poll_wake", "fault reason (inferred from error_code)",
+                       "anon_vma retries",
                        "faults taken through get_user_pages (no page-fault exception)")
 
 # -D name pairs for the stack-attribution ranges (bpf/stacks.h): the first of
@@ -67,8 +70,51 @@ _RANGE_DEFINES = {"HANDLE_USERFAULT": ("handle_userfault",), "WAKE_FUNCTION": ("
 _REQUIRED_TRACEPOINT_CAPS = ("block", "wake_task", "read", "resolve")
 
 
-def tracepoint_plan(kallsyms: Kallsyms, tracefs: Path) -> Plan:
+# bpf/uffd_id.h: a descriptor resolved to its uffd through the fd table.
+_UFFD_ID_MEMBERS = ("OFF_TASK_FILES", "OFF_FILES_FDT", "OFF_FDTABLE_MAX_FDS", "OFF_FDTABLE_FD", "OFF_FILE_F_OP",
+                    "OFF_FOPS_POLL", "OFF_FILE_F_INODE", "OFF_INODE_INO", "OFF_FILE_PRIVATE_DATA")
+SYS_USERFAULTFD = 323  # x86-64, as the page-fault tracepoints this mode needs
+O_CLOEXEC, O_NONBLOCK = 0o2000000, 0o4000
+
+
+def uffd_inodes_distinct() -> bool:
+    """Whether each uffd has an inode of its own (v5.12+, b537900f1598): two
+    made here and compared. Otherwise every uffd shares the anon inode."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    fds = [libc.syscall(SYS_USERFAULTFD, O_CLOEXEC | O_NONBLOCK) for _ in range(2)]
+    try:
+        return all(fd >= 0 for fd in fds) and os.fstat(fds[0]).st_ino != os.fstat(fds[1]).st_ino
+    finally:
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
+
+
+def uffd_identity(kallsyms: Kallsyms, member_offsets: dict[str, int] | None) -> tuple[dict[str, int | None], str]:
+    """The -D knobs of bpf/uffd_id.h, and how a uffd is known (for doctor
+    and the header): by its inode, by its context, or, without BTF or
+    userfaultfd_poll, by (tgid, fd) only."""
+    poll = kallsyms.address("userfaultfd_poll")
+    refs = next((m for m in ("OFF_FILE_F_REF", "OFF_FILE_F_COUNT") if m in (member_offsets or {})), None)
+    if member_offsets is None or not poll or refs is None or \
+            any(m not in member_offsets for m in _UFFD_ID_MEMBERS):
+        return {}, "uffd known by (tgid, fd) only (no BTF or no userfaultfd_poll): a handler in another " \
+                   "process is not seen"
+    defines: dict[str, int | None] = {m: member_offsets[m] for m in _UFFD_ID_MEMBERS}
+    defines.update(UFFD_BY_FILE=None, USERFAULTFD_POLL=poll, OFF_FILE_REFS=member_offsets[refs],
+                   FILE_ONE_REF=0 if refs == "OFF_FILE_F_REF" else 1)
+    if uffd_inodes_distinct():
+        return defines, "uffd known by its inode, through any process's descriptor"
+    defines["UFFD_ID_CTX"] = None
+    return defines, "uffd known by its context; uffds opened before tracing are not seen (they share one inode)"
+
+
+def tracepoint_plan(kallsyms: Kallsyms, tracefs: Path, member_offsets: dict[str, int] | None = None) -> Plan:
     result = Plan()
+    identity, how = uffd_identity(kallsyms, member_offsets)
+    result.defines.update(identity)
+    result.status.append(ProbeStatus("uffd_identity", "syscalls/sys_enter_*", "UFFD_BY_FILE" in identity, how))
     for prefix, names in _RANGE_DEFINES.items():
         sym = next((found for found in map(kallsyms.symbol, names) if found), None)
         result.defines[f"{prefix}_START"] = sym.start if sym else 0
@@ -108,7 +154,11 @@ class TracepointBackend(Backend):
 
     def plan(self, kallsyms: Kallsyms, features: Features) -> Plan:
         assert features.tracefs is not None  # source.check_environment made sure
-        the_plan = tracepoint_plan(kallsyms, features.tracefs)
+        try:
+            member_offsets: dict[str, int] | None = offsets.load() if features.btf else None
+        except BtfError:
+            member_offsets = None
+        the_plan = tracepoint_plan(kallsyms, features.tracefs, member_offsets)
         why = tracepoint_mode_unusable(the_plan)
         if why:
             raise UffdtraceError(f"tracepoint mode cannot work on this kernel: {why}")
@@ -117,18 +167,27 @@ class TracepointBackend(Backend):
     def degraded(self, the_plan: Plan) -> list[str]:
         return degraded(the_plan)
 
-    def learn(self, bpf: Any, found: list[UffdProcess]) -> list[int]:
+    def learn(self, bpf: Any, the_plan: Plan, found: list[UffdProcess]) -> list[int]:
         """This mode sees uffds created from now on; the ones that already
-        exist, and their registered ranges, come from /proc."""
-        users, fds, ranges = bpf["uffd_users"], bpf["uffd_fds"], bpf["ranges"]
+        exist, and their registered ranges, come from /proc. A uffd is known
+        by its inode (bpf/uffd_id.h), or by (tgid, fd) without BTF; by its
+        context, the kernel alone knows it, and its ranges stay unknown."""
+        by_file = "UFFD_BY_FILE" in the_plan.defines
+        if by_file and "UFFD_ID_CTX" in the_plan.defines:
+            found = []
+        users, ranges, owners = bpf["uffd_users"], bpf["ranges"], bpf["uffd_owner"]
         for proc in found:
             users[ctypes.c_uint32(proc.pid)] = ctypes.c_uint8(1)
-            for ufd in proc.fds:
-                fds[ctypes.c_uint64(proc.pid << 32 | ufd.fd)] = ctypes.c_uint8(1)
+            ids = [ufd.ino or 0 if by_file else proc.pid << 32 | ufd.fd for ufd in proc.fds]
+            if not by_file:
+                for uffd in ids:
+                    bpf["uffd_fds"][ctypes.c_uint64(uffd)] = ctypes.c_uint8(1)
+            if not proc.ranges or not ids[0]:
+                continue
             # /proc does not say which uffd a range belongs to: the first one.
-            owner = proc.pid << 32 | proc.fds[0].fd
+            owners[ctypes.c_uint64(ids[0])] = ctypes.c_uint32(proc.pid)
             rs = ranges.Leaf()
             for i, (start, end) in enumerate(proc.ranges[: len(rs.start)]):
-                rs.start[i], rs.end[i], rs.uffd[i] = start, end, owner
+                rs.start[i], rs.end[i], rs.uffd[i] = start, end, ids[0]
             ranges[ctypes.c_uint32(proc.pid)] = rs
         return [p.pid for p in found]

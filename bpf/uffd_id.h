@@ -1,0 +1,145 @@
+/* Tracepoint mode: which uffd a file descriptor names (docs/architecture.md,
+ * "uffd identity"). A syscall gives only (caller, fd); the uffd is the
+ * kernel object behind it, the same through every process's descriptor
+ * (inherited across fork, passed with SCM_RIGHTS, dup'ed). The descriptor
+ * is resolved through the caller's fd table (offsets from BTF) to the file,
+ * which is a uffd when its f_op->poll is userfaultfd_poll (USERFAULTFD_POLL,
+ * from kallsyms: the fops themselves are data, absent without KALLSYMS_ALL).
+ *
+ * The id is the file's inode number: each uffd has an anon inode of its own
+ * since v5.12 (b537900f1598, "userfaultfd: use secure anon inodes for
+ * userfaultfd"), which /proc/PID/fd shows too, so that uffds opened before
+ * tracing are known by the same id. Before that every uffd shares one inode
+ * (UFFD_ID_CTX): the id is the userfaultfd_ctx, a pointer user space turns
+ * into a small id. Without BTF (no UFFD_BY_FILE) a uffd is only known by the
+ * (tgid << 32 | fd) that created it or that /proc showed at start. */
+#ifndef UFFDTRACE_UFFD_ID_H
+#define UFFDTRACE_UFFD_ID_H
+#include "follow.h"
+
+BPF_HASH(uffd_owner, u64, u32, 65536);  /* uffd -> the tgid whose memory it serves (its creator) */
+
+#ifdef UFFD_BY_FILE
+static __always_inline void *read_kptr(void *at)
+{
+	void *p = NULL;
+
+	bpf_probe_read_kernel(&p, sizeof(p), at);
+	return p;
+}
+
+/* The file behind descriptor fd of the current process, or NULL. */
+static __always_inline void *fd_file(u64 fd)
+{
+	void *files = read_kptr((void *)bpf_get_current_task() + OFF_TASK_FILES);
+	void *fdt;
+	u32 max_fds = 0;
+
+	if (!files)
+		return NULL;
+	fdt = read_kptr(files + OFF_FILES_FDT);
+	if (!fdt)
+		return NULL;
+	bpf_probe_read_kernel(&max_fds, sizeof(max_fds), fdt + OFF_FDTABLE_MAX_FDS);
+	if (fd >= max_fds)
+		return NULL;
+	return read_kptr(read_kptr(fdt + OFF_FDTABLE_FD) + fd * sizeof(void *));
+}
+
+/* The uffd a file is (0: it is none). */
+static __always_inline u64 file_uffd(void *file)
+{
+	void *fops;
+	u64 ino = 0;
+
+	if (!file)
+		return 0;
+	fops = read_kptr(file + OFF_FILE_F_OP);
+	if (!fops || (u64)read_kptr(fops + OFF_FOPS_POLL) != USERFAULTFD_POLL)
+		return 0;
+#ifdef UFFD_ID_CTX
+	return (u64)read_kptr(file + OFF_FILE_PRIVATE_DATA);
+#else
+	bpf_probe_read_kernel(&ino, sizeof(ino), read_kptr(file + OFF_FILE_F_INODE) + OFF_INODE_INO);
+	return ino;
+#endif
+}
+
+/* Closing descriptor fd drops the file's last reference: the uffd is
+ * released (its waiters woken, its ranges unregistered). Other holders keep
+ * it alive. file_ref_t (v6.13, 90ee6ed776c0 "fs: port files to file_ref")
+ * counts one reference as 0; f_count before it as 1. */
+static __always_inline bool last_reference(void *file)
+{
+	long refs = 0;
+
+	bpf_probe_read_kernel(&refs, sizeof(refs), file + OFF_FILE_REFS);
+	return refs == FILE_ONE_REF;
+}
+
+static __always_inline u64 uffd_of_fd(u64 fd)
+{
+	return file_uffd(fd_file(fd));
+}
+
+/* The uffd descriptor fd names, about to be closed; *released: this close
+ * releases it. */
+static __always_inline u64 uffd_closing(u64 fd, bool *released)
+{
+	void *file = fd_file(fd);
+	u64 uffd = file_uffd(file);
+
+	*released = uffd && last_reference(file);
+	return uffd;
+}
+
+#else
+BPF_HASH(uffd_fds, u64, u8, 65536);  /* (tgid << 32 | fd) of every known uffd */
+
+static __always_inline u64 uffd_of_fd(u64 fd)
+{
+	u64 key = ((u64)current_tgid() << 32) | (u32)fd;
+
+	return uffd_fds.lookup(&key) ? key : 0;
+}
+
+static __always_inline u64 uffd_closing(u64 fd, bool *released)
+{
+	u64 uffd = uffd_of_fd(fd);
+
+	if (uffd)
+		uffd_fds.delete(&uffd);
+	*released = uffd != 0;  /* as far as this mode can tell */
+	return uffd;
+}
+#endif
+
+/* A uffd just created through descriptor fd: its id, and whose memory it serves. */
+static __always_inline u64 uffd_created_as(u64 fd)
+{
+	u32 tgid = current_tgid();
+	u64 uffd;
+
+#ifdef UFFD_BY_FILE
+	uffd = uffd_of_fd(fd);
+#else
+	u8 one = 1;
+
+	uffd = ((u64)tgid << 32) | (u32)fd;
+	uffd_fds.update(&uffd, &one);
+#endif
+	if (uffd)
+		uffd_owner.update(&uffd, &tgid);
+	return uffd;
+}
+
+/* The process whose memory the uffd serves: registered ranges are its own,
+ * whoever asks (a handler in another process may register them). */
+static __always_inline u32 uffd_owner_of(u64 uffd, u32 caller)
+{
+	u32 *owner = uffd_owner.lookup(&uffd);
+
+	return owner ? *owner : caller;
+}
+
+#endif
