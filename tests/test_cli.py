@@ -103,14 +103,15 @@ def test_missing_symbols_degrade_tracepoint_mode_instead_of_refusing(tmp_path: P
                "syscalls/sys_enter_ioctl"):
         (tmp_path / "events" / tp).mkdir(parents=True)
     no_symbols = Kallsyms("ffffffff81000000 T _stext\n")
-    plan = tracepoint_mode.tracepoint_plan(no_symbols, tmp_path)
+    plan = tracepoint_mode.tracepoint_plan(no_symbols, tmp_path, btf=False)
     assert tracepoint_mode.tracepoint_mode_unusable(plan) is None
     assert plan.defines["HANDLE_USERFAULT_START"] == plan.defines["HANDLE_USERFAULT_END"] == 0  # blocks never match
     lost = " ".join(tracepoint_mode.degraded(plan))
     assert "handle_userfault not in kallsyms" in lost and "userfaultfd_wake_function not in kallsyms" in lost
     assert "HAVE_PF_TRACEPOINTS" not in plan.defines  # no page-fault tracepoints: that code is left out
+    assert "UFFD_BY_FILE" not in plan.defines and "uffd_identity (uffd known by (tgid, fd) only" in lost
     (tmp_path / "events" / "sched" / "sched_waking").rmdir()
-    unusable = tracepoint_mode.tracepoint_mode_unusable(tracepoint_mode.tracepoint_plan(no_symbols, tmp_path))
+    unusable = tracepoint_mode.tracepoint_mode_unusable(tracepoint_mode.tracepoint_plan(no_symbols, tmp_path, False))
     assert "no tracepoint sched/sched_waking" in (unusable or "")
 
 

@@ -83,7 +83,7 @@ def _tracepoint_mode(rep: Report, feats: kernel.Features, kallsyms: Kallsyms | N
     why = _environment_problem(feats, "tracepoint")
     if feats.tracefs is None or kallsyms is None:
         return why or "cannot read /proc/kallsyms"
-    the_plan = tracepoint_mode.tracepoint_plan(kallsyms, feats.tracefs)
+    the_plan = tracepoint_mode.tracepoint_plan(kallsyms, feats.tracefs, feats.btf)
     rep.tracepoint_caps = [s.to_json() for s in the_plan.status]
     return why or tracepoint_mode.tracepoint_mode_unusable(the_plan)
 

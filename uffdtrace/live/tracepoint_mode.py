@@ -39,9 +39,10 @@ TRACEPOINT_CAPS: tuple[TracepointCapability, ...] = (
     TracepointCapability("wake_task", ("sched/sched_waking",), ("userfaultfd_wake_function", "__wake_up"),
                          "wake-ups whose waker stack holds userfaultfd_wake_function"),
     TracepointCapability("read", ("syscalls/sys_enter_read", "syscalls/sys_enter_readv"), (),
-                         "read/readv on a known uffd fd"),
-    TracepointCapability("resolve", ("syscalls/sys_enter_ioctl",), (), "ioctls on a known uffd fd"),
-    TracepointCapability("close", ("syscalls/sys_enter_close",), (), "close of a known uffd fd"),
+                         "read/readv on a uffd, through any process's descriptor"),
+    TracepointCapability("resolve", ("syscalls/sys_enter_ioctl",), (),
+                         "ioctls on a uffd, through any process's descriptor"),
+    TracepointCapability("close", ("syscalls/sys_enter_close",), (), "every holder's close of a uffd descriptor"),
     TracepointCapability("aio_poll", ("syscalls/sys_enter_io_submit", "syscalls/sys_enter_io_getevents"), (),
                          "IOCB_CMD_POLL submitted on a uffd and collected"),
     TracepointCapability("aio_pgetevents", ("syscalls/sys_enter_io_pgetevents",), (),
@@ -74,7 +75,7 @@ _REQUIRED_TRACEPOINT_CAPS = ("block", "wake_task", "read", "resolve")
 _UFFD_ID_MEMBERS = ("OFF_TASK_FILES", "OFF_FILES_FDT", "OFF_FDTABLE_MAX_FDS", "OFF_FDTABLE_FD", "OFF_FILE_F_OP",
                     "OFF_FOPS_POLL", "OFF_FILE_F_INODE", "OFF_INODE_INO", "OFF_FILE_PRIVATE_DATA")
 SYS_USERFAULTFD = 323  # x86-64, as the page-fault tracepoints this mode needs
-O_CLOEXEC, O_NONBLOCK = 0o2000000, 0o4000
+O_CLOEXEC, O_NONBLOCK, UFFD_USER_MODE_ONLY = 0o2000000, 0o4000, 1
 
 
 def uffd_inodes_distinct() -> bool:
@@ -82,7 +83,10 @@ def uffd_inodes_distinct() -> bool:
     made here and compared. Otherwise every uffd shares the anon inode."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
-    fds = [libc.syscall(SYS_USERFAULTFD, O_CLOEXEC | O_NONBLOCK) for _ in range(2)]
+    # UFFD_USER_MODE_ONLY (5.11) lets a user without CAP_SYS_PTRACE make one (doctor).
+    fds = [libc.syscall(SYS_USERFAULTFD, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY) for _ in range(2)]
+    if any(fd < 0 for fd in fds):
+        fds = [fd if fd >= 0 else libc.syscall(SYS_USERFAULTFD, O_CLOEXEC | O_NONBLOCK) for fd in fds]
     try:
         return all(fd >= 0 for fd in fds) and os.fstat(fds[0]).st_ino != os.fstat(fds[1]).st_ino
     finally:
@@ -110,9 +114,17 @@ def uffd_identity(kallsyms: Kallsyms, member_offsets: dict[str, int] | None) -> 
     return defines, "uffd known by its context; uffds opened before tracing are not seen (they share one inode)"
 
 
-def tracepoint_plan(kallsyms: Kallsyms, tracefs: Path, member_offsets: dict[str, int] | None = None) -> Plan:
+def btf_offsets(btf: bool) -> dict[str, int] | None:
+    """The member offsets bpf/uffd_id.h needs, None without BTF."""
+    try:
+        return offsets.load() if btf else None
+    except BtfError:
+        return None
+
+
+def tracepoint_plan(kallsyms: Kallsyms, tracefs: Path, btf: bool) -> Plan:
     result = Plan()
-    identity, how = uffd_identity(kallsyms, member_offsets)
+    identity, how = uffd_identity(kallsyms, btf_offsets(btf))
     result.defines.update(identity)
     result.status.append(ProbeStatus("uffd_identity", "syscalls/sys_enter_*", "UFFD_BY_FILE" in identity, how))
     for prefix, names in _RANGE_DEFINES.items():
@@ -154,11 +166,7 @@ class TracepointBackend(Backend):
 
     def plan(self, kallsyms: Kallsyms, features: Features) -> Plan:
         assert features.tracefs is not None  # source.check_environment made sure
-        try:
-            member_offsets: dict[str, int] | None = offsets.load() if features.btf else None
-        except BtfError:
-            member_offsets = None
-        the_plan = tracepoint_plan(kallsyms, features.tracefs, member_offsets)
+        the_plan = tracepoint_plan(kallsyms, features.tracefs, features.btf)
         why = tracepoint_mode_unusable(the_plan)
         if why:
             raise UffdtraceError(f"tracepoint mode cannot work on this kernel: {why}")
