@@ -263,6 +263,38 @@ def test_ps_not_root_says_what_it_could_not_see(world_readable_dir: Path) -> Non
     assert "processes of other users could not be looked at: run as root" in proc.stdout
 
 
+def test_ps_names_every_holder_of_a_uffd() -> None:
+    """A uffd inherited by a child (or passed over a UNIX socket): `ps`
+    lists it in both processes, each naming the other as a holder."""
+    import ctypes
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from uffdtrace.live import kernel
+
+    from .conftest import require
+
+    require(kernel.uffd_inodes_distinct(), "uffds share one inode on this kernel (before 5.12), or none can be made")
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.syscall(kernel.SYS_USERFAULTFD, kernel.O_CLOEXEC | kernel.O_NONBLOCK | kernel.UFFD_USER_MODE_ONLY)
+    try:
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], pass_fds=(fd,))
+        try:
+            proc = subprocess.run([sys.executable, "-m", "uffdtrace", "ps", "-j"], capture_output=True, text=True,
+                                  check=True, timeout=60)
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+    finally:
+        os.close(fd)
+    held = {p["pid"]: p["uffds"] for p in map(json.loads, proc.stdout.splitlines()) if p["type"] == "process"}
+    assert [u["also_held_by"] for u in held[os.getpid()] if u["fd"] == fd] == [[child.pid]], held
+    assert [u["also_held_by"] for u in held[child.pid] if u["fd"] == fd] == [[os.getpid()]], held
+
+
 def test_kprobe_mode_attaches_the_wake_range_probe_only_with_events() -> None:
     """__wake_userfault's records only matter to --events: without it the
     probe is not attached at all (every wake-up would pay for an empty body)."""

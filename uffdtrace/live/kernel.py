@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import subprocess
@@ -9,6 +10,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .btf import VMLINUX_BTF
+
+SYS_USERFAULTFD = 323  # x86-64 (tracepoint mode needs x86's page-fault tracepoints anyway)
+O_CLOEXEC, O_NONBLOCK, UFFD_USER_MODE_ONLY = 0o2000000, 0o4000, 1
+
+
+def uffd_inodes_distinct() -> bool:
+    """Whether each uffd has an inode of its own (v5.12+, b537900f1598): two
+    made here and compared. Otherwise every uffd shares the anon inode."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    # UFFD_USER_MODE_ONLY (5.11) lets a user without CAP_SYS_PTRACE make one (doctor).
+    fds = [libc.syscall(SYS_USERFAULTFD, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY) for _ in range(2)]
+    if any(fd < 0 for fd in fds):
+        fds = [fd if fd >= 0 else libc.syscall(SYS_USERFAULTFD, O_CLOEXEC | O_NONBLOCK) for fd in fds]
+    try:
+        return all(fd >= 0 for fd in fds) and os.fstat(fds[0]).st_ino != os.fstat(fds[1]).st_ino
+    finally:
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
+
 
 TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 

@@ -6,13 +6,12 @@ address ranges, and the uffds that existed before tracing learnt from
 from __future__ import annotations
 
 import ctypes
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import UffdtraceError
-from . import offsets
+from . import kernel, offsets
 from .btf import BtfError
 from .kallsyms import Kallsyms
 from .kernel import Features
@@ -74,27 +73,6 @@ _REQUIRED_TRACEPOINT_CAPS = ("block", "wake_task", "read", "resolve")
 # bpf/uffd_id.h: a descriptor resolved to its uffd through the fd table.
 _UFFD_ID_MEMBERS = ("OFF_TASK_FILES", "OFF_FILES_FDT", "OFF_FDTABLE_MAX_FDS", "OFF_FDTABLE_FD", "OFF_FILE_F_OP",
                     "OFF_FOPS_POLL", "OFF_FILE_F_INODE", "OFF_INODE_INO", "OFF_FILE_PRIVATE_DATA")
-SYS_USERFAULTFD = 323  # x86-64, as the page-fault tracepoints this mode needs
-O_CLOEXEC, O_NONBLOCK, UFFD_USER_MODE_ONLY = 0o2000000, 0o4000, 1
-
-
-def uffd_inodes_distinct() -> bool:
-    """Whether each uffd has an inode of its own (v5.12+, b537900f1598): two
-    made here and compared. Otherwise every uffd shares the anon inode."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    # UFFD_USER_MODE_ONLY (5.11) lets a user without CAP_SYS_PTRACE make one (doctor).
-    fds = [libc.syscall(SYS_USERFAULTFD, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY) for _ in range(2)]
-    if any(fd < 0 for fd in fds):
-        fds = [fd if fd >= 0 else libc.syscall(SYS_USERFAULTFD, O_CLOEXEC | O_NONBLOCK) for fd in fds]
-    try:
-        return all(fd >= 0 for fd in fds) and os.fstat(fds[0]).st_ino != os.fstat(fds[1]).st_ino
-    finally:
-        for fd in fds:
-            if fd >= 0:
-                os.close(fd)
-
-
 def uffd_identity(kallsyms: Kallsyms, member_offsets: dict[str, int] | None) -> tuple[dict[str, int | None], str]:
     """The -D knobs of bpf/uffd_id.h, and how a uffd is known (for doctor
     and the header): by its inode, by its context, or, without BTF or
@@ -108,7 +86,7 @@ def uffd_identity(kallsyms: Kallsyms, member_offsets: dict[str, int] | None) -> 
     defines: dict[str, int | None] = {m: member_offsets[m] for m in _UFFD_ID_MEMBERS}
     defines.update(UFFD_BY_FILE=None, USERFAULTFD_POLL=poll, OFF_FILE_REFS=member_offsets[refs],
                    FILE_ONE_REF=0 if refs == "OFF_FILE_F_REF" else 1)
-    if uffd_inodes_distinct():
+    if kernel.uffd_inodes_distinct():
         return defines, "uffd known by its inode, through any process's descriptor"
     defines["UFFD_ID_CTX"] = None
     return defines, "uffd known by its context; uffds opened before tracing are not seen (they share one inode)"
