@@ -17,7 +17,9 @@
 #define UFFDTRACE_UFFD_ID_H
 #include "follow.h"
 
-BPF_HASH(uffd_owner, u64, u32, 65536);  /* uffd -> the tgid whose memory it serves (its creator) */
+/* uffd -> the tgid whose memory it serves (its creator). LRU: a process that
+ * exits without close(2) leaves its entry, and new uffds must still get one. */
+BPF_TABLE("lru_hash", u64, u32, uffd_owner, 65536);
 
 #ifdef UFFD_BY_FILE
 static __always_inline void *read_kptr(void *at)
