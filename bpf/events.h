@@ -33,6 +33,8 @@ enum uffdtrace_kind {
 	UT_UFFD_CLOSE = 16,
 	UT_FAULT_STATE = 18,   /* a fault folded in the kernel so far, now sent step by step */
 	UT_LIFECYCLE = 19,     /* a fault folded in the kernel from raised to resolved and woken */
+	UT_EVENT_WAIT = 20,    /* a caller queued a non-cooperative event and waits for its read (tracepoint mode) */
+	UT_EVENT_DONE = 21,    /* the call that queued it returned (ret; aux = ns waited) */
 };
 
 /* FAULT_STATE / LIFECYCLE: op bits beside the resolving op (LIFECYCLE). */
@@ -76,7 +78,11 @@ enum uffdtrace_quiet_counter {
 /* Kernel and uapi values both sides interpret (include/uapi/linux/userfaultfd.h,
  * arch/x86/include/asm/trap_pf.h, include/linux/mm.h, include/linux/mm_types.h). */
 enum uffdtrace_kernel_value {
-	UT_UFFD_EVENT_PAGEFAULT = 0x12,  /* uffd_msg.event (READ_MSG mode) */
+	UT_UFFD_EVENT_PAGEFAULT = 0x12,  /* uffd_msg.event (READ_MSG mode; EVENT_WAIT/_DONE mode) */
+	UT_UFFD_EVENT_FORK = 0x13,
+	UT_UFFD_EVENT_REMAP = 0x14,
+	UT_UFFD_EVENT_REMOVE = 0x15,
+	UT_UFFD_EVENT_UNMAP = 0x16,
 	UT_X86_PF_PROT = 0x1,            /* page-fault error code (tracepoint FAULT flags) */
 	UT_X86_PF_WRITE = 0x2,
 	UT_REGISTER_MODE_MISSING = 0x1,  /* UFFDIO_REGISTER modes (REGISTER mode) */

@@ -9,7 +9,9 @@
  * (0 when absent): HANDLE_USERFAULT_START/_END, WAKE_FUNCTION_START/_END
  * (userfaultfd_wake_function), WAKE_UP_START/_END (__wake_up),
  * ANON_VMA_READ_START/_END (folio_lock_anon_vma_read), PAGE_FAULT_START/_END
- * (exc_page_fault), AIO_POLL_COMPLETE_WORK (its address); and
+ * (exc_page_fault), EVENT_WAIT_START/_END (userfaultfd_event_wait_completion),
+ * AIO_POLL_COMPLETE_WORK (its address); HAVE_EVENT_WAITS, HAVE_CLONE3
+ * (event_waits.h); the uffd identity knobs of uffd_id.h; and
  * HAVE_PF_TRACEPOINTS (x86 exceptions:page_fault_{user,kernel}),
  * HAVE_IO_PGETEVENTS (4.18+), HAVE_LOCK_CONTENTION (lock:contention_begin,
  * 5.19+), EVERY_RECORD (--events), QUIET (--flagged), NO_FOLD.
@@ -21,6 +23,7 @@
 #include "fold.h"
 #include "filter.h"
 #include "messages.h"
+#include "event_waits.h"
 
 #define MAX_IOCBS 8
 #define IOCB_CMD_POLL 5
@@ -287,6 +290,7 @@ TRACEPOINT_PROBE(sched, sched_switch)
 	 * or TASK_STATE_MAX before 4.14) is still running its fault. */
 	if (!(args->prev_state & 0x3))
 		return 0;
+	event_call_sleeps(args, tid);
 	fe = thread_fault.lookup(&tid);
 	if (!fe || fe->over)
 		return 0;

@@ -40,6 +40,7 @@ class Scenario:
     header: dict[str, Any]
     events: list[dict[str, Any]]
     lifecycles: list[dict[str, Any]]
+    uffd_events: list[dict[str, Any]]  # event lifecycles (non-cooperative events)
     flags: list[dict[str, Any]]  # as raised (updates with final numbers are in `updates`)
     updates: list[dict[str, Any]]
     summary: dict[str, Any]
@@ -55,6 +56,7 @@ class Scenario:
             header=next((x for x in lines if x.get("type") == "header"), {}),
             events=[x for x in lines if x.get("type") == "event"],
             lifecycles=[x for x in lines if x.get("type") == "lifecycle"],
+            uffd_events=[x for x in lines if x.get("type") == "uffd_event"],
             flags=[x for x in lines if x.get("type") == "flag" and not x["update"]],
             updates=[x for x in lines if x.get("type") == "flag" and x["update"]],
             summary=next((x for x in lines if x.get("type") == "summary"), {}),
@@ -94,7 +96,7 @@ class Scenario:
         return out
 
 
-REPLAYED = ("lifecycle", "flag", "summary")
+REPLAYED = ("lifecycle", "uffd_event", "flag", "summary")
 
 
 def replayed(output: str) -> list[str]:
@@ -433,6 +435,55 @@ def check_handler_process_killed(s: Scenario) -> None:
     [lc] = s.lifecycles
     assert lc["reads"] == 1 and lc["reader_tid"] == w["handler_pid"] and lc["flags"] == ["no_reader"], lc
     assert s.summary["lost"] == 0
+
+
+BALLOON_STALL_MS = "1500"  # longer than --stuck-ms (1000)
+
+
+def _balloon_event(s: Scenario) -> dict[str, Any]:
+    """The balloon's MADV_DONTNEED: one REMOVE event, raised by the balloon
+    thread, read by the handler, the caller resumed."""
+    w = s.workload
+    assert s.rc == 0 and s.summary["lost"] == 0, (s.rc, s.stderr, s.summary)
+    [ev] = s.uffd_events
+    assert (ev["event"], ev["tid"], ev["reader_tid"], ev["state"]) == ("remove", w["balloon_tid"], w["handler_tid"],
+                                                                       "resumed"), ev
+    assert ev["start"] == w["balloon_start"] and ev["uffd"] == s.lifecycles[0]["uffd"], (ev, s.lifecycles)
+    return ev
+
+
+def check_balloon_defer(s: Scenario) -> None:
+    """The handler's UFFDIO_COPY failed with EAGAIN (the REMOVE unread) and
+    it never tried again: eagain_unretried, naming the event and its
+    caller; not never_woken beside it."""
+    w = s.workload
+    assert w["eagain"] == 1, w
+    _balloon_event(s)
+    assert s.flag_names() == {"eagain_unretried"}, s.flags
+    [flag] = s.flags
+    assert flag["tid"] == w["faulter_tid"] and flag["addr"] == w["page"], flag
+    why = " ".join(e["what"] for e in flag["evidence"])
+    assert "EAGAIN" in why and f"remove of {w['balloon_start']:#x}" in why and f"by tid {w['balloon_tid']}" in why, why
+
+
+def check_balloon_retry(s: Scenario) -> None:
+    """The same EAGAIN, retried once the event is read: nothing flagged."""
+    assert s.workload["eagain"] >= 1, s.workload
+    _balloon_event(s)
+    assert not s.flags, s.flags
+    [lc] = s.lifecycles
+    assert lc["reads"] == 1 and lc["resolve_op"] == "copy" and lc["resolve_ret"] == 0, lc
+
+
+def check_balloon_unread(s: Scenario) -> None:
+    """The handler read nothing while the balloon's madvise waited on its
+    event: event_unread on the balloon thread, until the read came."""
+    w = s.workload
+    ev = _balloon_event(s)
+    assert ev["flags"] == ["event_unread"] and ev["unread_ms"] > 1000, ev
+    assert s.flag_names() == {"event_unread"}, s.flags
+    [flag] = s.flags
+    assert flag["tid"] == w["balloon_tid"] and "no handler read its remove event" in flag["evidence"][-1]["what"]
 
 
 # Python workload scenarios (uffdtrace.workloads), run by both live tiers:

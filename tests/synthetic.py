@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from uffdtrace.analysis.correlator import Correlator
-from uffdtrace.analysis.model import Flag, Lifecycle
+from uffdtrace.analysis.model import EventLifecycle, Flag, Lifecycle
 from uffdtrace.analysis.rules import Thresholds
 from uffdtrace.events import CLOSE_KEPT, Event, Kind, Op
 from uffdtrace.source import TaskState
@@ -72,9 +72,13 @@ def close(at: float, tid: int = HANDLER, kept: bool = False) -> Event:
 class Out:
     lifecycles: list[Lifecycle] = field(default_factory=list)
     flags: list[Flag] = field(default_factory=list)
+    events: list[EventLifecycle] = field(default_factory=list)
 
     def lifecycle(self, lc: Lifecycle) -> None:
         self.lifecycles.append(lc)
+
+    def uffd_event(self, ev: EventLifecycle) -> None:
+        self.events.append(ev)
 
     def flag(self, flag: Flag) -> None:
         self.flags.append(flag)

@@ -6,10 +6,11 @@ tiers, which run the same scenarios on real kernels."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
-from uffdtrace.events import Event, Kind
+from uffdtrace.events import UFFD_EVENT_REMOVE, Event, Kind, Op
 from uffdtrace.source import TaskState
 
 from .synthetic import (
@@ -286,3 +287,36 @@ def test_no_reader_for_a_message_still_queued_after_its_handlers_died() -> None:
                        tasks={FAULTER: "uffd", OTHER: "gone", OTHER + 1: "other"})
     assert out.raised() == ["no_reader"]
     assert "still queued" in next(f for f in out.flags if not f.update).evidence[-1].what
+
+
+def _event(kind: Kind, at: float, tid: int = OTHER, **kw: Any) -> Event:
+    return ev(kind, at, tid, mode=UFFD_EVENT_REMOVE, addr=PAGE + 4096, len=3 * 4096, **kw)
+
+
+def test_an_event_nobody_reads_is_event_unread_once_the_kernel_confirms() -> None:
+    """A balloon's MADV_DONTNEED waits on its REMOVE event: flagged after
+    --stuck-ms only while the thread waits in the event's completion."""
+    seq = [_event(Kind.EVENT_WAIT, 0), read(1300, peer=0, tid=HANDLER),
+           _event(Kind.EVENT_DONE, 1300.1)]
+    seq[1] = dataclasses.replace(seq[1], mode=UFFD_EVENT_REMOVE, flags=PAGE + 4096, addr=PAGE + 4 * 4096)
+    out, _ = correlate(seq, "tracepoint", ticks=[500, 1200, 1250], end=1400, tasks={OTHER: "event"})
+    assert out.raised() == ["event_unread"]
+    [ew] = out.events
+    assert (ew.name, ew.reader_tid, ew.state, list(ew.flags)) == ("remove", HANDLER, "resumed", ["event_unread"])
+    assert [f.update for f in out.flags] == [False, True] and out.flags[-1].blocked_ns == 1300.1 * MS
+    out, _ = correlate(seq, "tracepoint", ticks=[500, 1200, 1250], end=1400, tasks={OTHER: "other"})
+    assert not out.flags and out.events[0].t_read is not None
+
+
+def test_eagain_names_the_unread_event_and_a_handler_that_never_retries_is_flagged() -> None:
+    eagain = ev(Kind.RESOLVE, 100, HANDLER, op=Op.COPY, len=4096, ret=-11)
+    event_read = dataclasses.replace(read(100.5, peer=0), mode=UFFD_EVENT_REMOVE, flags=PAGE + 4096)
+    seq = [fault(0), block(0.01), read(0.1), _event(Kind.EVENT_WAIT, 50), eagain, event_read,
+           _event(Kind.EVENT_DONE, 100.6)]
+    out, _ = correlate(seq, "tracepoint", ticks=[150, 250, 400], end=400, tasks={FAULTER: "uffd"})
+    assert out.raised() == ["eagain_unretried"]
+    whats = [e.what for e in out.flags[0].evidence]
+    assert any("EAGAIN" in w and f"remove of {PAGE + 4096:#x}" in w and f"tid {OTHER}" in w for w in whats), whats
+    retried = [*seq, ev(Kind.RESOLVE, 101, HANDLER, op=Op.COPY, len=4096), woken(101.1)]
+    out, _ = correlate(retried, "tracepoint", ticks=[150, 250, 400], end=400, tasks={FAULTER: "uffd"})
+    assert not out.flags

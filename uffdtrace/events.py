@@ -34,6 +34,8 @@ class Kind(enum.IntEnum):
     UFFD_CLOSE = 16
     FAULT_STATE = 18
     LIFECYCLE = 19
+    EVENT_WAIT = 20
+    EVENT_DONE = 21
 
 
 class FoldBit(enum.IntEnum):
@@ -74,6 +76,9 @@ READS_COUNT = READS_SEALED - 1  # the count without it
 
 # Kernel and uapi values both sides interpret (enum uffdtrace_kernel_value).
 UFFD_EVENT_PAGEFAULT = 0x12  # uffd_msg.event of a page-fault message
+UFFD_EVENT_FORK, UFFD_EVENT_REMAP, UFFD_EVENT_REMOVE, UFFD_EVENT_UNMAP = 0x13, 0x14, 0x15, 0x16  # non-cooperative
+UFFD_EVENT_NAMES = {UFFD_EVENT_FORK: "fork", UFFD_EVENT_REMAP: "remap", UFFD_EVENT_REMOVE: "remove",
+                    UFFD_EVENT_UNMAP: "unmap"}
 X86_PF_PROT, X86_PF_WRITE = 0x1, 0x2  # x86 page-fault error code (tracepoint mode's FAULT flags)
 REGISTER_MODE_MISSING, REGISTER_MODE_WP, REGISTER_MODE_MINOR = 0x1, 0x2, 0x4  # UFFDIO_REGISTER modes
 MODE_DONTWAKE = 0x1  # COPY, ZEROPAGE, CONTINUE, POISON, MOVE

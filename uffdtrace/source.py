@@ -12,7 +12,7 @@ from typing import Any, Literal, Protocol
 from .events import Event
 
 # Where a thread is now: waiting in handle_userfault, elsewhere, or gone.
-TaskState = Literal["uffd", "other", "gone"]
+TaskState = Literal["uffd", "event", "other", "gone"]  # "event": waits for its uffd event to be read
 
 
 @dataclass

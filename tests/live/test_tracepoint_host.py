@@ -18,6 +18,7 @@ import pytest
 
 from ..conftest import ROOT, require
 from ..scenarios import (
+    BALLOON_STALL_MS,
     CLEAN_PAGES,
     DONTWAKE_STALL_S,
     HANDLER_KILLED,
@@ -29,6 +30,9 @@ from ..scenarios import (
     assert_clean_run,
     assert_replays_the_same,
     check_aio_poll,
+    check_balloon_defer,
+    check_balloon_retry,
+    check_balloon_unread,
     check_clean_faults,
     check_clean_lifecycles,
     check_demo,
@@ -93,6 +97,14 @@ def test_a_handler_in_another_process_serves_every_fault(workloads: Path) -> Non
 
 def test_a_handler_process_killed_after_reading_is_no_reader(workloads: Path) -> None:
     check_handler_process_killed(trace("--", str(workloads / "handler_process"), *HANDLER_KILLED, events=False))
+
+
+@pytest.mark.parametrize("mode", ["defer", "retry", "unread"])
+def test_a_balloon_beside_the_handler(workloads: Path, mode: str) -> None:
+    """MADV_DONTNEED on registered memory raises a REMOVE event; while it is
+    unread the handler's copy fails with EAGAIN (Firecracker's balloon)."""
+    check = {"defer": check_balloon_defer, "retry": check_balloon_retry, "unread": check_balloon_unread}[mode]
+    check(trace("--", str(workloads / "balloon"), mode, BALLOON_STALL_MS, events=False))
 
 
 def test_clean_faults(workloads: Path) -> None:

@@ -25,11 +25,13 @@ from .aio import AioPolls
 from .flags import Flags
 from .folded import REFAULT_NOTE, FoldedFaults, FoldedProbe, TakeOverHook
 from .handlers import Handlers
-from .model import Attempt, Counters, Evidence, Flag, Lifecycle
+from .model import MS, Attempt, Counters, EventLifecycle, Evidence, Flag, Lifecycle
 from .rmap import RmapWalks
 from .rules import (
+    EAGAIN,
     EEXIST,
-    NO_READER_SAYS_MORE,
+    EXPLAINS_THE_WAIT,
+    ONLY_SAY_IT_WAITS,
     RESOLVES,
     Thresholds,
     fault_reason,
@@ -41,6 +43,7 @@ from .rules import (
     timed_flags,
 )
 from .tables import PAGE_SIZE, EndedTable, OpenTable, in_range
+from .uffd_events import EventWaits
 
 PAGE_MASK = ~(PAGE_SIZE - 1)
 MAX_ATTEMPTS = 16
@@ -60,6 +63,8 @@ def _ts(ev: Event) -> int:
 
 class Sink(Protocol):
     def lifecycle(self, lc: Lifecycle) -> None: ...
+
+    def uffd_event(self, ev: EventLifecycle) -> None: ...
 
     def flag(self, flag: Flag) -> None: ...
 
@@ -85,6 +90,7 @@ class Correlator:
         self.aio = AioPolls(self.flags.report)
         self.rmap = RmapWalks(self.flags.report)
         self.handlers = Handlers()
+        self.events = EventWaits(sink, self.flags, tasks, on_read=self._event_read)
         # Fed, not yet handled: sorted by time in advance() (a stable sort of
         # nearly sorted data, cheaper than a heap operation per event).
         self._queue: list[Event] = []
@@ -95,6 +101,7 @@ class Correlator:
             Kind.AIO_POLL_SUBMIT: self.aio.submitted, Kind.AIO_POLL_WAKE: self.aio.woken,
             Kind.AIO_COMPLETE: self.aio.completed, Kind.ANON_VMA_LOCK: self.rmap.locked,
             Kind.FAULT_STATE: self.folded.unfold, Kind.LIFECYCLE: self.folded.unfold,
+            Kind.EVENT_WAIT: self.events.raised, Kind.EVENT_DONE: self.events.done,
         }
 
     # -- driving -------------------------------------------------------------
@@ -144,6 +151,7 @@ class Correlator:
                 self._close(lc, "blocked" if blocked else lc.finished_state(), last)
         self.folded.age_orphan_reads(None)
         self.rmap.judge(None)
+        self.events.finish()
         for lc in self.ended.due(None, 0, 0):
             self._emit(lc)
 
@@ -286,6 +294,7 @@ class Correlator:
 
     def on_read(self, ev: Event) -> None:
         if ev.mode != UFFD_EVENT_PAGEFAULT:
+            self.events.read(ev)
             return
         self.counters.messages_read += 1
         page = ev.addr & PAGE_MASK
@@ -354,6 +363,9 @@ class Correlator:
             lc.attempts.append(attempt)
         lc.last_ts = ev.ts_ns
         label = {"ok": "resolved", "eexist": "failed with EEXIST", "failed": f"failed ({ev.ret})"}[outcome]
+        lc.eagain_since = lc.eagain_cause = None
+        if ev.ret == -EAGAIN:
+            label = self._eagain(lc, ev)
         lc.note(f"{attempt.op}{' DONTWAKE' if ev.dontwake else ''} {label}", ev.ts_ns, ev.tid)
         if outcome == "failed":
             return
@@ -364,6 +376,25 @@ class Correlator:
             lc.t_resolved = ev.ts_ns
         if self.open.holds(lc) and not lc.waiting and lc.pending_waker is None:
             self._close_if_done(lc, ev.ts_ns)
+
+    def _eagain(self, lc: Lifecycle, ev: Event) -> str:
+        """A resolution refused while the process's memory changes: name the
+        events queued and unread then (its cause), and start the clock of
+        eagain_unretried."""
+        lc.eagain_since = ev.ts_ns
+        unread = self.events.unread(lc.tgid)
+        if not unread:
+            return "failed with EAGAIN (no unread event seen: read already, or raised before tracing)"
+        lc.eagain_cause = ", ".join(f"{w.name} of {w.start:#x}+{w.length:#x} by tid {w.tid}" for w in unread)
+        ages = ", ".join(f"{(ev.ts_ns - w.t_raised) / MS:.0f} ms" for w in unread)
+        return f"failed with EAGAIN: unread event(s) on its process's memory: {lc.eagain_cause} (queued {ages} ago)"
+
+    def _event_read(self, ew: EventLifecycle) -> None:
+        """An event read: faults refused with EAGAIN behind it may be retried now."""
+        for lc in self.open.values():
+            if lc.tgid == ew.tgid and lc.eagain_since is not None and ew.t_read is not None:
+                lc.eagain_since = max(lc.eagain_since, ew.t_read)
+                lc.note(f"the {ew.name} event behind the EAGAIN was read", ew.t_read, ew.reader_tid)
 
     def _waker_ioctl_arrived(self, ev: Event) -> None:
         """The waker's next ioctl record arrived. If its range holds the page
@@ -457,6 +488,7 @@ class Correlator:
                 # new round in tracepoint mode.)
                 self._close(lc, lc.finished_state(), now)
         self.aio.tick(now, self.th)
+        self.events.tick(now, self.th)
 
     def _shows_waiting(self, lc: Lifecycle, now: int) -> bool:
         """Tracepoint mode: a fault in a registered range that shows no sign
@@ -483,8 +515,7 @@ class Correlator:
     def _check_waiting(self, lc: Lifecycle, now: int) -> None:
         if not lc.asleep and not self._shows_waiting(lc, now):
             return
-        earned = [(n, e) for n, e in timed_flags(lc, now, self.th)
-                  if n not in lc.flags and not (n in NO_READER_SAYS_MORE and "no_reader" in lc.flags)]
+        earned = [(n, e) for n, e in timed_flags(lc, now, self.th) if n not in lc.flags]
         ask_handlers = self._handlers_due(lc, now)
         if not earned and not ask_handlers:
             return
@@ -512,7 +543,8 @@ class Correlator:
             lc.handlers_asked = now
             if gone := self.handlers.all_gone(lc.uffd, lc.tid, self.tasks):
                 # Its handlers are dead: say so, not that they are slow or lost a wake-up.
-                earned = [(n, e) for n, e in earned if n not in NO_READER_SAYS_MORE]
                 earned.append(("no_reader", no_reader_evidence(lc, gone, now)))
+        if EXPLAINS_THE_WAIT & ({n for n, _ in earned} | set(lc.flags)):
+            earned = [(n, e) for n, e in earned if n not in ONLY_SAY_IT_WAITS]
         for name, conclusion in earned:
             self._raise(lc, name, now, conclusion)

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..events import UFFD_EVENT_NAMES
+
 MS = 1_000_000
 MAX_HISTORY = 16
 
@@ -43,6 +45,44 @@ class Flag:
                 "blocked_ms": None if self.blocked_ns is None else round(self.blocked_ns / MS, 3),
                 "state": self.state, "t_ns": self.ts_ns, "update": self.update,
                 "evidence": [e.to_json() for e in self.evidence]}
+
+
+@dataclass(eq=False)
+class EventLifecycle:
+    """A non-cooperative event (analysis/uffd_events.py): its caller waits
+    from the raise until a handler reads it, then resumes."""
+
+    tgid: int
+    tid: int
+    comm: str
+    event: int  # uffd_msg.event (UFFD_EVENT_*)
+    start: int
+    length: int
+    t_raised: int
+    uffd: int = 0  # known once read
+    t_read: int | None = None
+    reader_tid: int | None = None
+    t_done: int | None = None
+    ret: int | None = None
+    history: list[Evidence] = field(default_factory=list)
+    flags: dict[str, Flag] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return UFFD_EVENT_NAMES.get(self.event, f"{self.event:#x}")
+
+    @property
+    def state(self) -> str:
+        return "resumed" if self.t_done is not None else "waiting"
+
+    def to_json(self) -> dict[str, Any]:
+        end = self.t_done if self.t_done is not None else self.t_read
+        return {"type": "uffd_event", "event": self.name, "tgid": self.tgid, "tid": self.tid, "comm": self.comm,
+                "uffd": self.uffd, "start": self.start, "len": self.length, "reader_tid": self.reader_tid,
+                "t_raised_ns": self.t_raised, "t_read_ns": self.t_read, "t_done_ns": self.t_done,
+                "unread_ms": None if self.t_read is None else round((self.t_read - self.t_raised) / MS, 3),
+                "wait_ms": None if end is None else round((end - self.t_raised) / MS, 3),
+                "ret": self.ret, "state": self.state, "flags": list(self.flags)}
 
 
 @dataclass(slots=True)
@@ -94,6 +134,8 @@ class Lifecycle:
     pending_waker: int | None = None  # woke it; its ioctl record will say whether it resolved
     closer: int | None = None  # closed the uffd while this waited
     other_since: int | None = None  # the kernel says the thread left handle_userfault, unseen
+    eagain_since: int | None = None  # its last resolution failed with EAGAIN (or the event behind it was read since)
+    eagain_cause: str | None = None  # the event queued and unread at that EAGAIN, when one was seen
     handlers_asked: int = 0  # when the kernel was last asked whether its uffd's readers live (no_reader)
     unfolded: int | None = None  # raise time of the fault folded in the kernel whose steps it holds
     state: str = "blocked"

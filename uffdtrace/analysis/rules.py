@@ -30,6 +30,7 @@ from ..events import (
 from .model import MS, AioPoll, Attempt, Evidence, Lifecycle
 
 EEXIST = 17
+EAGAIN = 11
 MOVE_WINDOW_NS = 10 * MS  # a UFFDIO_MOVE this close to an anon_vma retry is named in its evidence
 
 # Which faults each ioctl brings the page for (fs/userfaultfd.c): COPY,
@@ -48,14 +49,17 @@ def counts_as_failure(name: str) -> bool:
     """Whether --fail-on-flags counts this flag."""
     return name not in INFORMATIONAL
 # Flags about a thread that is still blocked: re-reported with the final numbers when it ends.
-WHILE_BLOCKED = frozenset({"never_woken", "unread", "no_reader"})
-# What no_reader explains better: a fault whose handlers are dead is not just slow.
-NO_READER_SAYS_MORE = frozenset({"never_woken", "unread"})
+WHILE_BLOCKED = frozenset({"never_woken", "unread", "no_reader", "eagain_unretried"})
+# Flags that name why a fault still waits (its handlers are dead; its handler
+# gave up on EAGAIN), and the flags that only say that it waits: these are
+# not raised beside them.
+EXPLAINS_THE_WAIT = frozenset({"no_reader", "eagain_unretried"})
+ONLY_SAY_IT_WAITS = frozenset({"never_woken", "unread"})
 # Flags concluded from an event that did not come: raised only once the kernel
 # confirms that the thread still waits for the page, and they say when
 # records were lost while it waited.
 FROM_ABSENCE = frozenset({"never_woken", "missed_wakeup", "dontwake_without_wake", "eexist_without_wake", "unread",
-                          "no_reader"})
+                          "no_reader", "eagain_unretried", "event_unread"})
 
 
 REASONS = {VM_UFFD_MISSING: "missing", VM_UFFD_WP: "wp"}  # anything else is VM_UFFD_MINOR
@@ -130,6 +134,11 @@ def timed_flags(lc: Lifecycle, now: int, th: Thresholds) -> list[tuple[str, Evid
         out.append(("eexist_without_wake", Evidence(
             f"{late[0].op} by tid {late[0].tid} failed with EEXIST (page already there) "
             f"and nobody woke the thread within {th.wake_ms:g} ms")))
+    if lc.eagain_since is not None and now - lc.eagain_since > th.wake_ns:
+        behind = f" (behind it: {lc.eagain_cause})" if lc.eagain_cause else ""
+        out.append(("eagain_unretried", Evidence(
+            f"its resolution failed with EAGAIN{behind} and nothing tried the page again within {th.wake_ms:g} ms "
+            "of the event being read: a handler that defers a fault on EAGAIN must retry it once the event is read")))
     if blocked > th.stuck_ns:
         if lc.round_reads == 0 and lc.start_known:  # reads before tracing began are unknown
             out.append(("unread", Evidence(f"queued for {blocked / MS:.0f} ms and no handler read the message")))

@@ -51,4 +51,5 @@ class Cap(enum.IntEnum):
 # part of the answer, never of the stream, even when nobody asks for it.
 FOLLOWERS: dict[int, int] = {Cap.FOLDED: Kind.FAULT_STATE, Cap.BLOCKED: Cap.BLOCKED_THREAD}
 
-TASK_STATES: tuple[TaskState | None, ...] = ("uffd", "other", "gone", None)  # thread_state answers, by index
+# thread_state answers, by index (appended to: older captures keep theirs)
+TASK_STATES: tuple[TaskState | None, ...] = ("uffd", "other", "gone", None, "event")

@@ -21,6 +21,7 @@ UFFD_LINK = "anon_inode:[userfaultfd]"
 # smaps VmFlags of a range registered with a uffd: missing, write-protect, minor.
 UFFD_VMFLAGS = {"um", "uw", "ui"}
 WCHAN = "handle_userfault"  # where a thread waiting for its fault sleeps
+EVENT_WCHAN = "userfaultfd_event_wait_completion"  # where a caller waits for its event to be read
 MAPS_LINE = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) ")
 
 
@@ -90,13 +91,15 @@ def registered_ranges(pid: int) -> list[tuple[int, int]]:
 
 
 def thread_state(pid: int, tid: int) -> TaskState:
-    """``uffd`` when the thread waits in handle_userfault, ``gone`` when it
-    no longer exists (or is a zombie), ``other`` otherwise."""
+    """``uffd`` when the thread waits in handle_userfault, ``event`` when it
+    waits for its uffd event to be read, ``gone`` when it no longer exists
+    (or is a zombie), ``other`` otherwise."""
     task = PROC / str(pid) / "task" / str(tid)
     stat = _read(task / "stat")
     if stat is None or stat.rpartition(")")[2].split()[0] in ("Z", "X"):
         return "gone"
-    return "uffd" if (_read(task / "wchan") or "").strip() == WCHAN else "other"
+    wchan = (_read(task / "wchan") or "").strip()
+    return "uffd" if wchan == WCHAN else "event" if wchan == EVENT_WCHAN else "other"
 
 
 def _last_ran_ns(task: Path) -> int | None:

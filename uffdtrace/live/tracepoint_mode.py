@@ -48,6 +48,14 @@ TRACEPOINT_CAPS: tuple[TracepointCapability, ...] = (
                          "completions collected by io_pgetevents (4.18+)", "HAVE_IO_PGETEVENTS"),
     TracepointCapability("aio_poll_work", ("workqueue/workqueue_queue_work",), ("aio_poll_complete_work",),
                          "poll wake-ups deferred to the workqueue"),
+    TracepointCapability("event_wait", ("syscalls/sys_enter_madvise", "syscalls/sys_enter_munmap",
+                                        "syscalls/sys_enter_mremap", "syscalls/sys_enter_clone"),
+                         ("userfaultfd_event_wait_completion",),
+                         "madvise, munmap, mremap and fork waiting for their uffd event to be read",
+                         "HAVE_EVENT_WAITS"),
+    # clone3 arrived in 5.3 (7f192e3cd316, "fork: add clone3").
+    TracepointCapability("event_wait_clone3", ("syscalls/sys_enter_clone3",), (),
+                         "fork through clone3 waiting for its uffd event to be read", "HAVE_CLONE3"),
     # lock:contention_begin arrived in 5.19 (f4aed1b1a8f3, "locking: Add lock contention tracepoints").
     TracepointCapability("anon_vma_lock", ("lock/contention_begin",), ("folio_lock_anon_vma_read",),
                          "contended anon_vma locks in folio_lock_anon_vma_read (no retry count)",
@@ -66,7 +74,8 @@ TRACEPOINT_DEGRADED = ("fault_ret", "wake_range", "aio_poll_wake", "fault reason
 # over from its sleeps (more stack walks, nothing missed).
 _RANGE_DEFINES = {"HANDLE_USERFAULT": ("handle_userfault",), "WAKE_FUNCTION": ("userfaultfd_wake_function",),
                   "WAKE_UP": ("__wake_up",), "ANON_VMA_READ": ("folio_lock_anon_vma_read",),
-                  "PAGE_FAULT": ("exc_page_fault", "do_page_fault")}
+                  "PAGE_FAULT": ("exc_page_fault", "do_page_fault"),
+                  "EVENT_WAIT": ("userfaultfd_event_wait_completion",)}
 _REQUIRED_TRACEPOINT_CAPS = ("block", "wake_task", "read", "resolve")
 
 

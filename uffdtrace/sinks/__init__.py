@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, TextIO
 
-from ..analysis.model import Flag, Lifecycle
+from ..analysis.model import EventLifecycle, Flag, Lifecycle
 from ..events import Event
 from .jsonl import JsonLines
 from .text import Text
@@ -19,6 +19,10 @@ class Sink(Protocol):
     def event(self, ev: Event) -> None: ...
 
     def lifecycle(self, lc: Lifecycle) -> None: ...
+
+    def uffd_event(self, ev: EventLifecycle) -> None:
+        """A non-cooperative event's lifecycle, once its caller resumed (or at the end)."""
+        ...
 
     def flag(self, flag: Flag) -> None: ...
 
@@ -45,6 +49,9 @@ class Ignoring:
         pass
 
     def lifecycle(self, lc: Lifecycle) -> None:
+        pass
+
+    def uffd_event(self, ev: EventLifecycle) -> None:
         pass
 
     def flag(self, flag: Flag) -> None:
@@ -80,6 +87,10 @@ class Tee:
     def lifecycle(self, lc: Lifecycle) -> None:
         for s in self.sinks:
             s.lifecycle(lc)
+
+    def uffd_event(self, ev: EventLifecycle) -> None:
+        for s in self.sinks:
+            s.uffd_event(ev)
 
     def flag(self, flag: Flag) -> None:
         for s in self.sinks:
@@ -137,6 +148,10 @@ class Filter:
         if self.flagged_only and not lc.flags:
             return
         self.inner.lifecycle(lc)
+
+    def uffd_event(self, ev: EventLifecycle) -> None:
+        if not self.tids or self.tids & {ev.tid, ev.reader_tid}:
+            self.inner.uffd_event(ev)  # an event is no fault: --flagged keeps every one
 
     def flag(self, flag: Flag) -> None:
         if not self.tids or flag.tid in self.tids:

@@ -6,7 +6,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from ..analysis.model import Flag, Lifecycle
+from ..analysis.model import EventLifecycle, Flag, Lifecycle
 from ..events import Event
 
 
@@ -27,6 +27,9 @@ class JsonLines:
 
     def lifecycle(self, lc: Lifecycle) -> None:
         self.write(lc.to_json())  # flushed once per batch (flush)
+
+    def uffd_event(self, ev: EventLifecycle) -> None:
+        self.write(ev.to_json())
 
     def flag(self, flag: Flag) -> None:
         self.write(flag.to_json())

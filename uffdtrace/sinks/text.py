@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, TextIO
 
-from ..analysis.model import Flag, Lifecycle
+from ..analysis.model import EventLifecycle, Flag, Lifecycle
 from ..escape import printable
 from ..events import Event, Kind, op_name
 
@@ -27,7 +27,9 @@ TEXT_FIELDS: dict[Kind, tuple[str, ...]] = {
     Kind.UFFD_NEW: ("aux", "flags"),
     Kind.UFFD_API: ("ctx", "flags", "aux"),
     Kind.UFFD_REGISTER: ("ctx", "addr", "len", "mode", "ret"),
-    Kind.UFFD_CLOSE: ("ctx",),
+    Kind.UFFD_CLOSE: ("ctx", "flags"),
+    Kind.EVENT_WAIT: ("mode", "addr", "len", "aux"),
+    Kind.EVENT_DONE: ("mode", "addr", "len", "ret", "aux"),
 }
 HEX_FIELDS = {"addr", "flags", "mode"}
 TEXT_NAMES = {"ctx": "uffd", "peer_tid": "peer"}
@@ -104,6 +106,17 @@ class Text:
         if lc.flags:
             parts.append("FLAGS=" + ",".join(lc.flags))
         self.out.write(" ".join(parts) + "\n")  # flushed once per batch (flush)
+
+    def uffd_event(self, ev: EventLifecycle) -> None:
+        read = f"read by {ev.reader_tid} after {duration(ev.t_read - ev.t_raised)}" if ev.t_read is not None \
+            else "unread"
+        wait = f"wait={duration(ev.t_done - ev.t_raised)}" if ev.t_done is not None else "wait=-"
+        parts = [f"{self._seconds(ev.t_raised):>12}", f"{printable(ev.comm):<15}", f"{ev.tgid:>7}/{ev.tid:<7}",
+                 f"{ev.state:<10}", f"uffd={ev.uffd or '?'}", f"EVENT {ev.name}",
+                 f"range={_addr(ev.start)}+{ev.length:#x}", read, wait]
+        if ev.flags:
+            parts.append("FLAGS=" + ",".join(ev.flags))
+        self.out.write(" ".join(parts) + "\n")
 
     def flag(self, flag: Flag) -> None:
         blocked = "" if flag.blocked_ns is None else f" blocked={duration(flag.blocked_ns)}"

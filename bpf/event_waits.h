@@ -1,0 +1,145 @@
+/* Tracepoint mode: non-cooperative events (UFFD_FEATURE_EVENT_REMOVE,
+ * _UNMAP, _REMAP, _FORK). A thread in madvise, munmap, mremap or fork on
+ * registered memory queues an event and sleeps in
+ * userfaultfd_event_wait_completion until a handler reads it; meanwhile
+ * every UFFDIO_COPY/ZEROPAGE/CONTINUE/MOVE on that uffd fails with EAGAIN
+ * (mmap_changing). Only the calls of processes that use userfaultfd are
+ * kept; the first sleep with that function on the stack (EVENT_WAIT_START,
+ * _END: kallsyms) raises the event (EVENT_WAIT), the call's return ends it
+ * (EVENT_DONE). Which uffd it went to is in the handler's read.
+ * HAVE_EVENT_WAITS: the syscall tracepoints exist; HAVE_CLONE3: 5.3+. */
+#ifndef UFFDTRACE_EVENT_WAITS_H
+#define UFFDTRACE_EVENT_WAITS_H
+#include "ranges.h"
+#include "stacks.h"
+
+#ifdef HAVE_EVENT_WAITS
+#define MADV_DONTNEED 4
+#define MADV_FREE 8
+#define MADV_REMOVE 9
+#define MADV_DONTNEED_LOCKED 24
+
+/* entered: the call began; waited: its first sleep in the event wait (0: none yet). */
+struct event_call { u64 entered; u64 start; u64 len; u64 waited; u32 event; u32 pad; };
+BPF_HASH(event_calls, u32, struct event_call, 65536);
+
+static __always_inline void event_call_enter(u32 event, u64 start, u64 len)
+{
+	struct event_call c = { .entered = bpf_ktime_get_ns(), .start = start, .len = len, .event = event };
+	u32 tid = current_tid();
+
+	if (tracked(current_tgid()))
+		event_calls.update(&tid, &c);
+}
+
+static __always_inline void event_record(struct uffdtrace_event *e, u32 kind, struct event_call *c)
+{
+	init_event(e, kind);
+	e->addr = c->start;
+	e->len = c->len;
+	e->mode = c->event;
+}
+
+/* The caller sleeps: inside the event wait, its event is raised now. */
+static __always_inline void event_call_sleeps(void *ctx, u32 tid)
+{
+	struct uffdtrace_event e = {};
+	struct event_call *c = event_calls.lookup(&tid);
+
+	if (!c || c->waited || !(stack_has(ctx, EVENT_WAIT_START, EVENT_WAIT_END, 0, 0) & 1))
+		return;
+	event_record(&e, UT_EVENT_WAIT, c);
+	c->waited = e.ts_ns;
+	e.aux = e.ts_ns - c->entered;   /* inside the call before the wait */
+	emit(ctx, &e);
+}
+
+static __always_inline void event_call_exit(void *ctx, s64 ret)
+{
+	struct uffdtrace_event e = {};
+	u32 tid = current_tid();
+	struct event_call *c = event_calls.lookup(&tid);
+
+	if (!c)
+		return;
+	if (c->waited) {
+		event_record(&e, UT_EVENT_DONE, c);
+		e.ret = ret;
+		e.aux = e.ts_ns - c->waited;   /* the wait */
+		emit(ctx, &e);
+	}
+	event_calls.delete(&tid);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_madvise)
+{
+	int advice = args->behavior;
+
+	if (advice == MADV_DONTNEED || advice == MADV_FREE || advice == MADV_REMOVE || advice == MADV_DONTNEED_LOCKED)
+		event_call_enter(UT_UFFD_EVENT_REMOVE, args->start, args->len_in);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_madvise)
+{
+	event_call_exit(args, args->ret);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_munmap)
+{
+	event_call_enter(UT_UFFD_EVENT_UNMAP, args->addr, args->len);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_munmap)
+{
+	event_call_exit(args, args->ret);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_mremap)
+{
+	event_call_enter(UT_UFFD_EVENT_REMAP, args->addr, args->old_len);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_mremap)
+{
+	event_call_exit(args, args->ret);
+	return 0;
+}
+
+/* fork(): glibc calls clone; the child returns too, with no entry. */
+TRACEPOINT_PROBE(syscalls, sys_enter_clone)
+{
+	event_call_enter(UT_UFFD_EVENT_FORK, 0, 0);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_clone)
+{
+	event_call_exit(args, args->ret);
+	return 0;
+}
+
+#ifdef HAVE_CLONE3
+TRACEPOINT_PROBE(syscalls, sys_enter_clone3)
+{
+	event_call_enter(UT_UFFD_EVENT_FORK, 0, 0);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_clone3)
+{
+	event_call_exit(args, args->ret);
+	return 0;
+}
+#endif
+#else
+static __always_inline void event_call_sleeps(void *ctx, u32 tid)
+{
+}
+#endif
+
+#endif

@@ -1,0 +1,119 @@
+"""Non-cooperative events (UFFD_FEATURE_EVENT_REMOVE, _UNMAP, _REMAP,
+_FORK), beside the fault lifecycles. A thread in madvise, munmap, mremap or
+fork queues one and waits until a handler reads it; until then every
+UFFDIO_COPY/ZEROPAGE/CONTINUE/MOVE on its uffd fails with EAGAIN. Each
+becomes an event lifecycle (raised, read and by whom, the caller resumed);
+``event_unread`` when its caller has waited longer than --stuck-ms for the
+read, confirmed with the kernel (the thread still waits in
+userfaultfd_event_wait_completion)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from ..events import UFFD_EVENT_FORK, UFFD_EVENT_NAMES, UFFD_EVENT_REMAP, Event
+from ..source import TaskState
+from .flags import Flags
+from .model import MS, EventLifecycle, Evidence, Flag
+from .rules import Thresholds
+
+MAX_WAITS = 4096
+TaskProbe = Callable[[int, int], TaskState | None]
+
+
+class EventSink(Protocol):
+    def uffd_event(self, ev: EventLifecycle) -> None: ...
+
+
+class EventWaits:
+    def __init__(self, sink: EventSink, flags: Flags, tasks: TaskProbe | None,
+                 on_read: Callable[[EventLifecycle], None] | None = None) -> None:
+        self.sink = sink
+        self.flags = flags
+        self.on_read = on_read
+        self.tasks = tasks
+        self.waiting: dict[int, EventLifecycle] = {}  # by the caller's tid
+        self.reads = 0  # event messages read
+        self.unmatched_reads = 0  # read, with no caller seen waiting (it had not slept yet, or before tracing)
+
+    def raised(self, ev: Event) -> None:
+        if len(self.waiting) >= MAX_WAITS:
+            self._end(self.waiting[next(iter(self.waiting))], None)
+        self.waiting[ev.tid] = EventLifecycle(ev.tgid, ev.tid, ev.comm, ev.mode, ev.addr, ev.len, ev.ts_ns,
+                                              history=[Evidence(f"{_name(ev.mode)} raised: waits for its read",
+                                                                ev.ts_ns, ev.tid)])
+
+    def read(self, ev: Event) -> None:
+        """A handler read an event message (any process: the uffd is the same)."""
+        self.reads += 1
+        ew = next((w for w in self.waiting.values() if w.t_read is None and _is_its_message(w, ev)), None)
+        if ew is None:
+            self.unmatched_reads += 1
+            return
+        ew.uffd, ew.t_read, ew.reader_tid = ev.ctx, ev.ts_ns, ev.tid
+        ew.history.append(Evidence("event read", ev.ts_ns, ev.tid))
+        if self.on_read is not None:
+            self.on_read(ew)
+
+    def done(self, ev: Event) -> None:
+        ew = self.waiting.get(ev.tid)
+        if ew is not None:
+            ew.ret = ev.ret
+            self._end(ew, ev.ts_ns)
+
+    def _end(self, ew: EventLifecycle, ts: int | None) -> None:
+        del self.waiting[ew.tid]
+        ew.t_done = ts
+        if ts is not None:
+            ew.history.append(Evidence("the caller resumed", ts, ew.tid))
+        for flag in ew.flags.values():  # again, with the whole wait (as a stuck fault's flags)
+            self.flags.sink.flag(Flag(name=flag.name, ts_ns=ts or flag.ts_ns, tgid=ew.tgid, tid=ew.tid, comm=ew.comm,
+                             uffd=ew.uffd, addr=ew.start, blocked_ns=(ts or flag.ts_ns) - ew.t_raised,
+                             state=ew.state, evidence=list(ew.history), update=True))
+        self.sink.uffd_event(ew)
+
+    def unread(self, tgid: int) -> list[EventLifecycle]:
+        """Events of process ``tgid`` queued and not read yet: the EAGAIN's cause."""
+        return [w for w in self.waiting.values() if w.tgid == tgid and w.t_read is None]
+
+    def tick(self, now: int, th: Thresholds) -> None:
+        for ew in list(self.waiting.values()):
+            if ew.t_read is not None or "event_unread" in ew.flags or now - ew.t_raised <= th.stuck_ns:
+                continue
+            where = self.tasks(ew.tgid, ew.tid) if self.tasks is not None else None
+            if where == "gone":
+                self._end(ew, None)
+                continue
+            if where != "event":  # cannot tell, or it no longer waits (its return record is due)
+                continue
+            flag = Flag(name="event_unread", ts_ns=now, tgid=ew.tgid, tid=ew.tid, comm=ew.comm, uffd=ew.uffd,
+                        addr=ew.start, blocked_ns=now - ew.t_raised, state="blocked",
+                        evidence=[*ew.history, Evidence(
+                            f"still waiting in userfaultfd_event_wait_completion after {(now - ew.t_raised) / MS:.0f}"
+                            f" ms: no handler read its {_name(ew.event)} event; until one does, every "
+                            "UFFDIO_COPY/ZEROPAGE/CONTINUE/MOVE on its uffd fails with EAGAIN")])
+            ew.flags["event_unread"] = flag
+            self.flags.report(flag)
+
+    def finish(self) -> None:
+        for ew in list(self.waiting.values()):
+            self._end(ew, None)
+
+
+def _name(event: int) -> str:
+    return UFFD_EVENT_NAMES.get(event, f"event {event:#x}")
+
+
+def _is_its_message(ew: EventLifecycle, ev: Event) -> bool:
+    """The message (uffd_msg in READ_MSG: flags = arg word 1, addr = word 2)
+    of the event this caller raised: same kind, and for a range, one inside
+    the call's (madvise and munmap split theirs per VMA)."""
+    if ev.mode != ew.event:
+        return False
+    if ew.event == UFFD_EVENT_FORK:
+        return True
+    start = ev.flags  # remove/unmap: start; remap: from
+    if ew.event == UFFD_EVENT_REMAP:
+        return start == ew.start
+    return ew.start <= start < ew.start + max(ew.length, 1)
