@@ -54,6 +54,60 @@ static __always_inline void event_call_sleeps(void *ctx, u32 tid)
 	emit(ctx, &e);
 }
 
+/* The parent's fork returned the child (ret): the child's memory is
+ * registered as the parent's was, on the uffds the FORK messages gave it. */
+static __always_inline void fork_ranges(u32 parent, u32 child, u64 since)
+{
+	struct range_set *from = ranges.lookup(&parent), *to = NULL;
+	int zero = 0;
+	struct range_set *empty = empty_ranges.lookup(&zero);
+	u8 one = 1;
+
+	if (!from || !empty)
+		return;
+	for (int i = 0; i < MAX_RANGES; i++) {
+		struct fork_entry *f;
+
+		if (!from->end[i])
+			continue;
+		f = forked.lookup(&from->uffd[i]);
+		if (!f || f->ts < since)
+			continue;   /* no FORK message during this call: the child's copy is not registered */
+		if (!to) {
+			ranges.update(&child, empty);
+			to = ranges.lookup(&child);
+			if (!to)
+				return;
+			uffd_users.update(&child, &one);
+		}
+		to->start[i] = from->start[i];
+		to->end[i] = from->end[i];
+		to->uffd[i] = f->uffd;
+		uffd_owner.update(&f->uffd, &child);
+	}
+}
+
+/* mremap moved [from, from + len) to `to`: a registered range inside it
+ * moves along when a REMAP event went out (UFFD_FEATURE_EVENT_REMAP), and
+ * loses its registration otherwise (mremap_userfaultfd_prep). */
+static __always_inline void remap_ranges(u32 tgid, u64 from, u64 len, u64 to, bool evented)
+{
+	struct range_set *rs = ranges.lookup(&tgid);
+
+	if (!rs)
+		return;
+	for (int i = 0; i < MAX_RANGES; i++) {
+		if (!rs->end[i] || rs->start[i] < from || rs->end[i] > from + len)
+			continue;
+		if (evented) {
+			rs->start[i] = rs->start[i] - from + to;
+			rs->end[i] = rs->end[i] - from + to;
+		} else {
+			rs->end[i] = 0;
+		}
+	}
+}
+
 static __always_inline void event_call_exit(void *ctx, s64 ret)
 {
 	struct uffdtrace_event e = {};
@@ -62,6 +116,16 @@ static __always_inline void event_call_exit(void *ctx, s64 ret)
 
 	if (!c)
 		return;
+	if (c->event == UT_UFFD_EVENT_FORK && ret > 0)
+		fork_ranges(current_tgid(), ret, c->entered);
+	if (c->event == UT_UFFD_EVENT_REMAP && ret > 0 && (u64)ret != c->start) {
+		u32 tgid = current_tgid();
+		u64 *read = remapped.lookup(&tgid);
+
+		remap_ranges(tgid, c->start, c->len, ret, c->waited || (read && *read >= c->entered));
+	}
+	if (c->event == UT_UFFD_EVENT_UNMAP && ret == 0)
+		untrack_ranges(current_tgid(), c->start, c->start + c->len, 0);   /* gone with the mapping */
 	if (c->waited) {
 		event_record(&e, UT_EVENT_DONE, c);
 		e.ret = ret;

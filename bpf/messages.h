@@ -4,6 +4,17 @@
 #include "uffd.h"
 #include "fold_hooks.h"
 
+#ifndef UT_FORK_HOOK
+/* Tracepoint mode follows the ranges a FORK or REMAP message moves (uffd_id.h). */
+static __always_inline void fork_message_read(u64 uffd, u64 fd)
+{
+}
+
+static __always_inline void remap_message_read(u64 uffd)
+{
+}
+#endif
+
 /* One READ_MSG per uffd_msg the reader got (ret bytes at user buf), unless
  * the message's fault is folded in the kernel. */
 static __always_inline void emit_messages(void *ctx, struct read_entry *re, s64 ret)
@@ -32,6 +43,10 @@ static __always_inline void emit_messages(void *ctx, struct read_entry *re, s64 
 		e.aux = i;
 		if (e.mode == UT_UFFD_EVENT_PAGEFAULT && fold_read(ctx, re->uffd, e.addr & ~0xfffULL, e.peer_tid))
 			continue;
+		if (e.mode == UT_UFFD_EVENT_FORK)
+			fork_message_read(re->uffd, (u32)e.flags);   /* arg.fork.ufd */
+		if (e.mode == UT_UFFD_EVENT_REMAP)
+			remap_message_read(re->uffd);
 		e.ts_ns = bpf_ktime_get_ns();   /* after any FAULT_STATE fold_read sent */
 		e.len = e.ts_ns - re->entered;  /* time inside read() */
 		emit(ctx, &e);

@@ -116,6 +116,35 @@ static __always_inline u64 uffd_closing(u64 fd, bool *released)
 }
 #endif
 
+/* UFFD_FEATURE_EVENT_FORK: the child's uffd gets its file when a handler
+ * reads the FORK message, as a descriptor in the reader's table (arg.fork.ufd).
+ * forked: the parent's uffd -> the child's, until the parent's fork returns
+ * and the child's ranges are copied (event_waits.h). */
+struct fork_entry { u64 uffd; u64 ts; };   /* ts: when its message was read */
+BPF_TABLE("lru_hash", u64, struct fork_entry, forked, 4096);
+/* UFFD_FEATURE_EVENT_REMAP: the range moves with mremap (and keeps its
+ * registration only then). remapped: tgid -> when a REMAP message of its
+ * memory was last read (a read may come before the caller's sleep). */
+BPF_TABLE("lru_hash", u32, u64, remapped, 4096);
+
+#define UT_FORK_HOOK
+static __always_inline void remap_message_read(u64 uffd)
+{
+	u32 *owner = uffd_owner.lookup(&uffd);
+	u64 now = bpf_ktime_get_ns();
+
+	if (owner)
+		remapped.update(owner, &now);
+}
+
+static __always_inline void fork_message_read(u64 uffd, u64 fd)
+{
+	struct fork_entry f = { .uffd = uffd_of_fd(fd), .ts = bpf_ktime_get_ns() };
+
+	if (f.uffd)
+		forked.update(&uffd, &f);
+}
+
 /* A uffd just created through descriptor fd: its id, and whose memory it serves. */
 static __always_inline u64 uffd_created_as(u64 fd)
 {

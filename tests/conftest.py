@@ -69,3 +69,9 @@ def uffd_stress() -> Path:
                            text=True, check=False)
     require(build.returncode == 0, f"cannot build uffd-stress: {build.stderr.strip()}")
     return out
+
+
+@pytest.fixture(scope="session")
+def uffd_unit_tests(uffd_stress: Path) -> Path:
+    """The kernel's own uffd-unit-tests, built beside uffd-stress."""
+    return uffd_stress.parent / "uffd-unit-tests"

@@ -486,6 +486,19 @@ def check_balloon_unread(s: Scenario) -> None:
     assert flag["tid"] == w["balloon_tid"] and "no handler read its remove event" in flag["evidence"][-1]["what"]
 
 
+def check_uffd_unit_tests(s: Scenario) -> None:
+    """The kernel's uffd-unit-tests (events, fork, remap, remove, poison,
+    minor, write-protect; each in its own processes): none fails, nothing is
+    lost or flagged, every message read belongs to a lifecycle, and every
+    event's caller was seen waiting for it, its read, and its return."""
+    assert any(re.search(r"Userfaults unit tests: pass=\d+, skip=\d+, fail=0", line) for line in s.text), s.text[-3:]
+    assert_nothing_flagged_or_unmatched(s)
+    assert s.summary["lost"] == 0 and s.summary["messages_read"] > 0, s.summary
+    assert {ev["event"] for ev in s.uffd_events} >= {"fork", "remap", "remove"}, s.uffd_events
+    unread = [ev for ev in s.uffd_events if ev["state"] != "resumed" or ev["reader_tid"] is None]
+    assert not unread, unread
+
+
 # Python workload scenarios (uffdtrace.workloads), run by both live tiers:
 # name -> (workload arguments, check).
 PYTHON_SCENARIOS: dict[str, tuple[list[str], Callable[[Scenario], None]]] = {

@@ -320,3 +320,14 @@ def test_eagain_names_the_unread_event_and_a_handler_that_never_retries_is_flagg
     retried = [*seq, ev(Kind.RESOLVE, 101, HANDLER, op=Op.COPY, len=4096), woken(101.1)]
     out, _ = correlate(retried, "tracepoint", ticks=[150, 250, 400], end=400, tasks={FAULTER: "uffd"})
     assert not out.flags
+
+
+def test_an_event_read_before_its_callers_sleep_is_still_its_read() -> None:
+    """The handler can take the message between its queueing and the
+    caller's schedule(): the read comes first, the raise claims it."""
+    early = dataclasses.replace(read(10, peer=0, tid=HANDLER), mode=UFFD_EVENT_REMOVE, flags=PAGE + 4096)
+    out, corr = correlate([early, _event(Kind.EVENT_WAIT, 10.01), _event(Kind.EVENT_DONE, 10.05)], "tracepoint",
+                          ticks=[5000], end=5000, tasks={OTHER: "event"})
+    [ew] = out.events
+    assert ew.reader_tid == HANDLER and ew.t_read == ew.t_raised and not out.flags
+    assert corr.events.unmatched_reads == 0

@@ -44,6 +44,7 @@ from ..scenarios import (
     check_refault,
     check_uffd_stress,
     check_uffd_stress_flagged,
+    check_uffd_unit_tests,
 )
 
 UFFDTRACE = ROOT / ".venv" / "bin" / "uffdtrace"
@@ -302,22 +303,30 @@ def test_uffd_stress_flagged(uffd_stress: Path) -> None:
     check_uffd_stress_flagged(s)
 
 
-def test_uffd_stress_host_wide(uffd_stress: Path) -> None:
-    """Host-wide, as an operator would run it while uffd-stress runs."""
+def trace_host_wide(*command: str) -> Scenario:
+    """`trace -j` of the whole host, as an operator would run it while the
+    command (not started by the tracer) runs; the command must succeed."""
     tracer = subprocess.Popen([str(UFFDTRACE), "--mode", "tracepoint", "trace", "-j", "--fail-on-flags"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert tracer.stdout is not None
     try:
         header = tracer.stdout.readline()  # printed once the probes are live
-        stress = subprocess.run([str(uffd_stress), *map(str, UFFD_STRESS_HOST[0])], capture_output=True, text=True,
-                                timeout=TIMEOUT_S, check=True)
+        load = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, check=True)
         tracer.send_signal(signal.SIGTERM)
         out, err = tracer.communicate(timeout=TIMEOUT_S)
     finally:
         tracer.kill()
-    s = Scenario.parse(header + out + stress.stdout, tracer.returncode, err)
+    s = Scenario.parse(header + out + load.stdout, tracer.returncode, err)
     s.summary["command_status"] = None  # nothing was started by the tracer
-    check_uffd_stress(s)
+    return s
+
+
+def test_uffd_stress_host_wide(uffd_stress: Path) -> None:
+    check_uffd_stress(trace_host_wide(str(uffd_stress), *map(str, UFFD_STRESS_HOST[0])))
+
+
+def test_the_kernels_uffd_unit_tests_host_wide(uffd_unit_tests: Path) -> None:
+    check_uffd_unit_tests(trace_host_wide(str(uffd_unit_tests)))
 
 
 def test_postcopy_shape(workloads: Path) -> None:

@@ -426,6 +426,7 @@ class Correlator:
             return
         if ev.op == Op.REGISTER:
             self.register_modes[ev.ctx] |= ev.mode
+            self.events.registered_by(ev.ctx, ev.tgid)
             return
         for lc in self.open.woken_by(ev.tid):
             lc.note("range unregistered", ev.ts_ns, ev.tid)

@@ -35,23 +35,47 @@ class EventWaits:
         self.tasks = tasks
         self.waiting: dict[int, EventLifecycle] = {}  # by the caller's tid
         self.reads = 0  # event messages read
-        self.unmatched_reads = 0  # read, with no caller seen waiting (it had not slept yet, or before tracing)
+        self.unmatched_reads = 0  # read, and no caller seen waiting for it (raised before tracing)
+        # Read before its caller's sleep was recorded (the handler, on another
+        # CPU, can take the message between its queueing and the caller's
+        # schedule()): claimed by that caller's raise within --wake-ms.
+        self._early_reads: list[Event] = []
+        self._registrar: dict[int, int] = {}  # uffd -> the process that registered memory on it
 
     def raised(self, ev: Event) -> None:
         if len(self.waiting) >= MAX_WAITS:
             self._end(self.waiting[next(iter(self.waiting))], None)
-        self.waiting[ev.tid] = EventLifecycle(ev.tgid, ev.tid, ev.comm, ev.mode, ev.addr, ev.len, ev.ts_ns,
-                                              history=[Evidence(f"{_name(ev.mode)} raised: waits for its read",
-                                                                ev.ts_ns, ev.tid)])
+        ew = self.waiting[ev.tid] = EventLifecycle(
+            ev.tgid, ev.tid, ev.comm, ev.mode, ev.addr, ev.len, ev.ts_ns,
+            history=[Evidence(f"{_name(ev.mode)} raised: waits for its read", ev.ts_ns, ev.tid)])
+        early = next((r for r in self._early_reads if _is_its_message(ew, r)), None)
+        if early is not None:
+            self._early_reads.remove(early)
+            self._read_by(ew, early)
+
+    def registered_by(self, uffd: int, tgid: int) -> None:
+        if len(self._registrar) >= MAX_WAITS:
+            self._registrar.pop(next(iter(self._registrar)))
+        self._registrar[uffd] = tgid
 
     def read(self, ev: Event) -> None:
-        """A handler read an event message (any process: the uffd is the same)."""
+        """A handler read an event message (any process: the uffd is the same).
+        A fork's message names no range: of several forks waiting, the one
+        of the process that registered memory on this uffd."""
         self.reads += 1
-        ew = next((w for w in self.waiting.values() if w.t_read is None and _is_its_message(w, ev)), None)
+        mine = [w for w in self.waiting.values() if w.t_read is None and _is_its_message(w, ev)]
+        owner = self._registrar.get(ev.ctx)
+        ew = next((w for w in mine if w.tgid == owner), mine[0] if mine else None)
         if ew is None:
-            self.unmatched_reads += 1
+            if len(self._early_reads) >= MAX_WAITS:
+                self._early_reads.pop(0)
+                self.unmatched_reads += 1
+            self._early_reads.append(ev)
             return
-        ew.uffd, ew.t_read, ew.reader_tid = ev.ctx, ev.ts_ns, ev.tid
+        self._read_by(ew, ev)
+
+    def _read_by(self, ew: EventLifecycle, ev: Event) -> None:
+        ew.uffd, ew.t_read, ew.reader_tid = ev.ctx, max(ev.ts_ns, ew.t_raised), ev.tid
         ew.history.append(Evidence("event read", ev.ts_ns, ev.tid))
         if self.on_read is not None:
             self.on_read(ew)
@@ -78,6 +102,9 @@ class EventWaits:
         return [w for w in self.waiting.values() if w.tgid == tgid and w.t_read is None]
 
     def tick(self, now: int, th: Thresholds) -> None:
+        while self._early_reads and now - self._early_reads[0].ts_ns > th.wake_ns:
+            self._early_reads.pop(0)
+            self.unmatched_reads += 1
         for ew in list(self.waiting.values()):
             if ew.t_read is not None or "event_unread" in ew.flags or now - ew.t_raised <= th.stuck_ns:
                 continue
@@ -97,6 +124,8 @@ class EventWaits:
             self.flags.report(flag)
 
     def finish(self) -> None:
+        self.unmatched_reads += len(self._early_reads)
+        self._early_reads.clear()
         for ew in list(self.waiting.values()):
             self._end(ew, None)
 
