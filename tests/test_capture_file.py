@@ -33,6 +33,7 @@ from .trace_events import check_trace_events
 
 CAPTURES = Path(__file__).parent / "captures"
 REAL = sorted(CAPTURES.glob("*.cap"))
+DEMO = CAPTURES / "demo-tracepoint-6.18.cap"  # the flagged faults of `uffdtrace demo`, tracepoint mode
 MS = 1_000_000
 
 
@@ -198,8 +199,8 @@ def test_a_full_disk_stops_the_recording_with_one_line() -> None:
 
 # ---- damage ---------------------------------------------------------------
 
-GOLDEN = REAL[0].read_bytes()
-GOLDEN_RECORDS = sum(map(len, Reader(str(REAL[0])).chunks()))
+GOLDEN = DEMO.read_bytes()
+GOLDEN_RECORDS = sum(map(len, Reader(str(DEMO)).chunks()))
 
 
 def damaged(tmp_path: Path, data: bytes) -> tuple[CaptureError | None, Reader | None]:
@@ -306,7 +307,7 @@ def test_capture_kinds_are_not_event_kinds() -> None:
 
 
 def test_replay_info_is_the_recorded_run() -> None:
-    reader = Reader(str(REAL[0]))
+    reader = Reader(str(DEMO))
     assert dataclasses.asdict(reader.header.info)["mode"] in ("kprobe", "tracepoint")
     reader.close()
 
@@ -314,17 +315,17 @@ def test_replay_info_is_the_recorded_run() -> None:
 def test_the_report_of_a_real_capture(tmp_path: Path) -> None:
     """Text for a bug tracker: the run, per process and uffd, histograms, the
     slowest faults and every flag with its evidence; the same as JSON."""
-    proc = subprocess.run([sys.executable, "-m", "uffdtrace", "report", str(REAL[0])], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "uffdtrace", "report", str(DEMO)], capture_output=True,
                           text=True, check=False)
     assert proc.returncode == 0 and not proc.stderr
     text = proc.stdout
     for part in ("Per process and uffd", "pickup (raised -> message read)", "usecs", "Slowest faults",
                  "Flags: 3", "FLAG never_woken", "finally: woken after", "Could not be seen: fault_ret"):
         assert part in text, part
-    proc = subprocess.run([sys.executable, "-m", "uffdtrace", "report", "-j", str(REAL[0])], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "uffdtrace", "report", "-j", str(DEMO)], capture_output=True,
                           text=True, check=True)
     rep = json.loads(proc.stdout)
-    expected = [json.loads(line) for line in REAL[0].with_suffix(".expected.jsonl").read_text().splitlines()]
+    expected = [json.loads(line) for line in DEMO.with_suffix(".expected.jsonl").read_text().splitlines()]
     lifecycles = [x for x in expected if x["type"] == "lifecycle"]
     assert sum(p["faults"] for p in rep["processes"]) == len(lifecycles)
     assert sum(p["reads"] for p in rep["processes"]) == sum(lc["reads"] for lc in lifecycles)
@@ -346,12 +347,12 @@ def test_a_report_of_a_cut_capture_says_it_is_partial(tmp_path: Path) -> None:
 
 def test_a_perfetto_export_follows_the_trace_event_format(tmp_path: Path) -> None:
     out = tmp_path / "trace.json"
-    subprocess.run([sys.executable, "-m", "uffdtrace", "export", str(REAL[0]), "--format", "perfetto", "-o",
+    subprocess.run([sys.executable, "-m", "uffdtrace", "export", str(DEMO), "--format", "perfetto", "-o",
                     str(out)], check=True)
     assert out.stat().st_mode & 0o777 == 0o600
-    live = [json.loads(line) for line in REAL[0].with_suffix(".expected.jsonl").read_text().splitlines()]
-    check_trace_events(json.loads(out.read_text()), live, Reader(str(REAL[0])).header.info.started_ns)
-    again = subprocess.run([sys.executable, "-m", "uffdtrace", "export", str(REAL[0]), "--format", "jsonl", "-o",
+    live = [json.loads(line) for line in DEMO.with_suffix(".expected.jsonl").read_text().splitlines()]
+    check_trace_events(json.loads(out.read_text()), live, Reader(str(DEMO)).header.info.started_ns)
+    again = subprocess.run([sys.executable, "-m", "uffdtrace", "export", str(DEMO), "--format", "jsonl", "-o",
                             str(out)], capture_output=True, text=True, check=False)
     assert again.returncode == 1 and "exists: use --force" in again.stderr
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .conftest import require
 
-CAPTURE = sorted((Path(__file__).parent / "captures").glob("*.cap"))[0]
+CAPTURE = Path(__file__).parent / "captures" / "demo-tracepoint-6.18.cap"
 FLAG_RED = (0xD6, 0x27, 0x28)
 
 

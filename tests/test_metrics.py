@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from uffdtrace.capture.reader import Reader, replay
@@ -86,3 +87,15 @@ def test_the_alerting_rules_pass_promtool(tmp_path: Path) -> None:
     assert promtool is not None
     check = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True, check=False)
     assert check.returncode == 0 and "3 rules found" in check.stdout, check.stdout + check.stderr
+
+
+def test_non_cooperative_events_are_counted() -> None:
+    """A balloon's REMOVE (its MADV_DONTNEED waited 100 ms for the read):
+    counted per event, its unread time in the histogram, the flag behind
+    the EAGAIN counted."""
+    text, live = exposition(CAPTURES / "balloon-tracepoint-6.18.cap")
+    [event] = [x for x in live if x["type"] == "uffd_event"]
+    assert value(text, f'uffdtrace_uffd_events_total{{comm="{event["comm"]}",event="remove"}}') == 1
+    assert value(text, "uffdtrace_event_unread_seconds_count") == 1
+    assert value(text, "uffdtrace_event_unread_seconds_sum") == pytest.approx(event["unread_ms"] / 1000, rel=1e-3)
+    assert value(text, f'uffdtrace_flags_total{{comm="{event["comm"]}",flag="eagain_unretried"}}') == 1

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
 
-from ..analysis.model import Flag, Lifecycle
+from ..analysis.model import EventLifecycle, Flag, Lifecycle
 from ..events import Event
 from . import Ignoring
 from .report import result_name, total_ns
@@ -42,6 +42,8 @@ class Metrics(Ignoring):
         self.rounds = counter("extra_rounds", "Rounds beyond the first (the fault entered handle_userfault again)",
                               ("comm",))
         self.flags = counter("flags", "Flags raised", ("comm", "flag"))
+        self.uffd_events = counter("uffd_events", "Non-cooperative events whose caller resumed (or was given up)",
+                                   ("comm", "event"))
         self.lost_records = counter("lost_records", "Records the kernel could not deliver")
         self.events = counter("events", "Records received, by kind", ("kind",))
         self.in_flight = gauge("faults_in_flight", "Faults whose thread waits now", ("comm",))
@@ -51,6 +53,9 @@ class Metrics(Ignoring):
         self.phase = Histogram("uffdtrace_phase_seconds", "Fault latency per phase (pickup: raised to read; "
                                "service: read to resolved; wake: resolved to woken; resume: woken to returned)",
                                ("phase",), buckets=BUCKETS, registry=registry)
+        self.event_unread = Histogram("uffdtrace_event_unread_seconds", "Non-cooperative events: raised to read "
+                                      "(every resolution on the uffd fails with EAGAIN meanwhile)",
+                                      buckets=BUCKETS, registry=registry)
         self.fault_time = Histogram("uffdtrace_fault_seconds", "Whole fault: raised to woken or returned",
                                     buckets=BUCKETS, registry=registry)
         self.info = Info("uffdtrace", "The tracer: version, mode, kernel, transport, what it cannot see",
@@ -86,6 +91,11 @@ class Metrics(Ignoring):
             self.fault_time.observe(total / NS)
         if lc.uffd:
             self._seen[(lc.tgid, lc.uffd)] = lc.ended_at or lc.last_ts
+
+    def uffd_event(self, ev: EventLifecycle) -> None:
+        self.uffd_events.labels(ev.comm, ev.name).inc()
+        if ev.t_read is not None:
+            self.event_unread.observe((ev.t_read - ev.t_raised) / NS)
 
     def flag(self, flag: Flag) -> None:
         if not flag.update:

@@ -15,7 +15,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from ..analysis.model import Flag, Lifecycle
+from ..analysis.model import EventLifecycle, Flag, Lifecycle
 from ..escape import printable
 from . import Ignoring
 from .text import Text, duration
@@ -24,6 +24,7 @@ PHASES = ("pickup", "service", "wake", "resume")
 PHASE_MEANING = {"pickup": "raised -> message read", "service": "read -> resolved",
                  "wake": "resolved -> woken", "resume": "woken -> returned"}
 SLOWEST = 10
+MAX_EVENTS = 10000  # non-cooperative events kept for the report (a balloon raises a few per second)
 
 
 def result_name(ret: int) -> str:
@@ -89,6 +90,7 @@ class Report(Ignoring):
         self.hist = {phase: Log2Histogram() for phase in PHASES}
         self.slowest: list[tuple[int, int, dict[str, Any]]] = []  # min-heap of (total, seq, lifecycle json)
         self.flags: list[Flag] = []
+        self.events: list[EventLifecycle] = []  # non-cooperative events, kept whole: they are few
         self.final: dict[tuple[str, int, int | None], Flag] = {}  # re-reports with the final numbers
         self._seq = 0
 
@@ -119,6 +121,10 @@ class Report(Ignoring):
             elif item > self.slowest[0]:
                 heapq.heapreplace(self.slowest, item)
 
+    def uffd_event(self, ev: EventLifecycle) -> None:
+        if len(self.events) < MAX_EVENTS:
+            self.events.append(ev)
+
     def flag(self, flag: Flag) -> None:
         if flag.update:
             self.final[(flag.name, flag.tid, flag.addr)] = flag
@@ -142,6 +148,7 @@ class Report(Ignoring):
                 "latency_us": {phase: [{"low": lo, "high": hi, "count": n} for lo, hi, n in h.rows()]
                                for phase, h in self.hist.items()},
                 "slowest": self._slowest(),
+                "uffd_events": [ev.to_json() for ev in self.events],
                 "flags": [{**f.to_json(), "final": self.final[k].to_json() if (k := (f.name, f.tid, f.addr))
                            in self.final else None} for f in self.flags],
                 "summary": self.summary_}
@@ -199,6 +206,17 @@ class Report(Ignoring):
         heads = ["COMM", "PID/TID", "UFFD", "ADDR", "REASON", "ROUNDS", *map(str.upper, PHASES), "RESOLVED", "ENDED",
                  "FLAGS"]
         out.write(tabulate(slow, headers=heads) + "\n" if slow else "none\n")
+
+        if self.events:
+            out.write(f"\nNon-cooperative events (raised -> read -> the caller resumed), {len(self.events)}\n")
+            rows = [[printable(ev.comm), f"{ev.tgid}/{ev.tid}", ev.uffd or "?", ev.name,
+                     f"{ev.start:#x}+{ev.length:#x}",
+                     ev.reader_tid or "-",
+                     duration(None if ev.t_read is None else ev.t_read - ev.t_raised),
+                     duration(None if ev.t_done is None else ev.t_done - ev.t_raised), ",".join(ev.flags) or "-"]
+                    for ev in self.events]
+            out.write(tabulate(rows, headers=["COMM", "PID/TID", "UFFD", "EVENT", "RANGE", "READER", "UNREAD",
+                                              "WAIT", "FLAGS"]) + "\n")
 
         out.write(f"\nFlags: {len(self.flags)}\n")
         text = Text(out, origin_ns=info.get("started_ns") or None)
