@@ -357,6 +357,23 @@ def test_a_perfetto_export_follows_the_trace_event_format(tmp_path: Path) -> Non
     assert again.returncode == 1 and "exists: use --force" in again.stderr
 
 
+def test_a_perfetto_export_draws_non_cooperative_events(tmp_path: Path) -> None:
+    """The balloon's REMOVE: a slice on the caller's track from the raise to
+    its return, and the read on the handler's track."""
+    balloon = CAPTURES / "balloon-tracepoint-6.18.cap"
+    out = tmp_path / "trace.json"
+    subprocess.run([sys.executable, "-m", "uffdtrace", "export", str(balloon), "--format", "perfetto", "-o",
+                    str(out)], check=True)
+    live = [json.loads(line) for line in balloon.with_suffix(".expected.jsonl").read_text().splitlines()]
+    doc = json.loads(out.read_text())
+    check_trace_events(doc, live, Reader(str(balloon)).header.info.started_ns)
+    [event] = [x for x in live if x["type"] == "uffd_event"]
+    [wait] = [e for e in doc["traceEvents"] if e.get("cat") == "uffd_event"]
+    assert wait["tid"] == event["tid"] and wait["name"].startswith("EVENT remove")
+    assert wait["dur"] == pytest.approx((event["t_done_ns"] - event["t_raised_ns"]) / 1000, abs=0.01)
+    assert [e["tid"] for e in doc["traceEvents"] if e.get("name") == "read remove event"] == [event["reader_tid"]]
+
+
 def test_a_replay_prints_by_default_what_the_live_run_printed(tmp_path: Path) -> None:
     """A capture taken with --events and --flagged replays with them (its
     header says so), without being told."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from ..analysis.model import Flag, Lifecycle
+from ..analysis.model import EventLifecycle, Flag, Lifecycle
 from ..events import Event
 from . import Ignoring
 
@@ -94,6 +94,19 @@ class Perfetto(Ignoring):
                 if ph != "s":
                     mark["bp"] = "e"  # bound to the slice that encloses it, which starts at its time
                 self.events.append(mark)
+
+    def uffd_event(self, ev: EventLifecycle) -> None:
+        """The caller's wait for its event's read (then its return), and the read on the reader's track."""
+        self._thread(ev.tid, ev.tgid, ev.comm)
+        rng = f"{ev.start:#x}+{ev.length:#x}"
+        args = {"uffd": ev.uffd, "range": rng, "reader_tid": ev.reader_tid, "state": ev.state, "flags": list(ev.flags)}
+        end = max(t for t in (ev.t_raised, ev.t_read, ev.t_done) if t is not None)
+        self._slice(f"EVENT {ev.name} {rng}", "uffd_event", ev.t_raised, end, ev.tid, ev.tgid, args)
+        if ev.t_read is not None and ev.reader_tid is not None:
+            pid = self._pid(ev.reader_tid, ev.tgid)
+            self._thread(ev.reader_tid, pid, "")
+            self._slice(f"read {ev.name} event", "read", ev.t_read, ev.t_read, ev.reader_tid, pid,
+                        {"caller_tid": ev.tid, "range": rng})
 
     def flag(self, flag: Flag) -> None:
         self._thread(flag.tid, flag.tgid, flag.comm)
