@@ -54,7 +54,7 @@ TRACEPOINT_CAPS: tuple[TracepointCapability, ...] = (
                          "madvise, munmap, mremap and fork waiting for their uffd event to be read",
                          "HAVE_EVENT_WAITS"),
     # clone3 arrived in 5.3 (7f192e3cd316, "fork: add clone3").
-    TracepointCapability("event_wait_clone3", ("syscalls/sys_enter_clone3",), (),
+    TracepointCapability("event_clone3", ("syscalls/sys_enter_clone3",), (),
                          "fork through clone3 waiting for its uffd event to be read", "HAVE_CLONE3"),
     # lock:contention_begin arrived in 5.19 (f4aed1b1a8f3, "locking: Add lock contention tracepoints").
     TracepointCapability("anon_vma_lock", ("lock/contention_begin",), ("folio_lock_anon_vma_read",),
