@@ -331,3 +331,17 @@ def test_an_event_read_before_its_callers_sleep_is_still_its_read() -> None:
     [ew] = out.events
     assert ew.reader_tid == HANDLER and ew.t_read == ew.t_raised and not out.flags
     assert corr.events.unmatched_reads == 0
+
+
+def test_an_event_read_stamped_after_its_caller_returned_is_still_its_read() -> None:
+    """A read is stamped when read() returns, which can be after the caller
+    it woke has returned from its fork: it is that caller's read."""
+    late = dataclasses.replace(read(10.03, peer=0, tid=HANDLER), mode=UFFD_EVENT_REMOVE, flags=PAGE + 4096)
+    out, corr = correlate([_event(Kind.EVENT_WAIT, 10), _event(Kind.EVENT_DONE, 10.02), late], "tracepoint",
+                          ticks=[5000], end=5000, tasks={OTHER: "other"})
+    [ew] = out.events
+    assert ew.reader_tid == HANDLER and ew.t_read == ew.t_done and ew.state == "resumed" and not out.flags
+    assert corr.events.unmatched_reads == 0
+    out, _ = correlate([_event(Kind.EVENT_WAIT, 10), _event(Kind.EVENT_DONE, 10.02)], "tracepoint",
+                       ticks=[5000], end=5000)
+    assert [(ew.reader_tid, ew.state) for ew in out.events] == [(None, "resumed")]  # released, or a signal

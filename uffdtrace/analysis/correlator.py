@@ -517,22 +517,24 @@ class Correlator:
         if not lc.asleep and not self._shows_waiting(lc, now):
             return
         earned = [(n, e) for n, e in timed_flags(lc, now, self.th) if n not in lc.flags]
+        if EXPLAINS_THE_WAIT & set(lc.flags):
+            earned = [(n, e) for n, e in earned if n not in ONLY_SAY_IT_WAITS]
         ask_handlers = self._handlers_due(lc, now)
         if not earned and not ask_handlers:
             return
         # Every timed flag concludes from a missing event: confirm that the
         # thread still waits, for this page, before accusing anyone.
         where = self._where(lc)
-        if where == "gone":
-            self._close(lc, "exited", now)
-            return
-        if where == "other":
-            # The kernel says it no longer waits, though no event said so
-            # (a signal, a lost record, or its wake-up is still in flight).
+        if where in ("gone", "other"):
+            # The kernel says it no longer waits (or has exited), though no
+            # record said so: a signal, a lost record, or its end still on
+            # its way (the kernel answers for now; records are handled up to
+            # an earlier horizon, and a slow host can be far behind).
             lc.other_since = lc.other_since or now
             if now - lc.other_since > self.th.wake_ns:
-                lc.note("left handle_userfault unseen (signal, or a lost record)", now)
-                self._close(lc, "returned", now)
+                if where == "other":
+                    lc.note("left handle_userfault unseen (signal, or a lost record)", now)
+                self._close(lc, "exited" if where == "gone" else "returned", now)
             return
         lc.other_since = None
         page = self.faults(lc.tid) if self.faults is not None and lc.page is not None else None

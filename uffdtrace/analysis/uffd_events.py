@@ -43,6 +43,9 @@ class EventWaits:
         self._registrar: dict[int, int] = {}  # uffd -> the process that registered memory on it
 
     def raised(self, ev: Event) -> None:
+        if ev.tid in self.waiting:  # its previous call returned, and its read never came
+            prev = self.waiting[ev.tid]
+            self._end(prev, prev.t_done)
         if len(self.waiting) >= MAX_WAITS:
             self._end(self.waiting[next(iter(self.waiting))], None)
         ew = self.waiting[ev.tid] = EventLifecycle(
@@ -75,15 +78,24 @@ class EventWaits:
         self._read_by(ew, ev)
 
     def _read_by(self, ew: EventLifecycle, ev: Event) -> None:
-        ew.uffd, ew.t_read, ew.reader_tid = ev.ctx, max(ev.ts_ns, ew.t_raised), ev.tid
-        ew.history.append(Evidence("event read", ev.ts_ns, ev.tid))
+        # A read is stamped when read() returns: after the caller it woke may
+        # have returned too.
+        t_read = max(ev.ts_ns, ew.t_raised) if ew.t_done is None else min(ev.ts_ns, ew.t_done)
+        ew.uffd, ew.t_read, ew.reader_tid = ev.ctx, t_read, ev.tid
+        ew.history.append(Evidence("event read", t_read, ev.tid))
         if self.on_read is not None:
             self.on_read(ew)
+        if ew.t_done is not None:
+            self._end(ew, ew.t_done)
 
     def done(self, ev: Event) -> None:
+        """The call returned. Its read may still be on its way (stamped at
+        read()'s return, after the wake-up): it waits one --wake-ms for it."""
         ew = self.waiting.get(ev.tid)
-        if ew is not None:
-            ew.ret = ev.ret
+        if ew is None:
+            return
+        ew.ret, ew.t_done = ev.ret, ev.ts_ns
+        if ew.t_read is not None:
             self._end(ew, ev.ts_ns)
 
     def _end(self, ew: EventLifecycle, ts: int | None) -> None:
@@ -99,13 +111,17 @@ class EventWaits:
 
     def unread(self, tgid: int) -> list[EventLifecycle]:
         """Events of process ``tgid`` queued and not read yet: the EAGAIN's cause."""
-        return [w for w in self.waiting.values() if w.tgid == tgid and w.t_read is None]
+        return [w for w in self.waiting.values() if w.tgid == tgid and w.t_read is None and w.t_done is None]
 
     def tick(self, now: int, th: Thresholds) -> None:
         while self._early_reads and now - self._early_reads[0].ts_ns > th.wake_ns:
             self._early_reads.pop(0)
             self.unmatched_reads += 1
         for ew in list(self.waiting.values()):
+            if ew.t_done is not None:
+                if now - ew.t_done > th.wake_ns:
+                    self._end(ew, ew.t_done)  # returned, and no read came: released, or a signal
+                continue
             if ew.t_read is not None or "event_unread" in ew.flags or now - ew.t_raised <= th.stuck_ns:
                 continue
             where = self.tasks(ew.tgid, ew.tid) if self.tasks is not None else None
@@ -127,7 +143,7 @@ class EventWaits:
         self.unmatched_reads += len(self._early_reads)
         self._early_reads.clear()
         for ew in list(self.waiting.values()):
-            self._end(ew, None)
+            self._end(ew, ew.t_done)
 
 
 def _name(event: int) -> str:
