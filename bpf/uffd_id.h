@@ -22,48 +22,28 @@
 BPF_TABLE("lru_hash", u64, u32, uffd_owner, 65536);
 
 #ifdef UFFD_BY_FILE
-static __always_inline void *read_kptr(void *at)
+/* The file behind descriptor fd of the current process (0: none). */
+static __always_inline u64 fd_file(u64 fd)
 {
-	void *p = NULL;
+	u64 files = read_u64(bpf_get_current_task() + OFF_TASK_FILES);
+	u64 fdt = files ? read_u64(files + OFF_FILES_FDT) : 0;
 
-	bpf_probe_read_kernel(&p, sizeof(p), at);
-	return p;
-}
-
-/* The file behind descriptor fd of the current process, or NULL. */
-static __always_inline void *fd_file(u64 fd)
-{
-	void *files = read_kptr((void *)bpf_get_current_task() + OFF_TASK_FILES);
-	void *fdt;
-	u32 max_fds = 0;
-
-	if (!files)
-		return NULL;
-	fdt = read_kptr(files + OFF_FILES_FDT);
-	if (!fdt)
-		return NULL;
-	bpf_probe_read_kernel(&max_fds, sizeof(max_fds), fdt + OFF_FDTABLE_MAX_FDS);
-	if (fd >= max_fds)
-		return NULL;
-	return read_kptr(read_kptr(fdt + OFF_FDTABLE_FD) + fd * sizeof(void *));
+	if (!fdt || fd >= read_u32(fdt + OFF_FDTABLE_MAX_FDS))
+		return 0;
+	return read_u64(read_u64(fdt + OFF_FDTABLE_FD) + fd * sizeof(void *));
 }
 
 /* The uffd a file is (0: it is none). */
-static __always_inline u64 file_uffd(void *file)
+static __always_inline u64 file_uffd(u64 file)
 {
-	void *fops;
-	u64 ino = 0;
+	u64 fops = file ? read_u64(file + OFF_FILE_F_OP) : 0;
 
-	if (!file)
-		return 0;
-	fops = read_kptr(file + OFF_FILE_F_OP);
-	if (!fops || (u64)read_kptr(fops + OFF_FOPS_POLL) != USERFAULTFD_POLL)
+	if (!fops || read_u64(fops + OFF_FOPS_POLL) != USERFAULTFD_POLL)
 		return 0;
 #ifdef UFFD_ID_CTX
-	return (u64)read_kptr(file + OFF_FILE_PRIVATE_DATA);
+	return read_u64(file + OFF_FILE_PRIVATE_DATA);
 #else
-	bpf_probe_read_kernel(&ino, sizeof(ino), read_kptr(file + OFF_FILE_F_INODE) + OFF_INODE_INO);
-	return ino;
+	return read_u64(read_u64(file + OFF_FILE_F_INODE) + OFF_INODE_INO);
 #endif
 }
 
@@ -71,12 +51,9 @@ static __always_inline u64 file_uffd(void *file)
  * released (its waiters woken, its ranges unregistered). Other holders keep
  * it alive. file_ref_t (v6.13, 90ee6ed776c0 "fs: port files to file_ref")
  * counts one reference as 0; f_count before it as 1. */
-static __always_inline bool last_reference(void *file)
+static __always_inline bool last_reference(u64 file)
 {
-	long refs = 0;
-
-	bpf_probe_read_kernel(&refs, sizeof(refs), file + OFF_FILE_REFS);
-	return refs == FILE_ONE_REF;
+	return (long)read_u64(file + OFF_FILE_REFS) == FILE_ONE_REF;
 }
 
 static __always_inline u64 uffd_of_fd(u64 fd)
@@ -88,7 +65,7 @@ static __always_inline u64 uffd_of_fd(u64 fd)
  * releases it. */
 static __always_inline u64 uffd_closing(u64 fd, bool *released)
 {
-	void *file = fd_file(fd);
+	u64 file = fd_file(fd);
 	u64 uffd = file_uffd(file);
 
 	*released = uffd && last_reference(file);
