@@ -5,7 +5,7 @@ module; it imports none of them (docs/architecture.md, "The seams")."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -13,6 +13,8 @@ from .events import Event
 
 # Where a thread is now: waiting in handle_userfault, elsewhere, or gone.
 TaskState = Literal["uffd", "event", "other", "gone"]  # "event": waits for its uffd event to be read
+# Asks the system (live) where a thread (tgid, tid) is now; None when it cannot tell.
+TaskProbe = Callable[[int, int], TaskState | None]
 
 
 @dataclass

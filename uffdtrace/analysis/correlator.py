@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ..events import CLOSE_KEPT, UFFD_EVENT_PAGEFAULT, Event, Kind, Op, op_name
-from ..source import BlockedThread, TaskState
+from ..source import BlockedThread, TaskProbe, TaskState
 from .aio import AioPolls
 from .flags import Flags
 from .folded import REFAULT_NOTE, FoldedFaults, FoldedProbe, TakeOverHook
@@ -48,9 +48,6 @@ from .uffd_events import EventWaits
 PAGE_MASK = ~(PAGE_SIZE - 1)
 MAX_ATTEMPTS = 16
 
-# Asks the system (live) where a thread (tgid, tid) is now: waiting in
-# handle_userfault, elsewhere, or gone. None when it cannot tell.
-TaskProbe = Callable[[int, int], TaskState | None]
 # Asks the kernel's per-thread fault state (a BPF map) which page thread tid
 # is faulting on: in kprobe mode while it is inside handle_userfault, in
 # tracepoint mode its last fault in a registered range. None when unknown.

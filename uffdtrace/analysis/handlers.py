@@ -4,14 +4,10 @@ reads (``no_reader``): a dead handler, not a slow one."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from ..source import TaskState
+from ..source import TaskProbe
 
 MAX_READERS = 64  # per uffd: a handler's thread pool; the oldest are forgotten first
 
-# (pid, tid) -> where the thread is now; None when it cannot be told.
-TaskProbe = Callable[[int, int], TaskState | None]
 
 
 class Handlers:

@@ -12,14 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from ..events import UFFD_EVENT_FORK, UFFD_EVENT_NAMES, UFFD_EVENT_REMAP, Event
-from ..source import TaskState
+from ..events import UFFD_EVENT_FORK, UFFD_EVENT_REMAP, Event
+from ..source import TaskProbe
 from .flags import Flags
 from .model import MS, EventLifecycle, Evidence, Flag
 from .rules import Thresholds
 
 MAX_WAITS = 4096
-TaskProbe = Callable[[int, int], TaskState | None]
 
 
 class EventSink(Protocol):
@@ -48,9 +47,8 @@ class EventWaits:
             self._end(prev, prev.t_done)
         if len(self.waiting) >= MAX_WAITS:
             self._end(self.waiting[next(iter(self.waiting))], None)
-        ew = self.waiting[ev.tid] = EventLifecycle(
-            ev.tgid, ev.tid, ev.comm, ev.mode, ev.addr, ev.len, ev.ts_ns,
-            history=[Evidence(f"{_name(ev.mode)} raised: waits for its read", ev.ts_ns, ev.tid)])
+        ew = self.waiting[ev.tid] = EventLifecycle(ev.tgid, ev.tid, ev.comm, ev.mode, ev.addr, ev.len, ev.ts_ns)
+        ew.history.append(Evidence(f"{ew.name} raised: waits for its read", ev.ts_ns, ev.tid))
         early = next((r for r in self._early_reads if _is_its_message(ew, r)), None)
         if early is not None:
             self._early_reads.remove(early)
@@ -134,7 +132,7 @@ class EventWaits:
                         addr=ew.start, blocked_ns=now - ew.t_raised, state="blocked",
                         evidence=[*ew.history, Evidence(
                             f"still waiting in userfaultfd_event_wait_completion after {(now - ew.t_raised) / MS:.0f}"
-                            f" ms: no handler read its {_name(ew.event)} event; until one does, every "
+                            f" ms: no handler read its {ew.name} event; until one does, every "
                             "UFFDIO_COPY/ZEROPAGE/CONTINUE/MOVE on its uffd fails with EAGAIN")])
             ew.flags["event_unread"] = flag
             self.flags.report(flag)
@@ -144,10 +142,6 @@ class EventWaits:
         self._early_reads.clear()
         for ew in list(self.waiting.values()):
             self._end(ew, ew.t_done)
-
-
-def _name(event: int) -> str:
-    return UFFD_EVENT_NAMES.get(event, f"event {event:#x}")
 
 
 def _is_its_message(ew: EventLifecycle, ev: Event) -> bool:
