@@ -449,6 +449,64 @@ int kr_anon_vma_read(struct pt_regs *ctx)
 	return 0;
 }
 
+/* ---- non-cooperative events --------------------------------------------- */
+
+/* userfaultfd_event_wait_completion(ctx, ewq): the caller of madvise,
+ * munmap, mremap or fork has queued ewq->msg on ctx and sleeps until a
+ * handler reads it; its return is the caller resuming (read, or the uffd
+ * released). The message is uffd_msg: the event at byte 0, arg words from
+ * byte 8 (remove/unmap: start, end; remap: from, to, len). */
+struct event_wait_entry { u64 ts; u64 uffd; u64 start; u64 len; u32 event; };
+BPF_HASH(event_waiting, u32, struct event_wait_entry, 4096);
+
+int kp_event_wait(struct pt_regs *ctx)
+{
+	struct uffdtrace_event e = {};
+	struct event_wait_entry we = {};
+	u64 msg = PT_REGS_PARM2(ctx) + OFF_UWQ_MSG;
+	u32 tid = current_tid();
+
+	init_event(&e, UT_EVENT_WAIT);
+	e.ctx = PT_REGS_PARM1(ctx);
+	if (!followed(e.tgid) && !ctx_followed(e.ctx))
+		return 0;
+	e.mode = read_u8(msg);
+	if (e.mode == UT_UFFD_EVENT_REMOVE || e.mode == UT_UFFD_EVENT_UNMAP) {
+		e.addr = read_u64(msg + 8);
+		e.len = read_u64(msg + 16) - e.addr;
+	} else if (e.mode == UT_UFFD_EVENT_REMAP) {
+		e.addr = read_u64(msg + 8);
+		e.len = read_u64(msg + 24);
+	}
+	we.ts = e.ts_ns;
+	we.uffd = e.ctx;
+	we.start = e.addr;
+	we.len = e.len;
+	we.event = e.mode;
+	event_waiting.update(&tid, &we);
+	emit(ctx, &e);
+	return 0;
+}
+
+int kr_event_wait(struct pt_regs *ctx)
+{
+	struct uffdtrace_event e = {};
+	u32 tid = current_tid();
+	struct event_wait_entry *we = event_waiting.lookup(&tid);
+
+	if (!we)
+		return 0;
+	init_event(&e, UT_EVENT_DONE);
+	e.ctx = we->uffd;
+	e.addr = we->start;
+	e.len = we->len;
+	e.mode = we->event;
+	e.aux = e.ts_ns - we->ts;   /* the wait */
+	event_waiting.delete(&tid);
+	emit(ctx, &e);
+	return 0;
+}
+
 /* ---- uffd close --------------------------------------------------------- */
 
 /* userfaultfd_release(inode, file) */

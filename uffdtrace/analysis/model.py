@@ -59,7 +59,7 @@ class EventLifecycle:
     start: int
     length: int
     t_raised: int
-    uffd: int = 0  # known once read
+    uffd: int = 0  # known at the raise in kprobe mode, at the read in tracepoint mode
     t_read: int | None = None
     reader_tid: int | None = None
     t_done: int | None = None

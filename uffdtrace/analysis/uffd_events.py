@@ -48,6 +48,7 @@ class EventWaits:
         if len(self.waiting) >= MAX_WAITS:
             self._end(self.waiting[next(iter(self.waiting))], None)
         ew = self.waiting[ev.tid] = EventLifecycle(ev.tgid, ev.tid, ev.comm, ev.mode, ev.addr, ev.len, ev.ts_ns)
+        ew.uffd = ev.ctx  # kprobe mode knows it at the raise; tracepoint mode at the read
         ew.history.append(Evidence(f"{ew.name} raised: waits for its read", ev.ts_ns, ev.tid))
         early = next((r for r in self._early_reads if _is_its_message(ew, r)), None)
         if early is not None:
@@ -146,9 +147,10 @@ class EventWaits:
 
 def _is_its_message(ew: EventLifecycle, ev: Event) -> bool:
     """The message (uffd_msg in READ_MSG: flags = arg word 1, addr = word 2)
-    of the event this caller raised: same kind, and for a range, one inside
+    of the event this caller raised: same kind and uffd (when the raise
+    named it), and for a range, one inside
     the call's (madvise and munmap split theirs per VMA)."""
-    if ev.mode != ew.event:
+    if ev.mode != ew.event or (ew.uffd and ew.uffd != ev.ctx):
         return False
     if ew.event == UFFD_EVENT_FORK:
         return True

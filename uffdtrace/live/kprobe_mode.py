@@ -64,6 +64,11 @@ PROBES: tuple[ProbeSpec, ...] = (
         Candidate("folio_lock_anon_vma_read", "kp_anon_vma_read", why="folio API, 5.18+"),
         Candidate("page_lock_anon_vma_read", "kp_anon_vma_read", why="before the folio conversion"),
     ), "kr_anon_vma_read"),
+    # Static in fs/userfaultfd.c and called from four places; present
+    # (not inlined) in Debian's 6.1 and 6.12 builds. Without it no event
+    # lifecycle is seen (the event messages' reads still are).
+    ProbeSpec("event_wait", (Candidate("userfaultfd_event_wait_completion", "kp_event_wait", ("OFF_UWQ_MSG",)),),
+              "kr_event_wait"),
     ProbeSpec("close", (Candidate("userfaultfd_release", "kp_userfaultfd_release",
                                   ("OFF_FILE_PRIVATE_DATA",)),)),
 )
