@@ -68,27 +68,46 @@ def test_aio_poll_stuck_tracepoint_when_the_uffd_became_readable() -> None:
     assert not out.flags  # nothing to read: the poll rightly waits
 
 
-def test_anon_vma_retry_with_concurrent_move() -> None:
+def test_a_single_anon_vma_retry_is_counted_not_flagged() -> None:
+    """One retry after a UFFDIO_MOVE is the v6.8 recheck doing its job."""
     move = ev(Kind.RESOLVE, 0, HANDLER, op=Op.MOVE, len=4096, aux=4096)
-    out, _ = correlate([move, anon_lock(1, retries=2)], "kprobe")
-    assert out.raised() == ["anon_vma_retry"]
-    assert any("UFFDIO_MOVE" in e.what for e in out.flags[0].evidence)
-    out, _ = correlate([move, anon_lock(1, retries=0)], "kprobe")
+    out, corr = correlate([move, anon_lock(1, retries=1), anon_lock(30, retries=2)], "kprobe")
     assert not out.flags
+    assert corr.rmap.counts() == {"walks": 2, "retries": 3}
     contended = ev(Kind.ANON_VMA_LOCK, 1, OTHER, ctx=3, ret=-1)  # tracepoint mode: retries unknown
-    out, _ = correlate([contended], "tracepoint")
+    out, corr = correlate([contended], "tracepoint")
+    assert not out.flags and corr.rmap.counts() == {"walks": 1, "retries": 0}
+
+
+def test_anon_vma_retry_loop_flagged_once_with_its_moves() -> None:
+    """More than --retry-threshold retries for one folio, over walks within
+    the move window of each other: one flag, every walk and the move named."""
+    move = ev(Kind.RESOLVE, 0, HANDLER, op=Op.MOVE, len=4096, aux=4096)
+    walks = [anon_lock(1, retries=2), anon_lock(3, retries=1), anon_lock(5, retries=1), anon_lock(7, retries=3)]
+    out, _ = correlate([move, *walks], "kprobe")
+    assert out.raised() == ["anon_vma_retry"]
+    [flag] = out.flags
+    assert flag.ts_ns == T0 + 5 * MS  # the walk that crossed the threshold (3)
+    whats = [e.what for e in flag.evidence]
+    assert sum("folio_lock_anon_vma_read" in w for w in whats) == 3 and "4 retries for one folio in 3 walk(s)" in \
+        whats[3], whats
+    assert ("concurrent UFFDIO_MOVE returned", HANDLER) in [(e.what, e.tid) for e in flag.evidence]
+    out, _ = correlate([move, *walks], "kprobe", retry_threshold=10)
+    assert not out.flags
+    apart = [anon_lock(i * 20, retries=2) for i in range(5)]  # farther apart than the window: no loop
+    out, _ = correlate(apart, "kprobe")
     assert not out.flags
 
 
 def test_anon_vma_retry_names_a_move_that_returned_after_it() -> None:
     """A UFFDIO_MOVE of many pages changes the folio's anon_vma early and
-    returns later: the retry is judged once the move window has passed, so
-    that move is in its evidence, and the flag keeps the retry's own time."""
+    returns later: the walks are judged once the move window has passed, so
+    that move is in the loop's evidence, and the flag keeps the walk's own time."""
     late_move = ev(Kind.RESOLVE, 4, HANDLER, op=Op.MOVE, len=64 * 4096, aux=64 * 4096)
-    out, _ = correlate([anon_lock(1, retries=1), late_move], "kprobe", ticks=[2, 5, 20])
+    out, _ = correlate([anon_lock(1, retries=4), late_move], "kprobe", ticks=[2, 5, 20])
     assert out.raised() == ["anon_vma_retry"]
     assert out.flags[0].ts_ns == T0 + 1 * MS
-    assert [(e.what, e.tid) for e in out.flags[0].evidence[1:]] == [("concurrent UFFDIO_MOVE returned", HANDLER)]
+    assert [(e.what, e.tid) for e in out.flags[0].evidence[2:]] == [("concurrent UFFDIO_MOVE returned", HANDLER)]
 
 
 def test_fault_blocked_before_tracing_began() -> None:

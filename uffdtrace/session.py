@@ -72,5 +72,7 @@ def run(src: Source, sink: Sink, th: Thresholds, *, raw_events: bool) -> dict[st
                "events": sum(by_kind.values()), "by_kind": by_kind, "lost": totals.lost,
                "lost_causes": totals.lost_causes, "filtered_resolves": totals.filtered,
                "command_status": totals.command_status, "pids_exited": totals.pids_exited}
+    if corr.rmap.walks:  # kprobe mode's anon_vma locks: retries counted, flagged only when they loop
+        summary["anon_vma"] = corr.rmap.counts()
     sink.summary(summary)
     return summary

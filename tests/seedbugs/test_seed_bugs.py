@@ -58,7 +58,7 @@ def scenario(seeded: tuple[Path, list[dict[str, Any]]], r: dict[str, Any]) -> Sc
                           int((d / f"{name}.rc").read_text()), (d / f"{name}.err").read_text())
 
 
-@pytest.mark.parametrize("name", ["postcopy_kprobe", "postcopy_tracepoint", "aio"])
+@pytest.mark.parametrize("name", ["postcopy_kprobe", "postcopy_tracepoint", "aio", "move_idle"])
 def test_stock_flags_nothing(seeded: tuple[Path, list[dict[str, Any]]], name: str) -> None:
     """The kernel as shipped, the same loads: a flag here would be a false accusation."""
     for r in runs(seeded, "stock", name):
@@ -68,20 +68,21 @@ def test_stock_flags_nothing(seeded: tuple[Path, list[dict[str, Any]]], name: st
         assert r["rc"] == 0
 
 
-def test_stock_anon_vma_retries_are_real_and_rare(seeded: tuple[Path, list[dict[str, Any]]]) -> None:
+def test_anon_vma_retries_counted_and_several_times_stocks_on_windows(
+        seeded: tuple[Path, list[dict[str, Any]]]) -> None:
     """UFFDIO_MOVE against a lockless rmap walk races on the stock kernel too:
     folio_lock_anon_vma_read's recheck catches the changed anon_vma and
-    walks again, which is the fix working, and a retry anon_vma_retry reports
-    as it happened (its trylocks counted). The widened window makes them
-    far more frequent: a flag here that outnumbered the window's would be
-    counting something else."""
-    for r in runs(seeded, "stock", "move_idle"):
-        assert set(r["flags"]) <= {"anon_vma_retry"}, r["flags"]
-        for f in scenario(seeded, r).flags:
-            counted = re.search(r"(\d+) retries", f["evidence"][0]["what"])
-            assert counted and int(counted[1]) >= 1, f["evidence"]
-        widened = runs(seeded, "windows", "move_idle")
-        assert r["flags"].get("anon_vma_retry", 0) * 2 < min(w["flags"]["anon_vma_retry"] for w in widened)
+    walks again. That is the fix working: counted (every retry, from the
+    trylocks), not flagged. The widened window makes them several times
+    more frequent per walk."""
+    def rate(r: dict[str, Any]) -> float:
+        rmap = r["summary"]["anon_vma"]
+        return float(rmap["retries"]) / rmap["walks"]
+
+    stock, widened = runs(seeded, "stock", "move_idle"), runs(seeded, "windows", "move_idle")
+    assert all(r["summary"]["anon_vma"]["walks"] > 0 for r in stock + widened)
+    assert min(rate(w) for w in widened) > 3 * max(rate(r) for r in stock), [(r["variant"], r["summary"]["anon_vma"])
+                                                                            for r in stock + widened]
 
 
 def hung_and_flagged(r: dict[str, Any]) -> None:
@@ -129,17 +130,17 @@ def test_refile_evidence_names_the_read(seeded: tuple[Path, list[dict[str, Any]]
             missed
 
 
-def test_windows_anon_vma_retry_with_its_move(seeded: tuple[Path, list[dict[str, Any]]]) -> None:
+def test_windows_anon_vma_retry_only_for_a_loop_with_its_move(seeded: tuple[Path, list[dict[str, Any]]]) -> None:
     """UFFDIO_MOVE changed the folio's anon_vma under page_idle's rmap walk:
-    anon_vma_retry, naming a move by the workload's mover thread."""
+    anon_vma_retry only where one folio's walks retried past
+    --retry-threshold, naming a move by the workload's mover thread."""
     for r in runs(seeded, "windows", "move_idle"):
-        assert set(r["flags"]) == {"anon_vma_retry"}, r["flags"]
+        assert set(r["flags"]) <= {"anon_vma_retry"}, r["flags"]
         s = scenario(seeded, r)
-        mover = s.workload["mover_tid"]
         for f in s.flags:
-            assert "retries" in f["evidence"][0]["what"]
-        assert any(e["what"] == "concurrent UFFDIO_MOVE returned" and e["tid"] == mover
-                   for f in s.flags for e in f["evidence"])
+            assert re.search(r"(\d+) retries for one folio", " ".join(e["what"] for e in f["evidence"])), f
+            assert any(e["what"] == "concurrent UFFDIO_MOVE returned" and e["tid"] == s.workload["mover_tid"]
+                       for e in f["evidence"]), f
 
 
 def test_windows_aio_poll_slow_wake_not_stuck(seeded: tuple[Path, list[dict[str, Any]]]) -> None:

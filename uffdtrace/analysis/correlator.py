@@ -85,7 +85,7 @@ class Correlator:
         self.flags = Flags(sink)
         self.folded = FoldedFaults(self, folded, on_take_over)
         self.aio = AioPolls(self.flags.report)
-        self.rmap = RmapWalks(self.flags.report)
+        self.rmap = RmapWalks(self.flags.report, self.th)
         self.handlers = Handlers()
         self.events = EventWaits(sink, self.flags, tasks, on_read=self._event_read)
         # Fed, not yet handled: sorted by time in advance() (a stable sort of

@@ -1,22 +1,34 @@
 """Rmap walks that lock an anon_vma (folio_lock_anon_vma_read), judged once
-the UFFDIO_MOVEs around them have returned: a walk that retried names the
-moves that changed the anon_vma under it (the recheck of 880a99b60d46, v6.8)."""
+the UFFDIO_MOVEs around them have returned. A retry is the recheck of
+880a99b60d46 (v6.8) doing its job: a UFFDIO_MOVE changed the folio's
+anon_vma between the read of folio->mapping and the lock. Retries are
+counted (summary, report, metrics, --events); ``anon_vma_retry`` is raised
+only for a loop: more than --retry-threshold retries for one folio within
+MOVE_WINDOW_NS of each other, naming the moves around them."""
 
 from __future__ import annotations
 
 import collections
 from collections.abc import Callable
+from typing import Any
 
 from ..events import Event
 from .model import Flag
-from .rules import MOVE_WINDOW_NS, anon_vma_retry
+from .rules import MOVE_WINDOW_NS, Thresholds, anon_vma_retry
+
+MAX_FOLIOS = 4096  # folios retried within the window, remembered at once
 
 
 class RmapWalks:
-    def __init__(self, report: Callable[[Flag], None]) -> None:
+    def __init__(self, report: Callable[[Flag], None], th: Thresholds) -> None:
         self.report = report
+        self.th = th
+        self.walks = 0  # folio_lock_anon_vma_read calls seen
+        self.retries = 0  # their rechecks that failed (kprobe mode counts them)
         self.recent_moves: collections.deque[tuple[int, int]] = collections.deque(maxlen=64)  # (time, tid)
         self._unjudged: collections.deque[Event] = collections.deque()
+        # folio -> (its last retrying walk, the walks retrying it in this window): a loop spans walks.
+        self._retrying: dict[int, tuple[int, list[Event]]] = {}
 
     def moved(self, ev: Event) -> None:
         """A UFFDIO_MOVE returned."""
@@ -25,13 +37,29 @@ class RmapWalks:
     def locked(self, ev: Event) -> None:
         # Judged once MOVE_WINDOW_NS has passed: the UFFDIO_MOVE that changed
         # the anon_vma under the walk often returns after it.
+        self.walks += 1
+        if ev.ret >= 0:
+            self.retries += ev.aux
         self._unjudged.append(ev)
 
     def judge(self, now: int | None) -> None:
         """The walks whose window has passed (all of them when ``now`` is None)."""
         while self._unjudged and (now is None or self._unjudged[0].ts_ns + MOVE_WINDOW_NS <= now):
             ev = self._unjudged.popleft()
-            evidence = anon_vma_retry(ev, self.recent_moves)
-            if evidence:
+            if ev.ret < 0 or ev.aux < 1:
+                continue  # no retry (tracepoint mode cannot count them)
+            last, walks = self._retrying.pop(ev.ctx, (0, []))
+            if ev.ts_ns - last > MOVE_WINDOW_NS:
+                walks = []
+            walks.append(ev)
+            if len(self._retrying) >= MAX_FOLIOS:
+                self._retrying.pop(next(iter(self._retrying)))
+            self._retrying[ev.ctx] = (ev.ts_ns, walks)
+            retries = sum(w.aux for w in walks)
+            if retries - ev.aux <= self.th.retry_threshold < retries:  # crossed now: once per loop
                 self.report(Flag(name="anon_vma_retry", ts_ns=ev.ts_ns, tgid=ev.tgid, tid=ev.tid, comm=ev.comm,
-                                 uffd=0, addr=None, blocked_ns=None, state="returned", evidence=evidence))
+                                 uffd=0, addr=None, blocked_ns=None, state="returned",
+                                 evidence=anon_vma_retry(walks, self.recent_moves)))
+
+    def counts(self) -> dict[str, Any]:
+        return {"walks": self.walks, "retries": self.retries}

@@ -196,16 +196,18 @@ def released_with_waiters(lc: Lifecycle, waker: int) -> Evidence | None:
     return Evidence(f"the uffd was closed by tid {lc.closer} while the thread waited")
 
 
-def anon_vma_retry(ev: Event, recent_moves: Iterable[tuple[int, int]]) -> list[Evidence]:
-    """folio_lock_anon_vma_read looped (kprobe mode counts its trylocks);
-    UFFDIO_MOVEs (time, tid) that returned around it are named."""
-    if ev.ret < 0 or ev.aux < 1:
-        return []  # tracepoint mode cannot count retries; no retry here
-    start = ev.ts_ns - ev.len
-    return [Evidence(f"folio_lock_anon_vma_read: {ev.flags} trylocks, {ev.aux} retries over "
-                     f"{ev.len / 1000:.1f} us, {'locked' if ev.ret else 'returned NULL'}", ev.ts_ns, ev.tid),
+def anon_vma_retry(walks: list[Event], recent_moves: Iterable[tuple[int, int]]) -> list[Evidence]:
+    """folio_lock_anon_vma_read retried one folio more than --retry-threshold
+    times (kprobe mode counts the trylocks of each walk); UFFDIO_MOVEs
+    (time, tid) that returned around the walks are named."""
+    start, end = walks[0].ts_ns - walks[0].len, walks[-1].ts_ns
+    retries = sum(w.aux for w in walks)
+    return [*(Evidence(f"folio_lock_anon_vma_read: {w.flags} trylocks, {w.aux} retries over {w.len / 1000:.1f} us, "
+                       f"{'locked' if w.ret else 'returned NULL'}", w.ts_ns, w.tid) for w in walks),
+            Evidence(f"{retries} retries for one folio in {len(walks)} walk(s) within "
+                     f"{(end - start) / 1000:.1f} us: the anon_vma kept changing under the walk", end, walks[-1].tid),
             *(Evidence("concurrent UFFDIO_MOVE returned", ts, tid) for ts, tid in recent_moves
-              if start - MOVE_WINDOW_NS <= ts <= ev.ts_ns + MOVE_WINDOW_NS)]
+              if start - MOVE_WINDOW_NS <= ts <= end + MOVE_WINDOW_NS)]
 
 
 def aio_poll_stuck(req: AioPoll, now: int, th: Thresholds) -> Evidence | None:

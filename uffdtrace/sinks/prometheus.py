@@ -15,7 +15,7 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
 
 from ..analysis.model import EventLifecycle, Flag, Lifecycle
-from ..events import Event
+from ..events import Event, Kind
 from . import Ignoring
 from .report import result_name, total_ns
 
@@ -44,6 +44,8 @@ class Metrics(Ignoring):
         self.flags = counter("flags", "Flags raised", ("comm", "flag"))
         self.uffd_events = counter("uffd_events", "Non-cooperative events whose caller resumed (or was given up)",
                                    ("comm", "event"))
+        self.anon_vma_retries = counter("anon_vma_retries", "folio_lock_anon_vma_read rechecks that failed (a "
+                                        "UFFDIO_MOVE changed the folio's anon_vma under an rmap walk)", ("comm",))
         self.lost_records = counter("lost_records", "Records the kernel could not deliver")
         self.events = counter("events", "Records received, by kind", ("kind",))
         self.in_flight = gauge("faults_in_flight", "Faults whose thread waits now", ("comm",))
@@ -69,6 +71,8 @@ class Metrics(Ignoring):
 
     def event(self, ev: Event) -> None:
         self.events.labels(ev.kind.name.lower()).inc()
+        if ev.kind is Kind.ANON_VMA_LOCK and ev.ret >= 0 and ev.aux:
+            self.anon_vma_retries.labels(ev.comm).inc(ev.aux)
         if ev.ctx:
             self._seen[(ev.tgid, ev.ctx)] = ev.ts_ns
 

@@ -185,6 +185,10 @@ class Report(Ignoring):
                   + (f" ({summ['quiet_lifecycles']} clean ones only counted in the kernel: --flagged)"
                      if summ["quiet_lifecycles"] else "")
                   + f"; messages read {summ['messages_read']}, matching no fault {summ['unmatched_reads']}\n")
+        if "anon_vma" in summ:
+            rmap = summ["anon_vma"]
+            out.write(f"Rmap walks locking an anon_vma: {rmap['walks']}, retried {rmap['retries']} times (the v6.8 "
+                      f"recheck after a UFFDIO_MOVE; flagged only past --retry-threshold for one folio)\n")
 
         out.write("\nPer process and uffd\n")
         rows = [[r["pid"], printable(r["comm"]), r["uffd"] or "?", r["faults"], r["reads"], r["extra_rounds"],

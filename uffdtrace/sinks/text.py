@@ -148,6 +148,8 @@ class Text:
                 f"{summary['lost']} lost{lost_causes(summary.get('lost_causes') or {})}")
         if summary["evicted"]:
             line += f", {summary['evicted']} open lifecycles evicted (table full)"
+        if "anon_vma" in summary:
+            line += f", {summary['anon_vma']['retries']} anon_vma retries in {summary['anon_vma']['walks']} rmap walks"
         if summary.get("command_status") is not None:
             line += f", command exited with status {summary['command_status']}"
         self.out.write(f"{line}\n# by kind: {kinds}\n")
