@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from uffdtrace.analysis.model import EventLifecycle
 from uffdtrace.capture.reader import Reader, replay
+from uffdtrace.events import UFFD_EVENT_REMOVE
 from uffdtrace.sinks.prometheus import Metrics
 
 from .conftest import require
@@ -99,3 +101,15 @@ def test_non_cooperative_events_are_counted() -> None:
     assert value(text, "uffdtrace_event_unread_seconds_count") == 1
     assert value(text, "uffdtrace_event_unread_seconds_sum") == pytest.approx(event["unread_ms"] / 1000, rel=1e-3)
     assert value(text, f'uffdtrace_flags_total{{comm="{event["comm"]}",flag="eagain_unretried"}}') == 1
+
+
+def test_event_callers_waiting_now() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    ew = EventLifecycle(tgid=42, tid=43, comm="balloon", event=UFFD_EVENT_REMOVE, start=0x7000, length=0x3000,
+                        t_raised=0)
+    metrics.tick(10**9, [], [ew, ew])
+    text = generate_latest(registry).decode()
+    assert value(text, 'uffdtrace_event_callers_waiting{comm="balloon"}') == 2
+    metrics.tick(2 * 10**9, [], [])
+    assert 'uffdtrace_event_callers_waiting{' not in generate_latest(registry).decode()

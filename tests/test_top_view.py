@@ -7,7 +7,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from uffdtrace.analysis.model import EventLifecycle
 from uffdtrace.capture.reader import Reader, replay
+from uffdtrace.events import UFFD_EVENT_REMOVE
 from uffdtrace.sinks.top import SORTS, Top
 
 CAPTURE = Path(__file__).parent / "captures" / "demo-tracepoint-6.18.cap"
@@ -54,3 +56,17 @@ def test_keys_sort_filter_pause_and_quit() -> None:
     assert "/ pid (1)" in "\n".join(screen(view, 80, 24))
     assert view.key("p") and view.paused
     assert not view.key("q")
+
+
+def test_an_event_caller_waiting_is_stuck_now() -> None:
+    """A balloon's madvise waiting for its REMOVE to be read is shown beside
+    the stuck faults, oldest first."""
+    view = fed()
+    ew = EventLifecycle(tgid=42, tid=43, comm="balloon", event=UFFD_EVENT_REMOVE, start=0x7000, length=0x3000,
+                        t_raised=view.now - 5 * 10**9)
+    view.tick(view.now, [], [ew])
+    stuck = [line for line in screen(view, 80, 24) if "42/43" in line]
+    assert stuck == ["  balloon 42/43 0x7000 5000ms waiting for its remove event to be read"], stuck
+    ew.t_read = view.now
+    view.tick(view.now, [], [ew])
+    assert any("waiting for its remove call to return" in line for line in screen(view, 80, 24))

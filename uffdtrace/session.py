@@ -47,7 +47,7 @@ def run(src: Source, sink: Sink, th: Thresholds, *, raw_events: bool) -> dict[st
                     sink.event(ev)
             corr.feed(batch)
             corr.advance(horizon)
-            sink.tick(horizon, corr.waiting())
+            sink.tick(horizon, corr.waiting(), corr.waiting_events())
             sink.flush()
             # After the batch: a loss counted now may have happened during the
             # faults it opened, and their flags will say so (never the reverse).

@@ -132,6 +132,10 @@ class Correlator:
         watchdog takes it over)."""
         return [lc for lc in self.open.values() if lc.waiting]
 
+    def waiting_events(self) -> list[EventLifecycle]:
+        """The non-cooperative events whose callers wait for their read or return."""
+        return self.events.waiting_now()
+
     def finish(self, now: int) -> None:
         """End of the trace: everything is handled; lifecycles still open are
         reported as they stand (state ``blocked`` when the thread still waits)."""

@@ -108,6 +108,9 @@ class EventWaits:
                              state=ew.state, evidence=list(ew.history), update=True))
         self.sink.uffd_event(ew)
 
+    def waiting_now(self) -> list[EventLifecycle]:
+        return [w for w in self.waiting.values() if w.t_done is None]
+
     def unread(self, tgid: int) -> list[EventLifecycle]:
         """Events of process ``tgid`` queued and not read yet: the EAGAIN's cause."""
         return [w for w in self.waiting.values() if w.tgid == tgid and w.t_read is None and w.t_done is None]

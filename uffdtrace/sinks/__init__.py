@@ -5,6 +5,7 @@ them, filters and fan-out wrap others."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol, TextIO
 
 from ..analysis.model import EventLifecycle, Flag, Lifecycle
@@ -34,8 +35,9 @@ class Sink(Protocol):
         """End of a batch: what was written should reach its reader now."""
         ...
 
-    def tick(self, now: int, waiting: list[Lifecycle]) -> None:
-        """After each batch: the trace clock, and the faults whose threads wait (dashboards)."""
+    def tick(self, now: int, waiting: list[Lifecycle], events: Sequence[EventLifecycle] = ()) -> None:
+        """After each batch: the trace clock, the faults whose threads wait, and the
+        non-cooperative events whose callers wait (dashboards)."""
         ...
 
 
@@ -66,7 +68,7 @@ class Ignoring:
     def flush(self) -> None:
         pass
 
-    def tick(self, now: int, waiting: list[Lifecycle]) -> None:
+    def tick(self, now: int, waiting: list[Lifecycle], events: Sequence[EventLifecycle] = ()) -> None:
         pass
 
 
@@ -108,9 +110,9 @@ class Tee:
         for s in self.sinks:
             s.flush()
 
-    def tick(self, now: int, waiting: list[Lifecycle]) -> None:
+    def tick(self, now: int, waiting: list[Lifecycle], events: Sequence[EventLifecycle] = ()) -> None:
         for s in self.sinks:
-            s.tick(now, waiting)
+            s.tick(now, waiting, events)
 
 
 class Filter:
@@ -135,8 +137,8 @@ class Filter:
     def flush(self) -> None:
         self.inner.flush()
 
-    def tick(self, now: int, waiting: list[Lifecycle]) -> None:
-        self.inner.tick(now, waiting)
+    def tick(self, now: int, waiting: list[Lifecycle], events: Sequence[EventLifecycle] = ()) -> None:
+        self.inner.tick(now, waiting, events)
 
     def event(self, ev: Event) -> None:
         if not self.tids or ev.tid in self.tids or ev.peer_tid in self.tids:

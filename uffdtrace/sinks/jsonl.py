@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 import orjson
@@ -46,5 +47,5 @@ class JsonLines:
     def flush(self) -> None:
         self.out.flush()
 
-    def tick(self, now: int, waiting: list[Lifecycle]) -> None:
+    def tick(self, now: int, waiting: list[Lifecycle], events: Sequence[EventLifecycle] = ()) -> None:
         pass  # printed output has no running state

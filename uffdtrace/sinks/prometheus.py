@@ -9,6 +9,7 @@ forgotten after UFFD_IDLE_S without a sign of them."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 import orjson
@@ -50,6 +51,8 @@ class Metrics(Ignoring):
         self.events = counter("events", "Records received, by kind", ("kind",))
         self.in_flight = gauge("faults_in_flight", "Faults whose thread waits now", ("comm",))
         self.oldest = gauge("oldest_blocked_seconds", "How long the longest-waiting thread has waited")
+        self.event_waits = gauge("event_callers_waiting", "Callers of madvise/munmap/mremap/fork waiting on their "
+                                 "non-cooperative event now", ("comm",))
         self.uffds = gauge("uffds_traced", "Userfaultfd contexts seen recently")
         self.processes = gauge("processes_traced", "Processes with a userfaultfd seen recently")
         self.phase = Histogram("uffdtrace_phase_seconds", "Fault latency per phase (pickup: raised to read; "
@@ -110,7 +113,7 @@ class Metrics(Ignoring):
             self.lost_records.inc(count - self._lost_seen)
             self._lost_seen = count
 
-    def tick(self, now: int, waiting: list[Lifecycle]) -> None:
+    def tick(self, now: int, waiting: list[Lifecycle], events: Sequence[EventLifecycle] = ()) -> None:
         per_comm: dict[str, int] = {}
         for lc in waiting:
             per_comm[lc.comm] = per_comm.get(lc.comm, 0) + 1
@@ -120,6 +123,9 @@ class Metrics(Ignoring):
         for comm, n in per_comm.items():
             self.in_flight.labels(comm).set(n)
         self.oldest.set(max(((now - lc.waiting_since) / NS for lc in waiting), default=0.0))
+        self.event_waits.clear()
+        for comm in {ew.comm for ew in events}:
+            self.event_waits.labels(comm).set(sum(ew.comm == comm for ew in events))
         for key in [k for k, ts in self._seen.items() if now - ts > UFFD_IDLE_S * NS]:
             del self._seen[key]
         self.uffds.set(len(self._seen))

@@ -4,6 +4,7 @@ processes are escaped (escape.printable)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 from ..analysis.model import EventLifecycle, Flag, Lifecycle
@@ -158,5 +159,5 @@ class Text:
     def flush(self) -> None:
         self.out.flush()
 
-    def tick(self, now: int, waiting: list[Lifecycle]) -> None:
+    def tick(self, now: int, waiting: list[Lifecycle], events: Sequence[EventLifecycle] = ()) -> None:
         pass  # printed output has no running state

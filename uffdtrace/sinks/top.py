@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +15,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ..analysis.model import Flag, Lifecycle
+from ..analysis.model import EventLifecycle, Flag, Lifecycle
 from ..escape import printable
 from ..events import Event
 from . import Ignoring
@@ -76,7 +76,8 @@ class Top(Ignoring):
         self.info: dict[str, Any] = {}
         self.rows: dict[tuple[int, str, int], Row] = {}
         self.now = 0
-        self.stuck: list[tuple[str, int, int, int | None, int, str]] = []  # comm, tgid, tid, page, age, missing
+        # Faults and event callers waiting: comm, tgid, tid, page (or the event's start), age, missing step.
+        self.stuck: list[tuple[str, int, int, int | None, int, str]] = []
         self.recent_flags: collections.deque[Flag] = collections.deque(maxlen=4)
         self.events: collections.deque[tuple[int, int]] = collections.deque()  # (time, records) per batch
         self._batch_events = 0
@@ -121,7 +122,7 @@ class Top(Ignoring):
     def lost(self, count: int) -> None:
         self.lost_records = count
 
-    def tick(self, now: int, waiting: list[Lifecycle]) -> None:
+    def tick(self, now: int, waiting: list[Lifecycle], events: Sequence[EventLifecycle] = ()) -> None:
         self.now = now
         self.events.append((now, self._batch_events))
         self._batch_events = 0
@@ -136,8 +137,11 @@ class Top(Ignoring):
             row.in_flight += 1
             since = lc.waiting_since
             row.oldest_since = since if row.oldest_since is None else min(row.oldest_since, since)
-        self.stuck = sorted(((lc.comm, lc.tgid, lc.tid, lc.page, now - lc.waiting_since, missing_step(lc))
-                             for lc in waiting), key=lambda s: -s[4])
+        self.stuck = sorted([*((lc.comm, lc.tgid, lc.tid, lc.page, now - lc.waiting_since, missing_step(lc))
+                               for lc in waiting),
+                             *((ew.comm, ew.tgid, ew.tid, ew.start, now - ew.t_raised,
+                                f"its {ew.name} " + ("event to be read" if ew.t_read is None else "call to return"))
+                               for ew in events)], key=lambda s: -s[4])
         clock = time.monotonic()
         if not self.paused and clock - self._drawn >= self.every_s:
             self._drawn = clock
