@@ -75,6 +75,26 @@ int kr_handle_userfault(struct pt_regs *ctx)
 	return 0;
 }
 
+/* ---- which inode each uffd is ----------------------------------------- */
+
+/* The uffd's inode (what /proc/PID/fd shows) by its context, learned where
+ * a file is at hand (read, ioctl, close): user space finds the processes
+ * holding a uffd by it (uffd_holders). LRU: a uffd long unused is dropped. */
+BPF_TABLE("lru_hash", u64, u64, uffd_inode, 16384);
+
+static __always_inline void learn_inode(u64 uffd, u64 file)
+{
+#if defined(OFF_FILE_F_INODE) && defined(OFF_INODE_INO)
+	u64 ino;
+
+	if (uffd_inode.lookup(&uffd))
+		return;
+	ino = read_u64(read_u64(file + OFF_FILE_F_INODE) + OFF_INODE_INO);
+	if (ino)
+		uffd_inode.update(&uffd, &ino);
+#endif
+}
+
 /* ---- message read ---------------------------------------------------- */
 
 static __always_inline void read_enter(u64 file, u64 buf)
@@ -87,6 +107,7 @@ static __always_inline void read_enter(u64 file, u64 buf)
 	re.entered = bpf_ktime_get_ns();
 	if (!followed(current_tgid()) && !ctx_followed(re.uffd))
 		return;
+	learn_inode(re.uffd, file);
 	reading.update(&tid, &re);
 }
 
@@ -182,6 +203,7 @@ int kp_userfaultfd_ioctl(struct pt_regs *ctx)
 	ie.uffd = read_u64(PT_REGS_PARM1(ctx) + OFF_FILE_PRIVATE_DATA);
 	if (!followed(current_tgid()) && !ctx_followed(ie.uffd))
 		return 0;
+	learn_inode(ie.uffd, PT_REGS_PARM1(ctx));
 	ie.cmd = PT_REGS_PARM2(ctx);
 	ie.arg = PT_REGS_PARM3(ctx);
 	bpf_probe_read_user(ie.in, sizeof(ie.in), (void *)ie.arg);
@@ -519,6 +541,7 @@ int kp_userfaultfd_release(struct pt_regs *ctx)
 	if (!followed(e.tgid) && !ctx_followed(e.ctx))
 		return 0;
 	follow_ctx.delete(&e.ctx);
+	uffd_inode.delete(&e.ctx);   /* released: the context may be reused */
 	emit(ctx, &e);
 	return 0;
 }

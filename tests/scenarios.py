@@ -437,6 +437,25 @@ def check_handler_process_killed(s: Scenario) -> None:
     assert s.summary["lost"] == 0
 
 
+HANDLER_DEAD = ("dead", "1500")  # handler_process: how long the fault waits with nobody to read it (ms)
+
+
+def check_handler_process_dead(s: Scenario) -> None:
+    """The handler process died before reading; the only holder left is the
+    faulting process, whose one thread waits: no_reader, naming the holder
+    and saying the uffd is open (a hang, not a release), never unread."""
+    w = s.workload
+    assert s.rc == 0 and w["handler_reads"] == 0, (s.rc, w, s.stderr)
+    assert s.flag_names() == {"no_reader"}, s.flags
+    [flag] = s.flags
+    what = flag["evidence"][-1]["what"]
+    assert flag["tid"] == w["tids"][0] and "no thread is left that could read" in what and "still queued" in what, what
+    assert f"the uffd is still open, held by pid {w['tids'][0]} " in what and "(1 thread, 1 asleep" in what, what
+    [lc] = s.lifecycles
+    assert lc["reads"] == 0 and lc["resolver_tid"] == w["rescuer_pid"] and lc["flags"] == ["no_reader"], lc
+    assert s.summary["lost"] == 0
+
+
 BALLOON_STALL_MS = "1500"  # longer than --stuck-ms (1000)
 
 

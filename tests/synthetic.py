@@ -15,7 +15,7 @@ from uffdtrace.analysis.correlator import Correlator
 from uffdtrace.analysis.model import EventLifecycle, Flag, Lifecycle
 from uffdtrace.analysis.rules import Thresholds
 from uffdtrace.events import CLOSE_KEPT, Event, Kind, Op
-from uffdtrace.source import TaskState
+from uffdtrace.source import Holder, TaskState
 
 MS = 1_000_000
 T0 = 1_000 * MS
@@ -90,18 +90,20 @@ class Out:
 def correlate(events: list[Event], mode: str, ticks: list[float] = (), end: float | None = None,
               tasks: dict[int, TaskState] | None = None, faults: dict[int, int] | None = None,
               lost: dict[float, int] | None = None, folded: list[Event] | None = None,
-              **th: Any) -> tuple[Out, Correlator]:
+              holders: dict[int, list[Holder]] | None = None, **th: Any) -> tuple[Out, Correlator]:
     """Feed the events (in the given delivery order), tick at ``ticks`` (ms),
     and finish at ``end`` (ms, default: 1 s after the last event). ``tasks``
     and ``faults`` stand for the kernel's view of each thread (wchan, and
-    the page of its in-kernel fault state); ``lost`` the source's count of
+    the page of its in-kernel fault state), ``holders`` for the processes
+    holding each uffd; ``lost`` the source's count of
     lost records as of a tick; ``folded`` the faults the kernel is folding
     (tracepoint mode), a list the caller may change between runs."""
     out = Out()
     corr = Correlator(out, Thresholds(**th), sees_returns=mode == "kprobe",
                       tasks=(lambda _p, t: tasks.get(t)) if tasks is not None else None,
                       faults=faults.get if faults is not None else None,
-                      folded=(lambda _handed: list(folded)) if folded is not None else None)
+                      folded=(lambda _handed: list(folded)) if folded is not None else None,
+                      holders=holders.get if holders is not None else None)
     corr.feed(list(events))
     for at in ticks:
         corr.advance(T0 + int(at * MS))

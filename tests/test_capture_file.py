@@ -26,9 +26,9 @@ from uffdtrace.capture.writer import Recording
 from uffdtrace.errors import UffdtraceError
 from uffdtrace.events import RECORD_SIZE, Event, Kind
 from uffdtrace.sinks import printer
-from uffdtrace.source import BlockedThread, RunInfo, Source, TaskState, Totals
+from uffdtrace.source import BlockedThread, Holder, RunInfo, Source, TaskState, Totals
 
-from .synthetic import FAULTER, PAGE, T0, clean, dontwake_stall, folded
+from .synthetic import FAULTER, PAGE, PID, T0, clean, dontwake_stall, folded
 from .trace_events import check_trace_events
 
 CAPTURES = Path(__file__).parent / "captures"
@@ -114,6 +114,10 @@ class Scripted:
         self.asked.append(("page", tid))
         return PAGE if len(self.asked) % 2 else None
 
+    def uffd_holders(self, uffd: int) -> list[Holder] | None:
+        self.asked.append(("holders", uffd))
+        return [Holder(PID, "wl\x1bx", 2, len(self.asked) % 3)] if len(self.asked) % 2 else None
+
     def folded_faults(self, include_handed: bool) -> list[Event]:
         return []
 
@@ -141,6 +145,7 @@ def test_a_recording_replays_every_answer(tmp_path: Path) -> None:
     live_src = Scripted(scripted_batches())
     live = run(Recording(live_src, str(tmp_path / "c.cap"), th), th)
     assert ("task", FAULTER) in live_src.asked and any(q == "page" for q, _ in live_src.asked)
+    assert any(q == "holders" for q, _ in live_src.asked) and "held by pid" in live
     assert (tmp_path / "c.cap").stat().st_mode & 0o777 == 0o600
     reader = Reader(str(tmp_path / "c.cap"))
     out = io.StringIO()

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 
 from uffdtrace.events import UFFD_EVENT_REMOVE, Event, Kind, Op
-from uffdtrace.source import TaskState
+from uffdtrace.source import Holder, TaskState
 
 from .synthetic import (
     COPIER,
+    CTX,
     EEXIST,
     FAULTER,
     HANDLER,
@@ -22,6 +23,7 @@ from .synthetic import (
     MS,
     OTHER,
     PAGE,
+    PID,
     T0,
     block,
     clean,
@@ -287,6 +289,28 @@ def test_no_reader_for_a_message_still_queued_after_its_handlers_died() -> None:
                        tasks={FAULTER: "uffd", OTHER: "gone", OTHER + 1: "other"})
     assert out.raised() == ["no_reader"]
     assert "still queued" in next(f for f in out.flags if not f.update).evidence[-1].what
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_no_reader_when_no_holder_has_a_thread_that_could_read(mode: str) -> None:
+    """Nobody ever read the message, and the only process holding the uffd
+    is the faulting one, whose only thread waits (its handler process died
+    before reading): no_reader, naming the holder. With a thread of a holder
+    free to read, it is unread (the holders named); unknown holders change
+    nothing."""
+    waits = [fault(0)] + ([block(0.01)] if mode == "tracepoint" else [])
+    ticks, tasks = [500, 1200, 2500], {FAULTER: "uffd"}
+    out, _ = correlate(waits, mode, ticks=ticks, end=2500, tasks=tasks, holders={CTX: [Holder(PID, "wl", 1, 1)]})
+    assert out.raised() == ["no_reader"]
+    what = next(f for f in out.flags if not f.update).evidence[-1].what
+    assert "no thread is left that could read uffd" in what and "still queued" in what, what
+    assert f"held by pid {PID} wl (1 thread, 1 asleep in a userfaultfd wait)" in what, what
+    out, _ = correlate(waits, mode, ticks=ticks, end=2500, tasks=tasks, holders={CTX: [Holder(PID, "wl", 2, 1)]})
+    assert out.raised() == ["unread", "never_woken"]
+    raised = [f for f in out.flags if not f.update]
+    assert all(f"held by pid {PID} wl (2 threads, 1 asleep" in f.evidence[-1].what for f in raised), raised
+    out, _ = correlate(waits, mode, ticks=ticks, end=2500, tasks=tasks, holders={})
+    assert out.raised() == ["unread", "never_woken"] and not any("held by" in f.evidence[-1].what for f in out.flags)
 
 
 def _event(kind: Kind, at: float, tid: int = OTHER, **kw: Any) -> Event:

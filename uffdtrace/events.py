@@ -298,11 +298,20 @@ class PointerIds:
 
     def __init__(self) -> None:
         self.known: dict[int, int] = {}  # pointer -> id, for lookups without a call
+        self._pointers: dict[int, int] = {}  # id -> pointer
 
     def __call__(self, pointer: int) -> int:
         if pointer == 0:
             return 0
-        return self.known.setdefault(pointer, len(self.known) + 1)
+        found = self.known.get(pointer)
+        if found is None:
+            found = self.known[pointer] = len(self.known) + 1
+            self._pointers[found] = pointer
+        return found
+
+    def pointer(self, uffd: int) -> int | None:
+        """The kernel value behind an id (never printed: for questions to the kernel)."""
+        return self._pointers.get(uffd)
 
 
 def slot_layout(header: int, slot: int) -> struct.Struct:

@@ -37,7 +37,8 @@ def run(src: Source, sink: Sink, th: Thresholds, *, raw_events: bool) -> dict[st
         sink.header(header(src.info, th))
         src.release_command()
         corr = Correlator(sink, th, sees_returns=src.info.sees_returns, tasks=src.thread_state,
-                          faults=src.fault_page, folded=src.folded_faults, on_take_over=src.adopt)
+                          faults=src.fault_page, folded=src.folded_faults, on_take_over=src.adopt,
+                          holders=src.uffd_holders)
         for t in src.blocked_before():
             corr.add_blocked(t)
         for batch, horizon in src.batches():

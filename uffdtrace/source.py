@@ -17,6 +17,24 @@ TaskState = Literal["uffd", "event", "other", "gone"]  # "event": waits for its 
 TaskProbe = Callable[[int, int], TaskState | None]
 
 
+@dataclass(frozen=True)
+class Holder:
+    """A process with a descriptor on a uffd, as /proc shows it now."""
+
+    pid: int
+    comm: str
+    threads: int  # alive
+    waiting: int  # of them, asleep in handle_userfault or an event's wait: none of these can read
+
+    @property
+    def can_read(self) -> bool:
+        return self.threads > self.waiting
+
+
+# Asks the system (live) which processes hold uffd N now; None when it cannot tell.
+HolderProbe = Callable[[int], "list[Holder] | None"]
+
+
 @dataclass
 class BlockedThread:
     """A thread found in /proc waiting in handle_userfault when tracing began."""
@@ -98,6 +116,10 @@ class Source(Protocol):
     def thread_state(self, pid: int, tid: int) -> TaskState | None: ...
 
     def fault_page(self, tid: int) -> int | None: ...
+
+    def uffd_holders(self, uffd: int) -> list[Holder] | None:
+        """The processes holding a descriptor on uffd ``uffd`` (an id) now; None when it cannot be told."""
+        ...
 
     def folded_faults(self, include_handed: bool) -> list[Event]: ...
 

@@ -21,6 +21,7 @@ from ..scenarios import (
     BALLOON_STALL_MS,
     CLEAN_PAGES,
     DONTWAKE_STALL_S,
+    HANDLER_DEAD,
     HANDLER_KILLED,
     HANDLER_SERVE,
     PYTHON_SCENARIOS,
@@ -38,6 +39,7 @@ from ..scenarios import (
     check_demo,
     check_dontwake,
     check_dontwake_lifecycle,
+    check_handler_process_dead,
     check_handler_process_killed,
     check_handler_process_serve,
     check_postcopy_shape,
@@ -98,6 +100,10 @@ def test_a_handler_in_another_process_serves_every_fault(workloads: Path) -> Non
 
 def test_a_handler_process_killed_after_reading_is_no_reader(workloads: Path) -> None:
     check_handler_process_killed(trace("--", str(workloads / "handler_process"), *HANDLER_KILLED, events=False))
+
+
+def test_a_handler_process_dead_before_reading_is_no_reader(workloads: Path) -> None:
+    check_handler_process_dead(trace("--", str(workloads / "handler_process"), *HANDLER_DEAD, events=False))
 
 
 @pytest.mark.parametrize("mode", ["defer", "retry", "unread"])

@@ -24,6 +24,7 @@ from ..scenarios import (
     BALLOON_STALL_MS,
     CLEAN_PAGES,
     DONTWAKE_STALL_S,
+    HANDLER_DEAD,
     HANDLER_KILLED,
     HANDLER_SERVE,
     PYTHON_SCENARIOS,
@@ -41,6 +42,7 @@ from ..scenarios import (
     check_demo,
     check_dontwake,
     check_dontwake_lifecycle,
+    check_handler_process_dead,
     check_handler_process_killed,
     check_handler_process_serve,
     check_postcopy_shape,
@@ -85,6 +87,7 @@ def scenarios(wl: Path, stress: Path, out: Path, version: str) -> list[str]:
         "tp_handler_serve": ("tracepoint", trace("tp_handler_serve",
                                                  f"-j --fail-on-flags -- {wl}/handler_process {serve}")),
         "handler_killed": ("kprobe", trace("handler_killed", f"-j -- {wl}/handler_process {killed}")),
+        "handler_dead": ("kprobe", trace("handler_dead", f"-j -- {wl}/handler_process {' '.join(HANDLER_DEAD)}")),
         # Non-cooperative events (a balloon's REMOVE beside the handler; the kernel's own
         # events tests: fork, remap, remove). Tracepoint mode runs them on the host.
         **{f"balloon_{mode}": ("kprobe", trace(f"balloon_{mode}", f"-j -- {wl}/balloon {mode} {BALLOON_STALL_MS}"))
@@ -277,6 +280,10 @@ def test_a_handler_in_another_process_serves_every_fault(vm: VmRun) -> None:
 
 def test_a_handler_process_killed_after_reading_is_no_reader(vm: VmRun) -> None:
     check_handler_process_killed(vm.scenario("handler_killed"))
+
+
+def test_a_handler_process_dead_before_reading_is_no_reader(vm: VmRun) -> None:
+    check_handler_process_dead(vm.scenario("handler_dead"))
 
 
 @pytest.mark.parametrize("mode", BALLOON_MODES)

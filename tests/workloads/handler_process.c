@@ -11,6 +11,13 @@
  *                                         faulting process keeps its
  *                                         descriptor, and after STALL_MS
  *                                         resolves the page itself
+ *   handler_process dead STALL_MS         the handler dies before reading
+ *                                         anything, and the faulting process
+ *                                         (one thread, which keeps its
+ *                                         descriptor) faults: nobody can read.
+ *                                         After STALL_MS a rescuer, forked
+ *                                         before the uffd existed, takes the
+ *                                         uffd with pidfd_getfd and resolves it
  *
  * One JSON line: the handler's pid and reads, the faulting tids. */
 #include <signal.h>
@@ -111,9 +118,70 @@ static void *fault_one(void *arg)
 	return NULL;
 }
 
+/* The rescuer: holds no descriptor on the uffd until STALL_MS have passed,
+ * then takes the faulting process's (pidfd_getfd, 5.6+) and copies the page. */
+static void rescuer(int go, long stall_ms)
+{
+	char *page = aligned_alloc(page_size(), page_size());
+	unsigned long addr;
+	int fd, pidfd, uffd;
+
+	if (read(go, &fd, sizeof(fd)) != sizeof(fd) || read(go, &addr, sizeof(addr)) != sizeof(addr))
+		_exit(1);
+	usleep(stall_ms * 1000);
+	pidfd = syscall(SYS_pidfd_open, getppid(), 0);
+	uffd = pidfd < 0 ? -1 : syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+	if (uffd < 0)
+		die("pidfd_getfd");
+	memset(page, 0x5a, page_size());
+	uffd_copy(uffd, addr, page, page_size(), 0);
+	_exit(0);
+}
+
+/* dead: see the head of this file. The process stays single-threaded. */
+static int dead(long stall_ms)
+{
+	int go[2], uffd;
+	pid_t saver, handler_pid;
+	unsigned long addr;
+	char *area;
+	int sum;
+
+	if (pipe(go))
+		die("pipe");
+	saver = fork();
+	if (saver < 0)
+		die("fork");
+	if (saver == 0) {
+		close(go[1]);
+		rescuer(go[0], stall_ms);
+	}
+	close(go[0]);
+	uffd = uffd_open(O_NONBLOCK, 0);
+	area = uffd_area(uffd, page_size());
+	handler_pid = fork();  /* the handler: it inherits the uffd and dies before reading it */
+	if (handler_pid < 0)
+		die("fork");
+	if (handler_pid == 0)
+		pause();
+	kill(handler_pid, SIGKILL);
+	waitpid(handler_pid, NULL, 0);
+	addr = (unsigned long)area;
+	if (write(go[1], &uffd, sizeof(uffd)) != sizeof(uffd) || write(go[1], &addr, sizeof(addr)) != sizeof(addr))
+		die("write");
+	sum = ((volatile char *)area)[0];  /* waits until the rescuer's copy */
+	waitpid(saver, NULL, 0);
+	printf("{\"workload\": \"handler_process\", \"mode\": \"dead\", \"handler_pid\": %d, \"rescuer_pid\": %d, "
+	       "\"handler_reads\": 0, \"byte\": %d, \"tids\": [%d]}\n", handler_pid, saver, sum, tid());
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	int killed = argc == 3 && !strcmp(argv[1], "killed");
+
+	if (argc == 3 && !strcmp(argv[1], "dead"))
+		return dead(strtol(argv[2], NULL, 0));
 	size_t pages = killed ? 1 : (argc > 2 ? strtoul(argv[2], NULL, 0) : 4096);
 	size_t threads = killed ? 1 : (argc > 3 ? strtoul(argv[3], NULL, 0) : 4);
 	long stall_ms = killed ? strtol(argv[2], NULL, 0) : 0;
@@ -125,7 +193,7 @@ int main(int argc, char **argv)
 	pid_t child;
 
 	if ((!killed && strcmp(argv[1], "serve")) || threads < 1 || threads > 64 || pages < threads || pages > 8192)
-		die("usage: handler_process serve PAGES THREADS | killed STALL_MS");
+		die("usage: handler_process serve PAGES THREADS | killed STALL_MS | dead STALL_MS");
 	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) || pipe(rep))
 		die("socketpair");
 	child = fork();

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ..events import CLOSE_KEPT, UFFD_EVENT_PAGEFAULT, Event, Kind, Op, op_name
-from ..source import BlockedThread, TaskProbe, TaskState
+from ..source import BlockedThread, HolderProbe, TaskProbe, TaskState
 from .aio import AioPolls
 from .flags import Flags
 from .folded import REFAULT_NOTE, FoldedFaults, FoldedProbe, TakeOverHook
@@ -35,6 +35,7 @@ from .rules import (
     RESOLVES,
     Thresholds,
     fault_reason,
+    held_by_evidence,
     no_reader_evidence,
     released_with_waiters,
     resolves,
@@ -70,7 +71,7 @@ class Correlator:
     def __init__(self, sink: Sink, thresholds: Thresholds | None = None, *, sees_returns: bool,
                  tasks: TaskProbe | None = None, faults: FaultProbe | None = None,
                  folded: FoldedProbe | None = None, on_take_over: TakeOverHook | None = None,
-                 max_open: int = 65536) -> None:
+                 holders: HolderProbe | None = None, max_open: int = 65536) -> None:
         self.sink = sink
         self.th = thresholds or Thresholds()
         self.sees_returns = sees_returns
@@ -86,8 +87,8 @@ class Correlator:
         self.folded = FoldedFaults(self, folded, on_take_over)
         self.aio = AioPolls(self.flags.report)
         self.rmap = RmapWalks(self.flags.report, self.th)
-        self.handlers = Handlers()
-        self.events = EventWaits(sink, self.flags, tasks, on_read=self._event_read)
+        self.handlers = Handlers(tasks, holders)
+        self.events = EventWaits(sink, self.flags, tasks, on_read=self._event_read, handlers=self.handlers)
         # Fed, not yet handled: sorted by time in advance() (a stable sort of
         # nearly sorted data, cheaper than a heap operation per event).
         self._queue: list[Event] = []
@@ -509,9 +510,9 @@ class Correlator:
         return False
 
     def _handlers_due(self, lc: Lifecycle, now: int) -> bool:
-        """Blocked past --stuck-ms on a uffd whose readers were seen: ask,
-        once per --stuck-ms, whether any of them still lives."""
-        return ("no_reader" not in lc.flags and self.tasks is not None and self.handlers.seen(lc.uffd)
+        """Blocked past --stuck-ms: ask, once per --stuck-ms, whether any
+        reader of its uffd still lives, and who holds the uffd."""
+        return ("no_reader" not in lc.flags and self.handlers.can_ask()
                 and now - lc.wait_since > self.th.stuck_ns and now - lc.handlers_asked > self.th.stuck_ns)
 
     def _check_waiting(self, lc: Lifecycle, now: int) -> None:
@@ -543,11 +544,15 @@ class Correlator:
             lc.note(f"the kernel shows it faulting at {page & PAGE_MASK:#x} now: woken unseen", now)
             self._close(lc, "returned", now)
             return
-        if ask_handlers and self.tasks is not None:
+        if ask_handlers:
             lc.handlers_asked = now
-            if gone := self.handlers.all_gone(lc.uffd, lc.tid, self.tasks):
+            readers = self.handlers.readers(lc.uffd, lc.tid, now)
+            if readers.nobody:
                 # Its handlers are dead: say so, not that they are slow or lost a wake-up.
-                earned.append(("no_reader", no_reader_evidence(lc, gone, now)))
+                earned.append(("no_reader", no_reader_evidence(lc, readers, now)))
+            elif readers.holders is not None:
+                earned = [(n, held_by_evidence(e, readers.holders) if n in ONLY_SAY_IT_WAITS else e)
+                          for n, e in earned]
         if EXPLAINS_THE_WAIT & ({n for n, _ in earned} | set(lc.flags)):
             earned = [(n, e) for n, e in earned if n not in ONLY_SAY_IT_WAITS]
         for name, conclusion in earned:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ..escape import printable
 from ..events import (
     REGISTER_MODE_MINOR,
     REGISTER_MODE_MISSING,
@@ -27,6 +28,8 @@ from ..events import (
     Event,
     Op,
 )
+from ..source import Holder
+from .handlers import Readers
 from .model import MS, AioPoll, Attempt, Evidence, Lifecycle
 
 EEXIST = 17
@@ -146,12 +149,30 @@ def timed_flags(lc: Lifecycle, now: int, th: Thresholds) -> list[tuple[str, Evid
     return out
 
 
-def no_reader_evidence(lc: Lifecycle, gone: list[int], now: int) -> Evidence:
-    """A fault blocked past --stuck-ms whose uffd's readers have all exited."""
-    who = ", ".join(f"tid {tid}" for tid in gone)
+def held_by(holders: list[Holder]) -> str:
+    """Who holds a uffd now (an open uffd nobody reads is a hang; a released
+    one wakes its faults, which then get a zero page or SIGBUS)."""
+    who = ", ".join(f"pid {h.pid} {printable(h.comm)} ({h.threads} thread{'s' * (h.threads != 1)}, "
+                    f"{h.waiting} asleep in a userfaultfd wait)" for h in holders)
+    return f"the uffd is still open, held by {who}" if holders else "no process holds the uffd"
+
+
+def held_by_evidence(e: Evidence, holders: list[Holder]) -> Evidence:
+    return Evidence(f"{e.what}; {held_by(holders)}", e.ts_ns, e.tid)
+
+
+def no_reader_evidence(lc: Lifecycle, readers: Readers, now: int) -> Evidence:
+    """A fault blocked past --stuck-ms that nobody can read: its uffd's
+    readers have all exited, or no holder has a thread left that could."""
     message = "its message was read and never resolved" if lc.round_reads else "its message is still queued"
-    return Evidence(f"every thread seen reading uffd {lc.uffd} has exited ({who}): {message}, and no living "
-                    f"handler reads the uffd (blocked {(now - lc.wait_since) / MS:.0f} ms)")
+    blocked = f"blocked {(now - lc.wait_since) / MS:.0f} ms"
+    holders = f"; {held_by(readers.holders)}" if readers.holders is not None else ""
+    if readers.gone:
+        who = ", ".join(f"tid {tid}" for tid in readers.gone)
+        return Evidence(f"every thread seen reading uffd {lc.uffd} has exited ({who}): {message}, and no living "
+                        f"handler reads the uffd ({blocked}){holders}")
+    return Evidence(f"no thread is left that could read uffd {lc.uffd}: every thread of every process holding it "
+                    f"sleeps in a userfaultfd wait; {message}, and nothing will resolve it ({blocked}){holders}")
 
 
 def during_read(lc: Lifecycle, a: Attempt) -> str:

@@ -15,8 +15,9 @@ from typing import Protocol
 from ..events import UFFD_EVENT_FORK, UFFD_EVENT_REMAP, Event
 from ..source import TaskProbe
 from .flags import Flags
+from .handlers import Handlers
 from .model import MS, EventLifecycle, Evidence, Flag
-from .rules import Thresholds
+from .rules import Thresholds, held_by
 
 MAX_WAITS = 4096
 
@@ -27,8 +28,9 @@ class EventSink(Protocol):
 
 class EventWaits:
     def __init__(self, sink: EventSink, flags: Flags, tasks: TaskProbe | None,
-                 on_read: Callable[[EventLifecycle], None] | None = None) -> None:
+                 on_read: Callable[[EventLifecycle], None] | None = None, handlers: Handlers | None = None) -> None:
         self.sink = sink
+        self.handlers = handlers
         self.flags = flags
         self.on_read = on_read
         self.tasks = tasks
@@ -132,12 +134,14 @@ class EventWaits:
                 continue
             if where != "event":  # cannot tell, or it no longer waits (its return record is due)
                 continue
+            holders = self.handlers.holders_now(ew.uffd, now) if self.handlers is not None else None
             flag = Flag(name="event_unread", ts_ns=now, tgid=ew.tgid, tid=ew.tid, comm=ew.comm, uffd=ew.uffd,
                         addr=ew.start, blocked_ns=now - ew.t_raised, state="blocked",
                         evidence=[*ew.history, Evidence(
                             f"still waiting in userfaultfd_event_wait_completion after {(now - ew.t_raised) / MS:.0f}"
                             f" ms: no handler read its {ew.name} event; until one does, every "
-                            "UFFDIO_COPY/ZEROPAGE/CONTINUE/MOVE on its uffd fails with EAGAIN")])
+                            "UFFDIO_COPY/ZEROPAGE/CONTINUE/MOVE on its uffd fails with EAGAIN"
+                            + (f"; {held_by(holders)}" if holders is not None else ""))])
             ew.flags["event_unread"] = flag
             self.flags.report(flag)
 

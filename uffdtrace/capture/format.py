@@ -44,12 +44,14 @@ class Cap(enum.IntEnum):
     FOLDED = 0x105  # folded_faults(mode: include_handed): `count` FAULT_STATE records follow
     BLOCKED = 0x106  # blocked_before(): `count` BLOCKED_THREAD records follow
     BLOCKED_THREAD = 0x107  # one of them (tgid, tid, comm; ts_ns: last ran)
+    HOLDERS = 0x108  # uffd_holders(addr: the uffd id) answered (flags 1 when known): `count` HOLDER records follow
+    HOLDER = 0x109  # one of them (tgid, comm; len: threads alive, ret: those asleep in a userfaultfd wait)
     END = 0x1FF  # the trailer follows (len: its length)
 
 
 # An answer mark owns the `count` records after it, of this kind: they are
 # part of the answer, never of the stream, even when nobody asks for it.
-FOLLOWERS: dict[int, int] = {Cap.FOLDED: Kind.FAULT_STATE, Cap.BLOCKED: Cap.BLOCKED_THREAD}
+FOLLOWERS: dict[int, int] = {Cap.FOLDED: Kind.FAULT_STATE, Cap.BLOCKED: Cap.BLOCKED_THREAD, Cap.HOLDERS: Cap.HOLDER}
 
 # thread_state answers, by index (appended to: older captures keep theirs)
 TASK_STATES: tuple[TaskState | None, ...] = ("uffd", "other", "gone", None, "event")

@@ -21,7 +21,7 @@ from ..events import FIELD_NAMES, RECORD, RECORD_SIZE, Event, Kind, decode_comm
 from ..events import RawField as F
 from ..sinks import Sink
 from ..sinks.jsonl import JsonLines
-from ..source import BlockedThread, RunInfo, TaskState, Totals
+from ..source import BlockedThread, Holder, RunInfo, TaskState, Totals
 from .format import FOLLOWERS, FORMAT_VERSION, MAGIC, MAX_HEADER, MAX_TRAILER, PREAMBLE, TASK_STATES, Cap
 
 CHUNK_RECORDS = 32768  # records decoded per read
@@ -290,6 +290,14 @@ class Replay:
     def fault_page(self, tid: int) -> int | None:
         rec = self._take(Cap.FAULT_PAGE, lambda r: r[F.TID] == tid)
         return rec[F.ADDR] if rec is not None and rec[F.FLAGS] else None
+
+    def uffd_holders(self, uffd: int) -> list[Holder] | None:
+        head = self._take(Cap.HOLDERS, lambda r: r[F.ADDR] == uffd)
+        if head is None:
+            return None
+        found = [Holder(r[F.TGID], decode_comm(r[F.COMM]), r[F.LEN], r[F.RET])
+                 for r in self._following(head[F.COUNT], FOLLOWERS[Cap.HOLDERS])]
+        return found if head[F.FLAGS] else None
 
     def folded_faults(self, include_handed: bool) -> list[Event]:
         head = self._take(Cap.FOLDED, lambda r: r[F.MODE] == include_handed)

@@ -15,7 +15,7 @@ from .. import __version__
 from ..analysis.rules import Thresholds
 from ..errors import UffdtraceError
 from ..events import RECORD, RECORD_SIZE, Event, encode_many
-from ..source import BlockedThread, RunInfo, Source, TaskState, Totals
+from ..source import BlockedThread, Holder, RunInfo, Source, TaskState, Totals
 from .format import FORMAT_VERSION, MAGIC, PREAMBLE, TASK_STATES, Cap
 
 BUFFER = 1 << 20
@@ -125,6 +125,13 @@ class Recording:
         page = self.inner.fault_page(tid)
         self._records(_mark(Cap.FAULT_PAGE, tid=tid, addr=page or 0, flags=page is not None))
         return page
+
+    def uffd_holders(self, uffd: int) -> list[Holder] | None:
+        found = self.inner.uffd_holders(uffd)
+        self._records(_mark(Cap.HOLDERS, addr=uffd, flags=found is not None, count=len(found or ())) + b"".join(
+            _mark(Cap.HOLDER, tgid=h.pid, comm=h.comm.encode()[:15], length=h.threads, ret=h.waiting)
+            for h in found or ()))
+        return found
 
     def folded_faults(self, include_handed: bool) -> list[Event]:
         found = self.inner.folded_faults(include_handed)

@@ -5,11 +5,12 @@ fatal: the rest keeps working."""
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UffdtraceError
-from . import offsets
+from . import kernel, offsets
 from .btf import BtfError
 from .kallsyms import Kallsyms
 from .kernel import Features
@@ -147,6 +148,16 @@ class KprobeBackend(Backend):
 
     def degraded(self, the_plan: Plan) -> list[str]:
         return [f"{s.name} ({s.detail})" for s in the_plan.status if s.symbol is None]
+
+    _inodes_distinct: bool | None = None
+
+    def uffd_inode(self, bpf: Any, the_plan: Plan, uffd: int) -> int | None:
+        """Learned by bpf/kprobe.c where a file was at hand (a read, an
+        ioctl); of no use where every uffd shares the anon inode (before v5.12)."""
+        if self._inodes_distinct is None:
+            self._inodes_distinct = kernel.uffd_inodes_distinct()
+        ino = bpf["uffd_inode"].get(ctypes.c_uint64(uffd)) if self._inodes_distinct else None
+        return None if ino is None else int(ino.value)
 
     def attach(self, bpf: Any, the_plan: Plan) -> None:
         attach(bpf, the_plan)

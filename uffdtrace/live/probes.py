@@ -111,3 +111,7 @@ class Backend:
     def learn(self, bpf: Any, the_plan: Plan, found: list[UffdProcess]) -> list[int]:
         """Seed the maps with the uffds /proc shows at start; returns their pids."""
         return []
+
+    def uffd_inode(self, bpf: Any, the_plan: Plan, uffd: int) -> int | None:
+        """The inode /proc shows for the uffd the kernel side calls ``uffd``; None when unknown."""
+        return None

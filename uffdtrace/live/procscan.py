@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..source import TaskState
+from ..source import Holder, TaskState
 
 PROC = Path("/proc")
 UFFD_LINK = "anon_inode:[userfaultfd]"
@@ -121,6 +121,39 @@ def blocked_tasks(pid: int) -> list[BlockedTask]:
         task = PROC / str(pid) / "task" / str(tid)
         if (_read(task / "wchan") or "").strip() == WCHAN:
             out.append(BlockedTask(tid, (_read(task / "comm") or "?").strip(), _last_ran_ns(task)))
+    return out
+
+
+def holders(ino: int) -> list[Holder]:
+    """Every process with a descriptor on the uffd whose inode is ``ino``,
+    with its threads and how many of them sleep in a userfaultfd wait."""
+    out = []
+    for entry in os.scandir(PROC):
+        if not entry.name.isdigit():
+            continue
+        fd_dir = PROC / entry.name / "fd"
+        try:
+            names = os.listdir(fd_dir)
+        except OSError:
+            continue  # gone, or hidden (only root asks)
+        for name in names:
+            try:
+                if os.readlink(fd_dir / name) == UFFD_LINK and os.stat(fd_dir / name).st_ino == ino:
+                    break
+            except OSError:
+                continue
+        else:
+            continue
+        pid = int(entry.name)
+        try:
+            tids = os.listdir(PROC / entry.name / "task")
+        except OSError:
+            continue
+        states = [thread_state(pid, int(t)) for t in tids]
+        alive = [s for s in states if s != "gone"]
+        if alive:
+            out.append(Holder(pid, (_read(PROC / entry.name / "comm") or "?").strip(), len(alive),
+                              sum(s in ("uffd", "event") for s in alive)))
     return out
 
 

@@ -36,7 +36,7 @@ from ..events import (
     decode_many,
     slot_layout,
 )
-from ..source import BlockedThread, RunInfo, TaskState, Totals
+from ..source import BlockedThread, Holder, RunInfo, TaskState, Totals
 from . import kernel, probes, procscan
 from .kallsyms import Kallsyms
 from .kprobe_mode import KprobeBackend
@@ -171,6 +171,7 @@ class LiveSource:
         self._delivered_before = 0
         self._blocked: list[tuple[int, procscan.BlockedTask]] = []  # (pid, thread) found at start
         self._bpf: Any = None
+        self._plan: probes.Plan | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._gate: int | None = None  # write end of the pipe the command waits on
         self.totals = Totals(lost_causes=dict.fromkeys((c.name.lower() for c in LostCause), 0))  # final once closed
@@ -191,7 +192,7 @@ class LiveSource:
         kallsyms = Kallsyms.load()
         if not kallsyms.readable:
             raise UffdtraceError("/proc/kallsyms shows no addresses (kptr_restrict): run as root")
-        the_plan = self.backend.plan(kallsyms, features)
+        the_plan = self._plan = self.backend.plan(kallsyms, features)
         self.info.degraded = self.backend.degraded(the_plan)
         self.info.transport = choose_transport(kallsyms, self.opts.transport)
         defines = the_plan.defines  # the session's knobs join the plan's: attach() reads them too
@@ -410,6 +411,15 @@ class LiveSource:
 
     def thread_state(self, pid: int, tid: int) -> TaskState:
         return procscan.thread_state(pid, tid)
+
+    def uffd_holders(self, uffd: int) -> list[Holder] | None:
+        """Who holds the uffd now, by its inode (a walk of every process's
+        descriptors: asked only of a fault stuck past --stuck-ms)."""
+        raw = self.ids.pointer(uffd)
+        if self._bpf is None or self._plan is None or raw is None:
+            return None
+        ino = self.backend.uffd_inode(self._bpf, self._plan, raw)
+        return None if ino is None else procscan.holders(ino)
 
     def blocked_before(self) -> list[BlockedThread]:
         now = time.monotonic_ns()

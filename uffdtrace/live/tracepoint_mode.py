@@ -162,6 +162,12 @@ class TracepointBackend(Backend):
     def degraded(self, the_plan: Plan) -> list[str]:
         return degraded(the_plan)
 
+    def uffd_inode(self, bpf: Any, the_plan: Plan, uffd: int) -> int | None:
+        """The id is the inode (bpf/uffd_id.h); a context (uffds sharing one
+        inode) has none of its own, and a (tgid, fd) without BTF may have
+        been closed and reused since."""
+        return uffd if "UFFD_BY_FILE" in the_plan.defines and "UFFD_ID_CTX" not in the_plan.defines else None
+
     def learn(self, bpf: Any, the_plan: Plan, found: list[UffdProcess]) -> list[int]:
         """This mode sees uffds created from now on; the ones that already
         exist, and their registered ranges, come from /proc. A uffd is known
