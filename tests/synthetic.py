@@ -73,9 +73,13 @@ class Out:
     lifecycles: list[Lifecycle] = field(default_factory=list)
     flags: list[Flag] = field(default_factory=list)
     events: list[EventLifecycle] = field(default_factory=list)
+    held: list[tuple[int, list[Holder]]] = field(default_factory=list)
 
     def lifecycle(self, lc: Lifecycle) -> None:
         self.lifecycles.append(lc)
+
+    def holders(self, uffd: int, holders: list[Holder], ts_ns: int) -> None:
+        self.held.append((uffd, holders))
 
     def uffd_event(self, ev: EventLifecycle) -> None:
         self.events.append(ev)

@@ -341,6 +341,22 @@ def test_the_report_of_a_real_capture(tmp_path: Path) -> None:
     assert "never_woken" in slowest["flags"] and rep["partial"] is None
 
 
+def test_the_report_names_who_held_each_uffd(tmp_path: Path) -> None:
+    """Per uffd: the processes seen using a descriptor on it (from the
+    records) and the holders /proc named when a fault was stuck on it (the
+    answers the capture recorded), escaped in text."""
+    th = Thresholds()
+    run(Recording(Scripted(scripted_batches()), str(tmp_path / "c.cap"), th), th)
+    proc = subprocess.run([sys.executable, "-m", "uffdtrace", "report", "-j", str(tmp_path / "c.cap")],
+                          capture_output=True, text=True, check=True)
+    [uffd] = json.loads(proc.stdout)["uffds"]
+    assert [(u["pid"], u["uses"]) for u in uffd["used_by"]] == [(PID, ["ioctl", "read"])], uffd
+    assert [(h["pid"], h["comm"], h["threads"]) for h in uffd["held_by"]["holders"]] == [(PID, "wl\x1bx", 2)], uffd
+    text = subprocess.run([sys.executable, "-m", "uffdtrace", "report", str(tmp_path / "c.cap")], capture_output=True,
+                          text=True, check=True).stdout
+    assert "Who held each uffd" in text and f"{PID} wl\\x1bx (" in text and "\x1b" not in text, text
+
+
 def test_a_report_of_a_cut_capture_says_it_is_partial(tmp_path: Path) -> None:
     bad = tmp_path / "cut.cap"
     bad.write_bytes(GOLDEN[: len(GOLDEN) * 3 // 4])

@@ -301,7 +301,7 @@ def test_no_reader_when_no_holder_has_a_thread_that_could_read(mode: str) -> Non
     waits = [fault(0)] + ([block(0.01)] if mode == "tracepoint" else [])
     ticks, tasks = [500, 1200, 2500], {FAULTER: "uffd"}
     out, _ = correlate(waits, mode, ticks=ticks, end=2500, tasks=tasks, holders={CTX: [Holder(PID, "wl", 1, 1)]})
-    assert out.raised() == ["no_reader"]
+    assert out.raised() == ["no_reader"] and out.held == [(CTX, [Holder(PID, "wl", 1, 1)])]
     what = next(f for f in out.flags if not f.update).evidence[-1].what
     assert "no thread is left that could read uffd" in what and "still queued" in what, what
     assert f"held by pid {PID} wl (1 thread, 1 asleep in a userfaultfd wait)" in what, what

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ..events import CLOSE_KEPT, UFFD_EVENT_PAGEFAULT, Event, Kind, Op, op_name
-from ..source import BlockedThread, HolderProbe, TaskProbe, TaskState
+from ..source import BlockedThread, Holder, HolderProbe, TaskProbe, TaskState
 from .aio import AioPolls
 from .flags import Flags
 from .folded import REFAULT_NOTE, FoldedFaults, FoldedProbe, TakeOverHook
@@ -66,6 +66,8 @@ class Sink(Protocol):
 
     def flag(self, flag: Flag) -> None: ...
 
+    def holders(self, uffd: int, holders: list[Holder], ts_ns: int) -> None: ...
+
 
 class Correlator:
     def __init__(self, sink: Sink, thresholds: Thresholds | None = None, *, sees_returns: bool,
@@ -87,7 +89,7 @@ class Correlator:
         self.folded = FoldedFaults(self, folded, on_take_over)
         self.aio = AioPolls(self.flags.report)
         self.rmap = RmapWalks(self.flags.report, self.th)
-        self.handlers = Handlers(tasks, holders)
+        self.handlers = Handlers(tasks, holders, on_holders=sink.holders)
         self.events = EventWaits(sink, self.flags, tasks, on_read=self._event_read, handlers=self.handlers)
         # Fed, not yet handled: sorted by time in advance() (a stable sort of
         # nearly sorted data, cheaper than a heap operation per event).

@@ -6,6 +6,7 @@ reader seen has exited, or when no holder has a thread that could read it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..source import Holder, HolderProbe, TaskProbe
@@ -26,9 +27,11 @@ class Readers:
 
 
 class Handlers:
-    def __init__(self, tasks: TaskProbe | None, holders: HolderProbe | None) -> None:
+    def __init__(self, tasks: TaskProbe | None, holders: HolderProbe | None,
+                 on_holders: Callable[[int, list[Holder], int], None] | None = None) -> None:
         self.tasks = tasks
         self.holders = holders
+        self.on_holders = on_holders  # each answer, for the report
         self._readers: dict[int, dict[int, None]] = {}  # uffd -> reader tids, oldest first
         self._asked: tuple[int, dict[int, list[Holder] | None]] = (0, {})  # holders per uffd, asked at one time
 
@@ -54,7 +57,9 @@ class Handlers:
             answers = {}
             self._asked = (now, answers)
         if uffd not in answers:
-            answers[uffd] = self.holders(uffd)
+            found = answers[uffd] = self.holders(uffd)
+            if found is not None and self.on_holders is not None:
+                self.on_holders(uffd, found, now)
         return answers[uffd]
 
     def _all_gone(self, uffd: int, waiter: int) -> list[int]:

@@ -23,7 +23,7 @@ def command(path: str, as_json: bool, html_out: str | None, force: bool) -> None
     reader = Reader(path)
     out = create_text(html_out, force) if html_out is not None else None  # refused before any work
     report = Html()
-    replay(reader, report, reader.header.thresholds, raw_events=False)
+    replay(reader, report, reader.header.thresholds, raw_events=True)  # who used each uffd
     if out is not None:
         with out:
             out.write(report.page(path, reader.damage))

@@ -10,6 +10,7 @@ from typing import Any, Protocol, TextIO
 
 from ..analysis.model import EventLifecycle, Flag, Lifecycle
 from ..events import Event
+from ..source import Holder
 from .jsonl import JsonLines
 from .text import Text
 
@@ -26,6 +27,10 @@ class Sink(Protocol):
         ...
 
     def flag(self, flag: Flag) -> None: ...
+
+    def holders(self, uffd: int, holders: list[Holder], ts_ns: int) -> None:
+        """The processes holding uffd ``uffd`` when the kernel was asked (for a fault stuck on it)."""
+        ...
 
     def lost(self, count: int) -> None: ...
 
@@ -54,6 +59,9 @@ class Ignoring:
         pass
 
     def uffd_event(self, ev: EventLifecycle) -> None:
+        pass
+
+    def holders(self, uffd: int, holders: list[Holder], ts_ns: int) -> None:
         pass
 
     def flag(self, flag: Flag) -> None:
@@ -98,6 +106,10 @@ class Tee:
         for s in self.sinks:
             s.flag(flag)
 
+    def holders(self, uffd: int, holders: list[Holder], ts_ns: int) -> None:
+        for s in self.sinks:
+            s.holders(uffd, holders, ts_ns)
+
     def lost(self, count: int) -> None:
         for s in self.sinks:
             s.lost(count)
@@ -130,6 +142,9 @@ class Filter:
 
     def lost(self, count: int) -> None:
         self.inner.lost(count)
+
+    def holders(self, uffd: int, holders: list[Holder], ts_ns: int) -> None:
+        self.inner.holders(uffd, holders, ts_ns)
 
     def summary(self, summary: dict[str, Any]) -> None:
         self.inner.summary(summary)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..analysis.model import Lifecycle
-from .report import PHASES, Report
+from .report import PHASES, Report, uffd_users
 
 MAX_TIMELINE = 5000  # faults drawn (all flagged ones, then the first clean ones)
 WIDTH = 1100  # of the timeline's drawing area, in px
@@ -122,7 +122,15 @@ class Html(Report):
             out.append(f"<tr><td>{r['pid']}</td><td>{esc(r['comm'])}</td><td>{r['uffd']}</td><td>{r['faults']}</td>"
                        f"<td>{r['reads']}</td><td>{r['extra_rounds']}</td><td>{r['flagged']}</td>"
                        f"<td>{esc(res)}</td></tr>")
-        out.append("</table><h2>Timeline per faulting thread</h2>" + self._timeline())
+        out.append("</table>")
+        if data["uffds"]:
+            out.append("<h2>Who held each uffd</h2><table><tr><th>UFFD</th><th>USED BY</th>"
+                       "<th>HELD BY WHEN STUCK</th></tr>")
+            for u in data["uffds"]:
+                used, held = uffd_users(u)
+                out.append(f"<tr><td>{u['uffd']}</td><td>{esc(used)}</td><td>{esc(held)}</td></tr>")
+            out.append("</table>")
+        out.append("<h2>Timeline per faulting thread</h2>" + self._timeline())
         out.append("<h2>Latency per phase</h2>")
         for phase in PHASES:
             out.append(f"<pre>{esc(self.hist[phase].render(phase))}</pre>")

@@ -9,6 +9,7 @@ import orjson
 
 from ..analysis.model import EventLifecycle, Flag, Lifecycle
 from ..events import Event
+from ..source import Holder
 
 
 class JsonLines:
@@ -31,6 +32,9 @@ class JsonLines:
 
     def uffd_event(self, ev: EventLifecycle) -> None:
         self.write(ev.to_json())
+
+    def holders(self, uffd: int, holders: list[Holder], ts_ns: int) -> None:
+        pass  # named in the evidence of the flag that asked
 
     def flag(self, flag: Flag) -> None:
         self.write(flag.to_json())

@@ -17,6 +17,8 @@ from tabulate import tabulate
 
 from ..analysis.model import EventLifecycle, Flag, Lifecycle
 from ..escape import printable
+from ..events import Event, Kind
+from ..source import Holder
 from . import Ignoring
 from .text import Text, duration
 
@@ -25,6 +27,10 @@ PHASE_MEANING = {"pickup": "raised -> message read", "service": "read -> resolve
                  "wake": "resolved -> woken", "resume": "woken -> returned"}
 SLOWEST = 10
 MAX_EVENTS = 10000  # non-cooperative events kept for the report (a balloon raises a few per second)
+MAX_USERS = 64  # processes named per uffd
+# Records made through a descriptor on the uffd: their process held one.
+DESCRIPTOR_USES = {Kind.READ_MSG: "read", Kind.RESOLVE: "ioctl", Kind.UFFD_API: "ioctl",
+                   Kind.UFFD_REGISTER: "ioctl", Kind.AIO_POLL_SUBMIT: "poll", Kind.UFFD_CLOSE: "close"}
 
 
 def result_name(ret: int) -> str:
@@ -48,6 +54,15 @@ class UffdStats:
     resolutions: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
     states: collections.Counter[str] = field(default_factory=collections.Counter)
     flagged: int = 0
+
+
+def uffd_users(u: dict[str, Any]) -> tuple[str, str]:
+    """A row of the report's "uffds": who used a descriptor on it, who held it when a fault was stuck."""
+    used = ", ".join(f"{x['pid']} {x['comm']} ({'/'.join(x['uses'])})" for x in u["used_by"]) or "-"
+    held = "-" if u["held_by"] is None else ", ".join(
+        f"{h['pid']} {h['comm']} ({h['waiting']}/{h['threads']} threads waiting)"
+        for h in u["held_by"]["holders"]) or "none (released)"
+    return used, held
 
 
 class Log2Histogram:
@@ -93,6 +108,10 @@ class Report(Ignoring):
         self.events: list[EventLifecycle] = []  # non-cooperative events, kept whole: they are few
         self.final: dict[tuple[str, int, int | None], Flag] = {}  # re-reports with the final numbers
         self._seq = 0
+        # Per uffd: the processes seen using a descriptor on it (pid -> comm, uses),
+        # and the holders the kernel named when a fault was stuck on it (the latest answer).
+        self.users: dict[int, dict[int, tuple[str, set[str]]]] = collections.defaultdict(dict)
+        self.held: dict[int, tuple[int, list[Holder]]] = {}
 
     def header(self, info: dict[str, Any]) -> None:
         self.info = info
@@ -121,6 +140,18 @@ class Report(Ignoring):
             elif item > self.slowest[0]:
                 heapq.heapreplace(self.slowest, item)
 
+    def event(self, ev: Event) -> None:
+        use = DESCRIPTOR_USES.get(ev.kind)
+        if use is None or not ev.ctx:
+            return
+        users = self.users[ev.ctx]
+        if ev.tgid not in users and len(users) >= MAX_USERS:
+            return
+        users.setdefault(ev.tgid, (ev.comm, set()))[1].add(use)
+
+    def holders(self, uffd: int, holders: list[Holder], ts_ns: int) -> None:
+        self.held[uffd] = (ts_ns, holders)
+
     def uffd_event(self, ev: EventLifecycle) -> None:
         if len(self.events) < MAX_EVENTS:
             self.events.append(ev)
@@ -142,9 +173,20 @@ class Report(Ignoring):
                  "states": dict(sorted(s.states.items()))}
                 for (tgid, comm, uffd), s in sorted(self.uffds.items())]
 
+    def _uffd_rows(self) -> list[dict[str, Any]]:
+        return [{"uffd": uffd,
+                 "used_by": [{"pid": pid, "comm": comm, "uses": sorted(uses)}
+                             for pid, (comm, uses) in sorted(self.users.get(uffd, {}).items())],
+                 "held_by": None if uffd not in self.held else {
+                     "t_ns": self.held[uffd][0],
+                     "holders": [{"pid": h.pid, "comm": h.comm, "threads": h.threads, "waiting": h.waiting}
+                                 for h in self.held[uffd][1]]}}
+                for uffd in sorted(set(self.users) | set(self.held))]
+
     def to_json(self, path: str, damage: str | None) -> dict[str, Any]:
         return {"type": "report", "capture": path, "partial": damage, "run": self.info,
                 "processes": self._process_rows(),
+                "uffds": self._uffd_rows(),
                 "latency_us": {phase: [{"low": lo, "high": hi, "count": n} for lo, hi, n in h.rows()]
                                for phase, h in self.hist.items()},
                 "slowest": self._slowest(),
@@ -196,6 +238,13 @@ class Report(Ignoring):
                  ", ".join(f"{k} {v}" for k, v in r["states"].items())] for r in self._process_rows()]
         out.write(tabulate(rows, headers=["PID", "COMM", "UFFD", "FAULTS", "READS", "ROUNDS>1", "FLAGGED",
                                           "RESOLUTIONS (op result count)", "ENDED"]) + "\n")
+
+        uffds = self._uffd_rows()
+        if uffds:
+            out.write("\nWho held each uffd (a descriptor used: read, ioctl, poll, close; and, when a fault was "
+                      "stuck on it, the holders /proc named)\n")
+            rows = [[u["uffd"], *map(printable, uffd_users(u))] for u in uffds]
+            out.write(tabulate(rows, headers=["UFFD", "USED BY", "HELD BY WHEN STUCK"]) + "\n")
 
         out.write("\nLatency per phase\n")
         for phase in PHASES:

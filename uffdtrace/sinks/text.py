@@ -10,6 +10,7 @@ from typing import Any, TextIO
 from ..analysis.model import EventLifecycle, Flag, Lifecycle
 from ..escape import printable
 from ..events import Event, Kind, op_name
+from ..source import Holder
 
 # Per kind, the fields worth showing in text output (README "Event fields").
 TEXT_FIELDS: dict[Kind, tuple[str, ...]] = {
@@ -118,6 +119,9 @@ class Text:
         if ev.flags:
             parts.append("FLAGS=" + ",".join(ev.flags))
         self.out.write(" ".join(parts) + "\n")
+
+    def holders(self, uffd: int, holders: list[Holder], ts_ns: int) -> None:
+        pass  # named in the evidence of the flag that asked
 
     def flag(self, flag: Flag) -> None:
         blocked = "" if flag.blocked_ns is None else f" blocked={duration(flag.blocked_ns)}"
