@@ -188,7 +188,8 @@ def test_doctor_says_kprobe_mode_works(vm: VmRun) -> None:
     assert int(vm.text("doctor.rc")) == 0, vm.text("doctor.txt")
     report = vm.text("doctor.txt")
     assert "mode kprobe: usable" in report
-    for probe in ("fault", "read", "resolve", "wake_task", "aio_poll_wake", "anon_vma_lock", "close"):
+    for probe in ("fault", "read", "resolve", "wake_task", "aio_poll_wake", "anon_vma_lock", "close",
+                  "event_wait"):
         assert re.search(rf"ok\s+{probe}\s", report), probe
 
 
