@@ -1,9 +1,10 @@
-/* Records out to user space: the buffers, the lost counters, a record's
- * common fields, and the safe readers every probe reads memory with. */
+/* Records out to user space: the buffers, the lost counters and a record's
+ * common fields. */
 #ifndef UFFDTRACE_OUTPUT_H
 #define UFFDTRACE_OUTPUT_H
 #include <uapi/linux/ptrace.h>
 #include "events.h"
+#include "read.h"
 
 #ifdef USE_RINGBUF
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
@@ -13,18 +14,6 @@ BPF_PERF_OUTPUT(events);
 #endif
 BPF_PERCPU_ARRAY(lost, u64, UT_LOST_CAUSES);
 
-/* read_u64(addr) etc.: one value from kernel or user memory, 0 if unreadable. */
-#define DEFINE_READER(name, type, helper)				\
-	static __always_inline type name(u64 addr)			\
-	{								\
-		type v = 0;						\
-		helper(&v, sizeof(v), (void *)addr);			\
-		return v;						\
-	}
-DEFINE_READER(read_u64, u64, bpf_probe_read_kernel)
-DEFINE_READER(read_u32, u32, bpf_probe_read_kernel)
-DEFINE_READER(read_u8, u8, bpf_probe_read_kernel)
-DEFINE_READER(read_user_u64, u64, bpf_probe_read_user)
 
 static __always_inline u32 current_tgid(void)
 {
