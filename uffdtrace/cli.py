@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .commands import dashboard, demo, doctor, dump, export, ps, record, report, serve, top, trace
+from .commands import dashboard, demo, doctor, dump, export, ps, record, report, serve, top, trace, why
 from .errors import UffdtraceError
 
 
@@ -47,5 +47,5 @@ def main(ctx: click.Context, mode: str) -> None:
 
 
 for command in (doctor.command, trace.command, record.command, report.command, export.command, dump.command,
-                ps.command, demo.command, serve.command, dashboard.command, top.command):
+                ps.command, why.command, demo.command, serve.command, dashboard.command, top.command):
     main.add_command(command)

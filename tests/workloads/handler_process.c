@@ -11,6 +11,11 @@
  *                                         faulting process keeps its
  *                                         descriptor, and after STALL_MS
  *                                         resolves the page itself
+ *   handler_process stalled STALL_MS      the handler reads one fault and does
+ *                                         nothing for STALL_MS (then it is
+ *                                         killed and the page resolved as above)
+ *   handler_process unread STALL_MS       the handler takes the uffd and reads
+ *                                         nothing for STALL_MS (then the same)
  *   handler_process dead STALL_MS         the handler dies before reading
  *                                         anything, and the faulting process
  *                                         (one thread, which keeps its
@@ -59,14 +64,17 @@ static int receive_fd(int sock)
 	return fd;
 }
 
-/* The handler process: serve `limit` faults (0: until the uffd is released),
- * reporting each read on `report`; then wait to be killed. */
+/* The handler process: serve `limit` faults (0: until the uffd is released;
+ * -1: none), reporting each read on `report`; then wait to be killed. */
 static void handler(int sock, int report, long limit)
 {
 	int uffd = receive_fd(sock);
 	char *page = aligned_alloc(page_size(), page_size());
 	struct uffd_msg msg;
 	long reads = 0;
+
+	if (limit < 0)
+		pause();  /* holds the uffd, reads nothing: killed here */
 
 	memset(page, 0x5a, page_size());
 	for (;;) {
@@ -178,13 +186,17 @@ static int dead(long stall_ms)
 
 int main(int argc, char **argv)
 {
-	int killed = argc == 3 && !strcmp(argv[1], "killed");
+	const char *modes[] = { "serve", "killed", "stalled", "unread" };
+	enum { SERVE, KILLED, STALLED, UNREAD } mode = SERVE;
 
 	if (argc == 3 && !strcmp(argv[1], "dead"))
 		return dead(strtol(argv[2], NULL, 0));
-	size_t pages = killed ? 1 : (argc > 2 ? strtoul(argv[2], NULL, 0) : 4096);
-	size_t threads = killed ? 1 : (argc > 3 ? strtoul(argv[3], NULL, 0) : 4);
-	long stall_ms = killed ? strtol(argv[2], NULL, 0) : 0;
+	while (argc > 1 && mode < UNREAD && strcmp(argv[1], modes[mode]))
+		mode++;
+	int stalling = mode != SERVE;  /* one fault, one thread, STALL_MS */
+	size_t pages = stalling ? 1 : (argc > 2 ? strtoul(argv[2], NULL, 0) : 4096);
+	size_t threads = stalling ? 1 : (argc > 3 ? strtoul(argv[3], NULL, 0) : 4);
+	long stall_ms = stalling && argc > 2 ? strtol(argv[2], NULL, 0) : 0;
 	int uffd = uffd_open(O_NONBLOCK, 0);  /* poll() of a blocking uffd says EPOLLERR */
 	char *area = uffd_area(uffd, pages * page_size());
 	struct faulter f[64] = {};
@@ -192,8 +204,9 @@ int main(int argc, char **argv)
 	long reads = 0;
 	pid_t child;
 
-	if ((!killed && strcmp(argv[1], "serve")) || threads < 1 || threads > 64 || pages < threads || pages > 8192)
-		die("usage: handler_process serve PAGES THREADS | killed STALL_MS | dead STALL_MS");
+	if (argc < 2 || strcmp(argv[1], modes[mode]) || (stalling && argc != 3) || threads < 1 || threads > 64 ||
+	    pages < threads || pages > 8192)
+		die("usage: handler_process serve PAGES THREADS | killed|stalled|unread|dead STALL_MS");
 	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) || pipe(rep))
 		die("socketpair");
 	child = fork();
@@ -201,33 +214,39 @@ int main(int argc, char **argv)
 		die("fork");
 	if (child == 0) {
 		close(uffd);  /* the handler's only descriptor is the one it is sent */
-		handler(sv[1], rep[1], killed ? 1 : 0);
+		handler(sv[1], rep[1], mode == UNREAD ? -1 : stalling ? 1 : 0);
 	}
 	close(rep[1]);
 	send_fd(sv[0], uffd);
-	if (!killed)
+	if (!stalling)
 		close(uffd);  /* the handler holds the only descriptor */
 	for (size_t i = 0; i < threads; i++) {
 		f[i].area = area;
 		f[i].first = i * (pages / threads);
 		f[i].count = i == threads - 1 ? pages - f[i].first : pages / threads;
-		if (pthread_create(&f[i].thread, NULL, killed ? fault_one : fault_pages, &f[i]))
+		if (pthread_create(&f[i].thread, NULL, stalling ? fault_one : fault_pages, &f[i]))
 			die("pthread_create");
 	}
-	if (killed) {
+	if (stalling) {
 		char *page = aligned_alloc(page_size(), page_size());
 
-		if (read(rep[0], &reads, sizeof(reads)) != sizeof(reads))
+		if (mode != UNREAD && read(rep[0], &reads, sizeof(reads)) != sizeof(reads))
 			die("no read reported");
-		kill(child, SIGKILL);
-		waitpid(child, NULL, 0);
-		usleep(stall_ms * 1000);  /* the fault waits on a uffd nobody reads */
+		if (mode == KILLED) {
+			kill(child, SIGKILL);
+			waitpid(child, NULL, 0);
+		}
+		usleep(stall_ms * 1000);  /* the fault waits */
+		if (mode != KILLED) {
+			kill(child, SIGKILL);
+			waitpid(child, NULL, 0);
+		}
 		memset(page, 0x5a, page_size());
 		uffd_copy(uffd, (unsigned long)area, page, page_size(), 0);
 	}
 	for (size_t i = 0; i < threads; i++)
 		pthread_join(f[i].thread, NULL);
-	if (!killed) {
+	if (!stalling) {
 		kill(child, SIGKILL);  /* it waits for more faults */
 		waitpid(child, NULL, 0);
 		while (read(rep[0], &reads, sizeof(reads)) == sizeof(reads))

@@ -58,6 +58,14 @@ MEMBERS: dict[str, str] = {
     # "fs: port files to file_ref"), atomic_long_t f_count before.
     "OFF_FILE_F_REF": "file.f_ref",
     "OFF_FILE_F_COUNT": "file.f_count",
+    # `why` (bpf/why.c): a uffd's queues, walked from its context.
+    "OFF_CTX_FAULT_PENDING_WQH": "userfaultfd_ctx.fault_pending_wqh",
+    "OFF_CTX_FAULT_WQH": "userfaultfd_ctx.fault_wqh",
+    "OFF_CTX_EVENT_WQH": "userfaultfd_ctx.event_wqh",
+    "OFF_CTX_RELEASED": "userfaultfd_ctx.released",
+    "OFF_CTX_FEATURES": "userfaultfd_ctx.features",
+    "OFF_WQH_HEAD": "wait_queue_head.head",
+    "OFF_WQE_ENTRY": "wait_queue_entry.entry",
 }
 
 # C macro -> enumerator whose value the C code needs.

@@ -1,0 +1,51 @@
+"""The missing step of a hang, as one verdict per blocked thread: the words
+`uffdtrace why` explains a hang in progress with (README, "uffdtrace why").
+
+A thread waits in handle_userfault until its page is resolved and it is
+woken, or in userfaultfd_event_wait_completion until its event is read. What
+the kernel holds now says which step is missing: the message still queued,
+read and not resolved, resolved (the page is there) and not woken; and
+whether anyone is left who could take the step."""
+
+from __future__ import annotations
+
+NOT_READ = "not_read"
+READ_NOT_RESOLVED = "read_not_resolved"
+RESOLVED_NOT_WOKEN = "resolved_not_woken"
+NO_READER = "no_reader"
+EVENT_UNREAD = "event_unread"
+UNKNOWN = "unknown"
+
+MEANING = {
+    NOT_READ: "its message is queued and no handler has read it",
+    READ_NOT_RESOLVED: "a handler read its message and has not resolved the page",
+    RESOLVED_NOT_WOKEN: "the page is there and the thread still sleeps: a resolution with DONTWAKE never "
+                        "followed by UFFDIO_WAKE, or a lost wake-up",
+    NO_READER: "nobody is left to take the next step",
+    EVENT_UNREAD: "its non-cooperative event is queued and no handler has read it; until one does, every "
+                  "UFFDIO_COPY/ZEROPAGE/CONTINUE/MOVE on the uffd fails with EAGAIN",
+    UNKNOWN: "it is on none of the uffd's queues: woken just now, or its uffd was not found",
+}
+NOBODY_FREE = "no thread of a process holding the uffd is free: each sleeps in a userfaultfd wait"
+READER_GONE = ("its message was read, and only its own process holds the uffd, with no thread waiting on it: the "
+               "handler that read it has gone")
+
+
+def verdict(kind: str, message: str | None, page: str, can_read: bool, handled: bool) -> tuple[str, str]:
+    """The verdict and what it means here. ``kind`` fault or event;
+    ``message`` queued, read or None (on no queue); ``page`` present, absent
+    or unknown; ``can_read``: a thread of a holder is free (not itself
+    asleep on a uffd); ``handled``: a thread of a holder waits on this uffd
+    (read, poll, epoll, aio), or a process other than the waiter's holds it."""
+    if message is None:
+        return UNKNOWN, MEANING[UNKNOWN]
+    if kind == "event" and can_read:
+        return EVENT_UNREAD, MEANING[EVENT_UNREAD]
+    if page == "present":
+        return RESOLVED_NOT_WOKEN, MEANING[RESOLVED_NOT_WOKEN]
+    if not can_read:
+        return NO_READER, f"{MEANING[NO_READER]}: {NOBODY_FREE}"
+    if message == "read" and not handled:
+        return NO_READER, f"{MEANING[NO_READER]}: {READER_GONE}"
+    name = NOT_READ if message == "queued" else READ_NOT_RESOLVED
+    return name, MEANING[name]
