@@ -50,6 +50,7 @@ from ..scenarios import (
     check_uffd_stress,
     check_uffd_unit_tests,
 )
+from ..why_scenarios import CASES, WhyCase, check
 
 VM_TIMEOUT_S = 2400
 BALLOON_MODES = {"defer": check_balloon_defer, "retry": check_balloon_retry, "unread": check_balloon_unread}
@@ -104,6 +105,9 @@ def scenarios(wl: Path, stress: Path, out: Path, version: str) -> list[str]:
         # CRIU, which cannot run on the host's kernel, and QEMU over a netem-delayed link (the
         # host's kernel has no netem), its guest booted under nested TCG (about 3 minutes).
         "criu_lab": ("run", f"{lab} criu --json {out}/criu_lab.json --keep {out}/criu_lab"),
+        # `why`: the hangs of tests/why_scenarios.py, all at once, explained with no trace.
+        "why": ("run", f"{PYTHON} {ROOT / 'tests' / 'why_driver.py'} {out}/why.json {wl} "
+                       f"{ROOT / '.venv' / 'bin' / 'uffdtrace'}"),
     }
     if version == QEMU_LAB_KERNEL:
         lines["qemu_lab"] = ("run", f"{lab} qemu --delay {LAB_DELAY_MS} --guest-mib 128 --dirty-mib 48 "
@@ -303,6 +307,12 @@ def test_the_kernels_events_tests(vm: VmRun) -> None:
     s = vm.scenario("unit_events")
     assert s.mode == "kprobe"
     check_uffd_unit_tests(s)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_why_explains_a_hang(vm: VmRun, case: WhyCase) -> None:
+    assert int(vm.text("why.rc")) == 0, vm.text("why.err")
+    check(case, json.loads(vm.text("why.json"))[case.name])
 
 
 def test_postcopy_shape(vm: VmRun) -> None:
