@@ -1,6 +1,6 @@
-/* `uffdtrace why` (README, "uffdtrace why"; docs/architecture.md, "Explaining
- * a hang"), compiled by bcc and run once: a BPF iterator over every
- * process's open files (task_file, v5.8, eaaacd23910f) that sends, for each
+/* `uffdtrace why` (README, "uffdtrace why";
+ * docs/architecture.md, "Explaining a hang"), compiled by bcc and run once:
+ * a BPF iterator over every process's open files (task_file, v5.8, eaaacd23910f) that sends, for each
  * descriptor on a uffd, the descriptor and the waiters on the uffd's three
  * queues: faults whose message is queued and unread (fault_pending_wqh),
  * faults read and not yet woken (fault_wqh), and non-cooperative events
