@@ -244,6 +244,7 @@ def check_stuck_lifecycle(s: Scenario, expected_flags: set[str]) -> dict[str, An
         assert flag["state"] == "blocked" and flag["tid"] == lc["tid"] and flag["addr"] == lc["addr"]
         assert flag["t_ns"] < lc["t_woken_ns"], "flag not raised while the thread was blocked"
         assert flag["evidence"] and flag["evidence"][0]["ts_ns"] == lc["t_raised_ns"]
+        assert flag["verdict"] == "resolved_not_woken", flag  # the page was there: only a wake-up was missing
     [final] = [u for u in s.updates if u["flag"] == "never_woken"]
     stall_ms = s.workload["stall_s"] * 1000
     assert stall_ms * 0.9 <= final["blocked_ms"] <= stall_ms * 2 and final["state"] == s.ended_state
@@ -291,6 +292,7 @@ def check_slow_lifecycle(s: Scenario) -> None:
     [lc] = s.lifecycles
     assert lc["state"] in ("woken", "returned") and (lc["reads"], lc["resolve_op"]) == (1, "copy")
     assert lc["flags"] == ["unread", "never_woken"] and s.flag_names() == {"unread", "never_woken"}
+    assert {f["verdict"] for f in s.flags} == {"not_read"}, s.flags
     assert {f["flag"] for f in s.updates} == {"unread", "never_woken"}
 
 
@@ -431,6 +433,7 @@ def check_handler_process_killed(s: Scenario) -> None:
     assert s.flag_names() == {"no_reader"}, s.flags
     [flag] = s.flags
     assert flag["tid"] == w["tids"][0] and f"tid {w['handler_pid']}" in flag["evidence"][-1]["what"], flag
+    assert flag["verdict"] == "no_reader", flag  # the word `why` uses
     assert any(e["what"] == "message read" and e["tid"] == w["handler_pid"] for e in flag["evidence"]), flag
     [lc] = s.lifecycles
     assert lc["reads"] == 1 and lc["reader_tid"] == w["handler_pid"] and lc["flags"] == ["no_reader"], lc
@@ -481,6 +484,7 @@ def check_balloon_defer(s: Scenario) -> None:
     assert s.flag_names() == {"eagain_unretried"}, s.flags
     [flag] = s.flags
     assert flag["tid"] == w["faulter_tid"] and flag["addr"] == w["page"], flag
+    assert flag["verdict"] == "read_not_resolved", flag  # as `why` says of the same hang
     why = " ".join(e["what"] for e in flag["evidence"])
     assert "EAGAIN" in why and f"remove of {w['balloon_start']:#x}" in why and f"by tid {w['balloon_tid']}" in why, why
 
@@ -503,6 +507,7 @@ def check_balloon_unread(s: Scenario) -> None:
     assert s.flag_names() == {"event_unread"}, s.flags
     [flag] = s.flags
     assert flag["tid"] == w["balloon_tid"] and "no handler read its remove event" in flag["evidence"][-1]["what"]
+    assert flag["verdict"] == "event_unread", flag
 
 
 def check_uffd_unit_tests(s: Scenario) -> None:

@@ -20,6 +20,7 @@ from uffdtrace.analysis.verdicts import (
     READ_NOT_RESOLVED,
     RESOLVED_NOT_WOKEN,
     UNKNOWN,
+    of_flag,
     verdict,
 )
 from uffdtrace.live import hang, procscan
@@ -122,3 +123,15 @@ def test_a_process_gone_during_the_walk_is_no_traceback() -> None:
     view = hang.holder_view(gone, [3], 5)
     assert view.threads == [] and view.comm == "?"
     assert hang.waits_on(gone, gone, 5) is None
+
+
+def test_trace_flags_carry_the_same_verdicts() -> None:
+    """A flag on a waiting thread names its missing step with why's word."""
+    assert of_flag("unread", read=False, present=False) == NOT_READ
+    assert of_flag("never_woken", read=True, present=False) == READ_NOT_RESOLVED
+    assert of_flag("never_woken", read=True, present=True) == RESOLVED_NOT_WOKEN
+    assert of_flag("eexist_without_wake", read=True, present=False) == RESOLVED_NOT_WOKEN
+    assert of_flag("eagain_unretried", read=True, present=False) == READ_NOT_RESOLVED
+    assert of_flag("no_reader", read=True, present=False) == NO_READER
+    assert of_flag("event_unread", read=False, present=False) == EVENT_UNREAD
+    assert of_flag("retry_loop", read=True, present=True) is None and of_flag("sigbus", False, False) is None

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from .model import Evidence, Flag, Lifecycle
 from .rules import FROM_ABSENCE, WHILE_BLOCKED, counts_as_failure
+from .verdicts import of_flag
 
 
 class FlagSink(Protocol):
@@ -44,7 +45,8 @@ class Flags:
                                      "missing event may be among them (the kernel confirms that it still waits)"))
         flag = Flag(name=name, ts_ns=now, tgid=lc.tgid, tid=lc.tid, comm=lc.comm, uffd=lc.uffd, addr=lc.page,
                     blocked_ns=now - lc.waiting_since if lc.waiting else None,
-                    state="blocked" if lc.waiting else lc.state, evidence=evidence)
+                    state="blocked" if lc.waiting else lc.state, evidence=evidence,
+                    verdict=of_flag(name, lc.round_reads > 0, lc.present))
         lc.flags[name] = flag
         self.report(flag)
 
@@ -55,4 +57,4 @@ class Flags:
             if flag.name in WHILE_BLOCKED:
                 self.sink.flag(Flag(name=flag.name, ts_ns=now, tgid=lc.tgid, tid=lc.tid, comm=lc.comm, uffd=lc.uffd,
                                     addr=lc.page, blocked_ns=end - lc.waiting_since, state=lc.state,
-                                    evidence=lc.evidence(), update=True))
+                                    evidence=lc.evidence(), update=True, verdict=flag.verdict))

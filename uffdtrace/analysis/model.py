@@ -38,12 +38,13 @@ class Flag:
     state: str  # the lifecycle's state when reported ("blocked" while still blocked)
     evidence: list[Evidence] = field(default_factory=list)
     update: bool = False  # a re-report of a flag raised earlier, with final numbers
+    verdict: str | None = None  # the missing step, for a flag on a waiting thread (analysis/verdicts.py)
 
     def to_json(self) -> dict[str, Any]:
         return {"type": "flag", "flag": self.name, "tgid": self.tgid, "tid": self.tid, "comm": self.comm,
                 "uffd": self.uffd, "addr": self.addr,
                 "blocked_ms": None if self.blocked_ns is None else round(self.blocked_ns / MS, 3),
-                "state": self.state, "t_ns": self.ts_ns, "update": self.update,
+                "state": self.state, "verdict": self.verdict, "t_ns": self.ts_ns, "update": self.update,
                 "evidence": [e.to_json() for e in self.evidence]}
 
 

@@ -18,6 +18,7 @@ from .flags import Flags
 from .handlers import Handlers
 from .model import MS, EventLifecycle, Evidence, Flag
 from .rules import Thresholds, held_by
+from .verdicts import EVENT_UNREAD
 
 MAX_WAITS = 4096
 
@@ -107,7 +108,7 @@ class EventWaits:
         for flag in ew.flags.values():  # again, with the whole wait (as a stuck fault's flags)
             self.flags.sink.flag(Flag(name=flag.name, ts_ns=ts or flag.ts_ns, tgid=ew.tgid, tid=ew.tid, comm=ew.comm,
                              uffd=ew.uffd, addr=ew.start, blocked_ns=(ts or flag.ts_ns) - ew.t_raised,
-                             state=ew.state, evidence=list(ew.history), update=True))
+                             state=ew.state, evidence=list(ew.history), update=True, verdict=flag.verdict))
         self.sink.uffd_event(ew)
 
     def waiting_now(self) -> list[EventLifecycle]:
@@ -136,7 +137,7 @@ class EventWaits:
                 continue
             holders = self.handlers.holders_now(ew.uffd, now) if self.handlers is not None else None
             flag = Flag(name="event_unread", ts_ns=now, tgid=ew.tgid, tid=ew.tid, comm=ew.comm, uffd=ew.uffd,
-                        addr=ew.start, blocked_ns=now - ew.t_raised, state="blocked",
+                        addr=ew.start, blocked_ns=now - ew.t_raised, state="blocked", verdict=EVENT_UNREAD,
                         evidence=[*ew.history, Evidence(
                             f"still waiting in userfaultfd_event_wait_completion after {(now - ew.t_raised) / MS:.0f}"
                             f" ms: no handler read its {ew.name} event; until one does, every "

@@ -31,6 +31,23 @@ READER_GONE = ("its message was read, and only its own process holds the uffd, w
                "handler that read it has gone")
 
 
+# The flags about a thread that still waits, and the step each says is missing.
+RESOLVED_FLAGS = frozenset({"missed_wakeup", "dontwake_without_wake", "eexist_without_wake"})
+WAITING_FLAGS = frozenset({"never_woken", "unread", "eagain_unretried", *RESOLVED_FLAGS})
+
+
+def of_flag(name: str, read: bool, present: bool) -> str | None:
+    """The verdict of a flag `trace` raised on a waiting thread (None for the
+    others): the same word `why` gives a hang it finds in progress."""
+    if name in (NO_READER, EVENT_UNREAD):
+        return name
+    if name not in WAITING_FLAGS:
+        return None
+    if present or name in RESOLVED_FLAGS:
+        return RESOLVED_NOT_WOKEN
+    return READ_NOT_RESOLVED if read else NOT_READ
+
+
 def verdict(kind: str, message: str | None, page: str, can_read: bool, handled: bool) -> tuple[str, str]:
     """The verdict and what it means here. ``kind`` fault or event;
     ``message`` queued, read or None (on no queue); ``page`` present, absent

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from ..analysis.model import EventLifecycle, Flag, Lifecycle
+from ..analysis.verdicts import MEANING
 from ..escape import printable
 from ..events import Event, Kind, op_name
 from ..source import Holder
@@ -132,6 +133,8 @@ class Text:
             for e in flag.evidence:
                 who = f" tid {e.tid}" if e.tid else ""
                 self.out.write(f"{'':>12}   {self._seconds(e.ts_ns) if e.ts_ns else '':>10}{who}: {e.what}\n")
+            if flag.verdict:
+                self.out.write(f"{'':>12}   verdict {flag.verdict}: {MEANING[flag.verdict]}\n")
         self.out.flush()
 
     def event(self, ev: Event) -> None:
