@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..analysis.model import Lifecycle
+from ..analysis.verdicts import MEANING
 from .report import PHASES, Report, uffd_users
 
 MAX_TIMELINE = 5000  # faults drawn (all flagged ones, then the first clean ones)
@@ -137,7 +138,8 @@ class Html(Report):
         out.append(f"<h2>Flags: {len(self.flags)}</h2>")
         for f in data["flags"]:
             lines = [f"FLAG {f['flag']} {f['comm']} {f['tgid']}/{f['tid']} state={f['state']}",
-                     *(f"  {e['tid'] or ''}: {e['what']}" for e in f["evidence"])]
+                     *(f"  {e['tid'] or ''}: {e['what']}" for e in f["evidence"]),
+                     *([f"  verdict {f['verdict']}: {MEANING[f['verdict']]}"] if f["verdict"] else [])]
             out.append(f'<pre class="flag">{esc(chr(10).join(lines))}</pre>')
         out.append("</body></html>\n")
         return "".join(out)
