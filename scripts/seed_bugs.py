@@ -18,6 +18,11 @@ forth while another thread marks the same folios idle through page_idle,
 whose rmap walk takes no folio lock) and tests/workloads/aio_poll (an
 IOCB_CMD_POLL on the uffd); both run on every variant, in kprobe mode.
 
+`why`: the races' workload once more, untraced, while `uffdtrace why -j` is
+asked again and again (tests/why_driver.py): a thread it finds blocked at the
+same address in asks 3 s apart hangs; on `refile` its verdict is
+resolved_not_woken (the page is there, the wake-up was lost).
+
 Expected: `stock` flags nothing; `refile` and `mustwait` hang a thread, and
 uffdtrace says so while it hangs: missed_wakeup (a resolution covered the
 page, without DONTWAKE, while the thread waited, and no wake-up reached it),
@@ -95,6 +100,9 @@ def scenarios(out: Path, wl: Path, args: argparse.Namespace) -> dict[str, tuple[
                                              f"-- timeout -s KILL {args.seconds} {wl}/postcopy_shape {shape}"))
             for mode in args.mode}
     runs["move_idle"] = ("kprobe", trace("move_idle", f"-- {wl}/move_idle {MOVE_IDLE}"))
+    # `why`, with nothing traced: the races' workload alone, `why -j` asked while it runs.
+    runs["why"] = ("run", f"{VENV / 'python'} {ROOT / 'tests' / 'why_driver.py'} hang {out}/why.json "
+                          f"{VENV / 'uffdtrace'} {args.seconds} {wl}/postcopy_shape {shape}")
     runs["aio"] = ("kprobe", trace("aio", f"--events -- {wl}/aio_poll"))
     return runs
 
@@ -121,8 +129,20 @@ def boot(bzimage: str, out: Path, lines: list[str]) -> None:
         raise SeedError(f"the guest did not finish ({out / 'vm.log'}): {' | '.join(tail)}")
 
 
+def parse_why(out: Path) -> dict[str, Any]:
+    """What `why` said of the races' workload, untraced (tests/why_driver.py hang): the threads it saw hang."""
+    if int((out / "why.rc").read_text()) != 0 or not (out / "why.json").exists():
+        err = (out / "why.err").read_text(errors="replace").strip().splitlines()
+        raise SeedError(f"{out.name} why: {err[-1] if err else 'no output'}")
+    seen = json.loads((out / "why.json").read_text())
+    return {"rc": seen["rc"], "kernel": None, "mode": "why", "lifecycles": 0, "flags": {}, "first_flag": None,
+            "summary": {"lost": 0}, "workload": None if seen["rc"] else {}, "why": seen}
+
+
 def parse_run(out: Path, name: str) -> dict[str, Any]:
     """What one traced run printed: header, lifecycles, flags, summary, and the workload's own line."""
+    if name == "why":
+        return parse_why(out)
     traced = out / f"{name}.trace"
     lines = [json.loads(x) for x in traced.read_text().splitlines() if x.startswith("{")] if traced.exists() else []
     if not any(x["type"] == "header" for x in lines) or not any(x["type"] == "summary" for x in lines):

@@ -120,6 +120,22 @@ def test_mustwait_hang_flagged(seeded: tuple[Path, list[dict[str, Any]]], mode: 
         assert {"missed_wakeup", "eexist_without_wake"} & set(r["flags"]), r["flags"]
 
 
+def test_stock_why_finds_no_hang(seeded: tuple[Path, list[dict[str, Any]]]) -> None:
+    """`why` asked again and again while the races' workload runs untraced on
+    the stock kernel: threads blocked for a moment, none hung."""
+    for r in runs(seeded, "stock", "why"):
+        assert r["rc"] == 0 and r["why"]["asks"] >= 1 and r["why"]["hung"] == [], r["why"]
+
+
+def test_refile_hang_explained_by_why_with_no_trace(seeded: tuple[Path, list[dict[str, Any]]]) -> None:
+    """refile_seq reverted, nothing traced before: `why` finds the hung thread
+    and says resolved_not_woken (its page is there, its wake-up was lost)."""
+    for r in runs(seeded, "refile", "why"):
+        hung = r["why"]["hung"]
+        assert r["rc"] != 0 and hung, r["why"]  # killed at its deadline: it hung
+        assert all((b["verdict"], b["page"]) == ("resolved_not_woken", "present") for b in hung), hung
+
+
 def test_refile_evidence_names_the_read(seeded: tuple[Path, list[dict[str, Any]]]) -> None:
     """Kprobe mode sees read()'s entry: the lost wake-up ran inside the read
     that refiled the fault."""

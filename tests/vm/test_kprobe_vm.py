@@ -106,7 +106,7 @@ def scenarios(wl: Path, stress: Path, out: Path, version: str) -> list[str]:
         # host's kernel has no netem), its guest booted under nested TCG (about 3 minutes).
         "criu_lab": ("run", f"{lab} criu --json {out}/criu_lab.json --keep {out}/criu_lab"),
         # `why`: the hangs of tests/why_scenarios.py, all at once, explained with no trace.
-        "why": ("run", f"{PYTHON} {ROOT / 'tests' / 'why_driver.py'} {out}/why.json {wl} "
+        "why": ("run", f"{PYTHON} {ROOT / 'tests' / 'why_driver.py'} scenarios {out}/why.json {wl} "
                        f"{ROOT / '.venv' / 'bin' / 'uffdtrace'}"),
     }
     if version == QEMU_LAB_KERNEL:
