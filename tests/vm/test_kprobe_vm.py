@@ -94,7 +94,6 @@ def scenarios(wl: Path, stress: Path, out: Path, version: str) -> list[str]:
         **{f"balloon_{mode}": ("kprobe", trace(f"balloon_{mode}", f"-j -- {wl}/balloon {mode} {BALLOON_STALL_MS}"))
            for mode in BALLOON_MODES},
         "unit_events": ("kprobe", trace("unit_events", f"-j -- {stress.parent / 'uffd-unit-tests'} -f events-wp")),
-        "tp_refault": ("tracepoint", trace("tp_refault", f"-j -- {wl}/refault {refault}")),
         "move_pageout": ("kprobe", trace("move_pageout", f"{events} {wl}/move_pageout {MOVE_PAGES}")),
         **{name: ("kprobe", trace(name, f"-j -- {PYTHON} -m uffdtrace.workloads {' '.join(args)}"))
            for name, (args, _check) in sorted(PYTHON_SCENARIOS.items())},
@@ -225,10 +224,10 @@ def test_aio_poll_on_the_uffd_woken_and_completed(vm: VmRun) -> None:
     check_aio_poll(vm.scenario("aio"))
 
 
-@pytest.mark.parametrize("name", ["refault", "tp_refault"])
-def test_refault_each_wait_seen(vm: VmRun, name: str) -> None:
-    s = vm.scenario(name)
-    assert s.mode == ("tracepoint" if name.startswith("tp_") else "kprobe")
+def test_refault_each_wait_seen(vm: VmRun) -> None:
+    """Kprobe mode (tracepoint mode's refaults: the host tier)."""
+    s = vm.scenario("refault")
+    assert s.mode == "kprobe"
     check_refault(s)
 
 
