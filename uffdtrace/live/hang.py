@@ -28,6 +28,7 @@ EPOLLS = {232: "epoll_wait", 281: "epoll_pwait", 441: "epoll_pwait2"}  # epfd in
 AIO = {208: "io_getevents", 333: "io_pgetevents"}
 MAX_POLLFDS = 4096
 PAGEMAP_PRESENT, PAGEMAP_SWAPPED = 1 << 63, 1 << 62
+STUCK_NS = 1_000_000_000  # trace's default --stuck-ms
 
 
 @dataclass
@@ -231,7 +232,11 @@ def explain(pids: list[int], uffds: dict[int, Uffd]) -> list[Blocked]:
             addr = w.args[1] & ~(os.sysconf("SC_PAGE_SIZE") - 1)
         holders = [holder_view(hp, fds, u.ino) for hp, fds in sorted(u.holders.items())] if u else []
         can_read = any(not t.asleep_on_uffd and t.tid not in blocked_tids for h in holders for t in h.threads)
-        handled = any(h.pid != pid for h in holders) or any(t.on_this_uffd for h in holders for t in h.threads)
+        # Its reader gone is concluded only of a wait longer than --stuck-ms's default: a handler of
+        # its own process may be busy with the page for a moment, waiting on nothing of the uffd.
+        waited = last_ran is not None and now - last_ran > STUCK_NS
+        handled = (not waited or any(h.pid != pid for h in holders)
+                   or any(t.on_this_uffd for h in holders for t in h.threads))
         b = Blocked(pid, tid, comm, kind, u.ino if u else None, addr, event, length,
                     None if last_ran is None else round(max(0, now - last_ran) / 1e9, 3), message,
                     page_state(pid, addr) if kind == "fault" and addr is not None else "unknown", holders,
