@@ -19,8 +19,8 @@ whose rmap walk takes no folio lock) and tests/workloads/aio_poll (an
 IOCB_CMD_POLL on the uffd); both run on every variant, in kprobe mode.
 
 `why`: the races' workload once more, untraced, while `uffdtrace why -j` is
-asked again and again (tests/why_driver.py): a thread it finds blocked at the
-same address in asks 3 s apart hangs; on `refile` its verdict is
+asked again and again (tests/why_driver.py): a thread it finds asleep for 3 s
+or more hangs; on `refile` its verdict is
 resolved_not_woken (the page is there, the wake-up was lost).
 
 Expected: `stock` flags nothing; `refile` and `mustwait` hang a thread, and

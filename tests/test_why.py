@@ -60,8 +60,12 @@ def test_the_walk_parsed_each_uffd_once_whatever_holds_it() -> None:
     ("event", "queued", "unknown", True, False, EVENT_UNREAD),
     ("event", "queued", "unknown", False, True, NO_READER),
     ("fault", None, "absent", True, True, UNKNOWN),
+    ("fault", "read", "absent", None, True, UNKNOWN),  # no living holder: being released, or exiting
+    ("fault", "read", "present", None, True, RESOLVED_NOT_WOKEN),
+    ("event", "queued", "unknown", None, True, EVENT_UNREAD),
 ])
-def test_verdicts(kind: str, message: str | None, page: str, can_read: bool, handled: bool, expected: str) -> None:
+def test_verdicts(kind: str, message: str | None, page: str, can_read: bool | None, handled: bool,
+                  expected: str) -> None:
     assert verdict(kind, message, page, can_read, handled)[0] == expected
 
 

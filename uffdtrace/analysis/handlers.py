@@ -23,7 +23,10 @@ class Readers:
 
     @property
     def nobody(self) -> bool:
-        return bool(self.gone) or (self.holders is not None and not any(h.can_read for h in self.holders))
+        # No holder at all is no conclusion: the uffd is being released (its
+        # faults are woken), or its last holder is exiting (seen on the seed
+        # tier's `refile` kernel as the hung workload was killed).
+        return bool(self.gone) or (bool(self.holders) and not any(h.can_read for h in self.holders or ()))
 
 
 class Handlers:

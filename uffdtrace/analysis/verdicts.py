@@ -48,21 +48,37 @@ def of_flag(name: str, read: bool, present: bool) -> str | None:
     return READ_NOT_RESOLVED if read else NOT_READ
 
 
-def verdict(kind: str, message: str | None, page: str, can_read: bool, handled: bool) -> tuple[str, str]:
-    """The verdict and what it means here. ``kind`` fault or event;
-    ``message`` queued, read or None (on no queue); ``page`` present, absent
-    or unknown; ``can_read``: a thread of a holder is free (not itself
-    asleep on a uffd); ``handled``: a thread of a holder waits on this uffd
-    (read, poll, epoll, aio), or a process other than the waiter's holds it."""
+NO_HOLDER = ("no living process holds the uffd now: it is being released (which wakes its faults), or its holders "
+             "are exiting")
+
+
+def verdict(kind: str, message: str | None, page: str, can_read: bool | None, handled: bool) -> tuple[str, str]:
+    """The verdict and what it means here.
+
+    ``kind``: fault or event. ``message``: queued, read, or None (on no
+    queue). ``page``: present, absent or unknown. ``can_read``: a thread of
+    a holder is free (not itself asleep on a uffd); None when no holder with
+    a living thread was found. ``handled``: a thread of a holder waits on
+    this uffd (read, poll, epoll, aio), or a process other than the
+    waiter's holds it."""
+    name, why = _decide(kind, message, page, can_read, handled)
+    return name, why or MEANING[name]
+
+
+def _decide(kind: str, message: str | None, page: str, can_read: bool | None,
+            handled: bool) -> tuple[str, str | None]:
     if message is None:
-        return UNKNOWN, MEANING[UNKNOWN]
-    if kind == "event" and can_read:
-        return EVENT_UNREAD, MEANING[EVENT_UNREAD]
-    if page == "present":
-        return RESOLVED_NOT_WOKEN, MEANING[RESOLVED_NOT_WOKEN]
-    if not can_read:
-        return NO_READER, f"{MEANING[NO_READER]}: {NOBODY_FREE}"
-    if message == "read" and not handled:
-        return NO_READER, f"{MEANING[NO_READER]}: {READER_GONE}"
-    name = NOT_READ if message == "queued" else READ_NOT_RESOLVED
-    return name, MEANING[name]
+        found: tuple[str, str | None] = (UNKNOWN, None)
+    elif kind == "event":
+        found = (EVENT_UNREAD, None) if can_read is not False else (NO_READER, f"{MEANING[NO_READER]}: {NOBODY_FREE}")
+    elif page == "present":
+        found = (RESOLVED_NOT_WOKEN, None)
+    elif can_read is None:
+        found = (UNKNOWN, NO_HOLDER)
+    elif not can_read:
+        found = (NO_READER, f"{MEANING[NO_READER]}: {NOBODY_FREE}")
+    elif message == "read" and not handled:
+        found = (NO_READER, f"{MEANING[NO_READER]}: {READER_GONE}")
+    else:
+        found = (NOT_READ if message == "queued" else READ_NOT_RESOLVED, None)
+    return found

@@ -231,7 +231,8 @@ def explain(pids: list[int], uffds: dict[int, Uffd]) -> list[Blocked]:
         elif w is not None:
             addr = w.args[1] & ~(os.sysconf("SC_PAGE_SIZE") - 1)
         holders = [holder_view(hp, fds, u.ino) for hp, fds in sorted(u.holders.items())] if u else []
-        can_read = any(not t.asleep_on_uffd and t.tid not in blocked_tids for h in holders for t in h.threads)
+        threads = [t for h in holders for t in h.threads]
+        can_read = any(not t.asleep_on_uffd and t.tid not in blocked_tids for t in threads) if threads else None
         # Its reader gone is concluded only of a wait longer than --stuck-ms's default: a handler of
         # its own process may be busy with the page for a moment, waiting on nothing of the uffd.
         waited = last_ran is not None and now - last_ran > STUCK_NS
