@@ -64,6 +64,9 @@ MODES = ("kprobe", "tracepoint")
 SHAPE = (256, 40, 2)
 MOVE_IDLE = "64 300"  # pages, rounds (two UFFDIO_MOVEs each)
 BOOT_TIMEOUT_S = 1800
+# The why run's deadline: one `why` compiles its walk for about 20 s under TCG,
+# and must find the hung thread before the workload is killed.
+WHY_SECONDS = 60
 
 
 class SeedError(Exception):
@@ -102,7 +105,7 @@ def scenarios(out: Path, wl: Path, args: argparse.Namespace) -> dict[str, tuple[
     runs["move_idle"] = ("kprobe", trace("move_idle", f"-- {wl}/move_idle {MOVE_IDLE}"))
     # `why`, with nothing traced: the races' workload alone, `why -j` asked while it runs.
     runs["why"] = ("run", f"{VENV / 'python'} {ROOT / 'tests' / 'why_driver.py'} hang {out}/why.json "
-                          f"{VENV / 'uffdtrace'} {args.seconds} {wl}/postcopy_shape {shape}")
+                          f"{VENV / 'uffdtrace'} {max(args.seconds, WHY_SECONDS)} {wl}/postcopy_shape {shape}")
     runs["aio"] = ("kprobe", trace("aio", f"--events -- {wl}/aio_poll"))
     return runs
 

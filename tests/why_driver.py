@@ -45,7 +45,8 @@ def hang(uffdtrace: str, seconds: int, cmd: list[str]) -> dict[str, Any]:
             asleep = max(at - since, b["waiting_s"] or 0.0)  # under TCG one ask can take most of the run
             if asleep >= HUNG_S:
                 hung[b["tid"]] = {**b, "seen_for_s": round(asleep, 1)}
-    return {"rc": proc.returncode, "asks": len(asks), "hung": list(hung.values())}
+    return {"rc": proc.returncode, "asks": len(asks), "hung": list(hung.values()),
+            "blocked_per_ask": [len(found) for _, found in asks]}
 
 
 if __name__ == "__main__":
