@@ -124,12 +124,14 @@ def boot(bzimage: str, out: Path, lines: list[str]) -> None:
            *(f"--rodir={tree}" for tree in headers()), "--rwdir", str(out),
            "--exec", f"{GUEST_RUN} {out} {VENV / 'uffdtrace'}"]
     env = {**os.environ, "PATH": f"{VENV}:{os.environ['PATH']}"}
+    started = time.monotonic()
     with (out / "vm.log").open("w") as log:
-        subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, check=False,
-                       timeout=BOOT_TIMEOUT_S)
+        done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                              check=False, timeout=BOOT_TIMEOUT_S)
     if not (out / "finished").exists():
         tail = (out / "vm.log").read_text(errors="replace").strip().splitlines()[-3:]
-        raise SeedError(f"the guest did not finish ({out / 'vm.log'}): {' | '.join(tail)}")
+        raise SeedError(f"the guest did not finish ({out / 'vm.log'}; vng exited {done.returncode} after "
+                        f"{time.monotonic() - started:.0f} s): {' | '.join(tail)}")
 
 
 def parse_why(out: Path) -> dict[str, Any]:
