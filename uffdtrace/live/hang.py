@@ -11,7 +11,6 @@ import os
 import struct
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..analysis.verdicts import verdict
@@ -82,29 +81,10 @@ class Blocked:
         return out
 
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as fh:
-            return fh.read()
-    except OSError:
-        return None
-
-
-def blocked_threads(pids: list[int]) -> list[tuple[int, int, str, str, int | None]]:
-    """(pid, tid, comm, fault|event, last ran) of every thread waiting on userfaultfd."""
-    out = []
-    for pid in pids or [int(e) for e in os.listdir(PROC) if e.isdigit()]:
-        try:
-            tids = sorted(int(t) for t in os.listdir(f"{PROC}/{pid}/task"))
-        except OSError:
-            continue
-        for tid in tids:
-            task = f"{PROC}/{pid}/task/{tid}"
-            wchan = (_read(f"{task}/wchan") or "").strip()
-            if wchan in (procscan.WCHAN, procscan.EVENT_WCHAN):
-                out.append((pid, tid, (_read(f"{task}/comm") or "?").strip(),
-                            "fault" if wchan == procscan.WCHAN else "event", procscan.last_ran_ns(Path(task))))
-    return out
+def blocked_threads(pids: list[int]) -> list[tuple[int, procscan.BlockedTask]]:
+    """Every thread of ``pids`` (every process when empty) waiting on userfaultfd: a fault or an event."""
+    return [(pid, t) for pid in pids or [int(e) for e in os.listdir(PROC) if e.isdigit()]
+            for t in procscan.blocked_tasks(pid, events=True)]
 
 
 def page_state(pid: int, addr: int) -> str:
@@ -140,7 +120,7 @@ def _polled_fds(pid: int, addr: int, nfds: int) -> list[int]:
 
 def _epoll_fds(pid: int, epfd: int) -> list[int]:
     fds = []
-    for line in (_read(f"{PROC}/{pid}/fdinfo/{epfd}") or "").splitlines():
+    for line in (procscan.read_text(PROC / str(pid) / "fdinfo" / str(epfd)) or "").splitlines():
         if line.startswith("tfd:"):
             fds.append(int(line.split()[1]))
     return fds
@@ -148,7 +128,7 @@ def _epoll_fds(pid: int, epfd: int) -> list[int]:
 
 def waits_on(pid: int, tid: int, ino: int) -> str | None:
     """The call the thread sleeps in, when it waits for uffd ``ino``."""
-    words = (_read(f"{PROC}/{pid}/task/{tid}/syscall") or "").split()
+    words = (procscan.read_text(PROC / str(pid) / "task" / str(tid) / "syscall") or "").split()
     if len(words) < 3 or not words[0].lstrip("-").isdigit():
         return None  # running, or not in a system call
     nr, args = int(words[0]), [int(w, 16) for w in words[1:7]]
@@ -164,20 +144,18 @@ def waits_on(pid: int, tid: int, ino: int) -> str | None:
 
 
 def holder_view(pid: int, fds: list[int], ino: int) -> HolderView:
-    view = HolderView(pid, (_read(f"{PROC}/{pid}/comm") or "?").strip(), sorted(fds))
+    view = HolderView(pid, (procscan.read_text(PROC / str(pid) / "comm") or "?").strip(), sorted(fds))
     try:
-        tids = sorted(int(t) for t in os.listdir(f"{PROC}/{pid}/task"))
+        tids = sorted(int(t) for t in os.listdir(PROC / str(pid) / "task"))
     except OSError:
         return view  # exited during the walk
     for tid in tids:
-        task = f"{PROC}/{pid}/task/{tid}"
-        stat = _read(f"{task}/stat")
-        if stat is None or stat.rpartition(")")[2].split()[0] in ("Z", "X"):
+        task = PROC / str(pid) / "task" / str(tid)
+        where = procscan.wchan(task)
+        if where is None:
             continue
-        wchan = (_read(f"{task}/wchan") or "").strip()
-        view.threads.append(HandlerThread(tid, (_read(f"{task}/comm") or "?").strip(), wchan or "running",
-                                          waits_on(pid, tid, ino),
-                                          wchan in (procscan.WCHAN, procscan.EVENT_WCHAN)))
+        view.threads.append(HandlerThread(tid, (procscan.read_text(task / "comm") or "?").strip(), where or "running",
+                                          waits_on(pid, tid, ino), where in (procscan.WCHAN, procscan.EVENT_WCHAN)))
     return view
 
 
@@ -218,9 +196,10 @@ def explain(pids: list[int], uffds: dict[int, Uffd]) -> list[Blocked]:
     """One Blocked per thread of ``pids`` (every process when empty) waiting on userfaultfd."""
     now = time.monotonic_ns()
     waiting = blocked_threads(pids)
-    blocked_tids = {tid for _, tid, *_ in waiting}
+    blocked_tids = {task.tid for _, task in waiting}
     out = []
-    for pid, tid, comm, kind, last_ran in waiting:
+    for pid, task in waiting:
+        tid, comm, kind, last_ran = task.tid, task.comm, task.kind, task.last_ran_ns
         found = _find(uffds, tid)
         u, message, w = found if found else (None, None, None)
         addr = length = None
@@ -236,8 +215,7 @@ def explain(pids: list[int], uffds: dict[int, Uffd]) -> list[Blocked]:
         # Its reader gone is concluded only of a wait longer than --stuck-ms's default: a handler of
         # its own process may be busy with the page for a moment, waiting on nothing of the uffd.
         waited = last_ran is not None and now - last_ran > STUCK_NS
-        handled = (not waited or any(h.pid != pid for h in holders)
-                   or any(t.on_this_uffd for h in holders for t in h.threads))
+        handled = not waited or any(h.pid != pid for h in holders) or any(t.on_this_uffd for t in threads)
         b = Blocked(pid, tid, comm, kind, u.ino if u else None, addr, event, length,
                     None if last_ran is None else round(max(0, now - last_ran) / 1e9, 3), message,
                     page_state(pid, addr) if kind == "fault" and addr is not None else "unknown", holders,

@@ -36,11 +36,12 @@ class UffdFd:
 
 @dataclass
 class BlockedTask:
-    """A thread sleeping in handle_userfault (its wchan says so)."""
+    """A thread sleeping in handle_userfault (its wchan says so), or in an event's completion."""
 
     tid: int
     comm: str
     last_ran_ns: int | None  # CLOCK_MONOTONIC of the last time it ran (sched exec_start), when the kernel tells
+    kind: str = "fault"  # fault, or event (userfaultfd_event_wait_completion)
 
 
 @dataclass
@@ -52,7 +53,7 @@ class UffdProcess:
     blocked: list[BlockedTask] = field(default_factory=list)
 
 
-def _read(path: Path) -> str | None:
+def read_text(path: Path) -> str | None:
     try:
         return path.read_text()
     except OSError:
@@ -65,7 +66,7 @@ def _fdinfo(pid: int, fd: int) -> UffdFd:
     except OSError:
         ino = None
     info = UffdFd(fd, ino=ino)
-    for line in (_read(PROC / str(pid) / "fdinfo" / str(fd)) or "").splitlines():
+    for line in (read_text(PROC / str(pid) / "fdinfo" / str(fd)) or "").splitlines():
         key, _, value = line.partition(":")
         if key == "pending":
             info.pending = int(value)
@@ -91,21 +92,26 @@ def registered_ranges(pid: int) -> list[tuple[int, int]]:
     return out
 
 
+def wchan(task: Path) -> str | None:
+    """Where the thread sleeps ("" while it runs); None when it no longer
+    exists (or is a zombie)."""
+    stat = read_text(task / "stat")
+    if stat is None or stat.rpartition(")")[2].split()[0] in ("Z", "X"):
+        return None
+    return (read_text(task / "wchan") or "").strip()
+
+
 def thread_state(pid: int, tid: int) -> TaskState:
     """``uffd`` when the thread waits in handle_userfault, ``event`` when it
     waits for its uffd event to be read, ``gone`` when it no longer exists
     (or is a zombie), ``other`` otherwise."""
-    task = PROC / str(pid) / "task" / str(tid)
-    stat = _read(task / "stat")
-    if stat is None or stat.rpartition(")")[2].split()[0] in ("Z", "X"):
-        return "gone"
-    wchan = (_read(task / "wchan") or "").strip()
-    return "uffd" if wchan == WCHAN else "event" if wchan == EVENT_WCHAN else "other"
+    where = wchan(PROC / str(pid) / "task" / str(tid))
+    return "gone" if where is None else "uffd" if where == WCHAN else "event" if where == EVENT_WCHAN else "other"
 
 
 def _exec_start_ns(task: Path) -> int | None:
     """se.exec_start from /proc/.../sched: milliseconds of the scheduler clock."""
-    for line in (_read(task / "sched") or "").splitlines():
+    for line in (read_text(task / "sched") or "").splitlines():
         if line.startswith("se.exec_start"):
             return int(float(line.split(":")[1]) * 1e6)
     return None
@@ -124,7 +130,10 @@ def last_ran_ns(task: Path) -> int | None:
     return ran if own is None else ran + mono - own
 
 
-def blocked_tasks(pid: int) -> list[BlockedTask]:
+def blocked_tasks(pid: int, events: bool = False) -> list[BlockedTask]:
+    """The threads of ``pid`` waiting in handle_userfault; with ``events``,
+    those waiting for their event to be read too."""
+    waits = {WCHAN: "fault", **({EVENT_WCHAN: "event"} if events else {})}
     out = []
     try:
         tids = sorted(int(t) for t in os.listdir(PROC / str(pid) / "task"))
@@ -132,8 +141,9 @@ def blocked_tasks(pid: int) -> list[BlockedTask]:
         return []
     for tid in tids:
         task = PROC / str(pid) / "task" / str(tid)
-        if (_read(task / "wchan") or "").strip() == WCHAN:
-            out.append(BlockedTask(tid, (_read(task / "comm") or "?").strip(), last_ran_ns(task)))
+        kind = waits.get((read_text(task / "wchan") or "").strip())
+        if kind is not None:
+            out.append(BlockedTask(tid, (read_text(task / "comm") or "?").strip(), last_ran_ns(task), kind))
     return out
 
 
@@ -165,7 +175,7 @@ def holders(ino: int) -> list[Holder]:
         states = [thread_state(pid, int(t)) for t in tids]
         alive = [s for s in states if s != "gone"]
         if alive:
-            out.append(Holder(pid, (_read(PROC / entry.name / "comm") or "?").strip(), len(alive),
+            out.append(Holder(pid, (read_text(PROC / entry.name / "comm") or "?").strip(), len(alive),
                               sum(s in ("uffd", "event") for s in alive)))
     return out
 
@@ -196,7 +206,7 @@ def scan_process(pid: int, include_blocked_only: bool = False) -> UffdProcess | 
     blocked = blocked_tasks(pid) if fds or include_blocked_only else []
     if not fds and not blocked:
         return None
-    comm = (_read(PROC / str(pid) / "comm") or "?").strip()
+    comm = (read_text(PROC / str(pid) / "comm") or "?").strip()
     return UffdProcess(pid, comm, sorted(fds, key=lambda f: f.fd), registered_ranges(pid) if fds else [], blocked)
 
 
