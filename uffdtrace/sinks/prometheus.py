@@ -8,6 +8,7 @@ forgotten after UFFD_IDLE_S without a sign of them."""
 
 from __future__ import annotations
 
+import collections
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -124,8 +125,8 @@ class Metrics(Ignoring):
             self.in_flight.labels(comm).set(n)
         self.oldest.set(max(((now - lc.waiting_since) / NS for lc in waiting), default=0.0))
         self.event_waits.clear()
-        for comm in {ew.comm for ew in events}:
-            self.event_waits.labels(comm).set(sum(ew.comm == comm for ew in events))
+        for comm, n in collections.Counter(ew.comm for ew in events).items():
+            self.event_waits.labels(comm).set(n)
         for key in [k for k, ts in self._seen.items() if now - ts > UFFD_IDLE_S * NS]:
             del self._seen[key]
         self.uffds.set(len(self._seen))
