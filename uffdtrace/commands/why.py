@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Any
 
@@ -12,11 +11,11 @@ import click
 from .. import session
 from ..analysis.model import Flag
 from ..analysis.rules import Thresholds
-from ..errors import UffdtraceError
+from ..analysis.tables import PAGE_SIZE
 from ..escape import printable
 from ..events import UFFD_EVENT_PAGEFAULT, Event, Kind, op_name
 from ..live import hang, kernel, uffd_state
-from ..live.source import LiveSource, Options, check_pids
+from ..live.source import LiveSource, Options, check_bpf, check_pids
 from ..sinks import Ignoring
 
 
@@ -33,7 +32,7 @@ class Watched(Ignoring):
         if b.addr is None:
             return None
         if ev.kind is Kind.READ_MSG:
-            if b.kind == "fault" and ev.mode == UFFD_EVENT_PAGEFAULT and ev.addr & ~0xFFF == b.addr:
+            if b.kind == "fault" and ev.mode == UFFD_EVENT_PAGEFAULT and ev.addr & ~(PAGE_SIZE - 1) == b.addr:
                 return "reads"
             if b.kind == "event" and ev.mode != UFFD_EVENT_PAGEFAULT and ev.flags == b.addr:
                 return "reads"  # an event's message: its range's start (remove, unmap) or its origin (remap)
@@ -90,15 +89,8 @@ def command(ctx: click.Context, pids: tuple[int, ...], as_json: bool, watch_s: f
     PID (every process when none is given) blocked in handle_userfault or in
     an event's completion, the missing step and who should take it. Exit 0
     when nothing is blocked, 3 when something is."""
-    if os.geteuid() != 0:
-        raise UffdtraceError("must run as root: the uffds' queues are walked with a BPF iterator and other "
-                             "processes' /proc entries read; try sudo")
+    check_bpf(kernel.probe())  # the uffds' queues are walked by a BPF program
     check_pids(pids)
-    features = kernel.probe()
-    if features.bcc_version is None:
-        raise UffdtraceError(f"bcc is not importable ({features.bcc_error}): install python3-bpfcc")
-    if not features.btf:
-        raise UffdtraceError("kernel has no BTF (/sys/kernel/btf/vmlinux): the uffds' queues cannot be walked")
     found = hang.explain(list(pids), uffd_state.snapshot())
     watched = watch(found, watch_s, ctx.obj["mode"]) if watch_s and found else {}
     if as_json:

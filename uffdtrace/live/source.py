@@ -77,8 +77,9 @@ def backend(mode: str) -> probes.Backend:
     return KprobeBackend() if mode == "kprobe" else TracepointBackend()
 
 
-def check_environment(features: kernel.Features, mode: str) -> None:
-    """Fail early with one clear line naming the cause and the remedy."""
+def check_bpf(features: kernel.Features) -> None:
+    """What compiling and loading any of the BPF programs needs (the probes,
+    and `why`'s walk): one clear line naming the cause and the remedy."""
     if not features.root:
         raise UffdtraceError("must run as root (loading BPF programs needs CAP_BPF/CAP_SYS_ADMIN): try sudo")
     if features.bcc_version is None:
@@ -86,14 +87,19 @@ def check_environment(features: kernel.Features, mode: str) -> None:
             f"bcc is not importable ({features.bcc_error}): install python3-bpfcc (scripts/setup.sh does)")
     if not features.btf:
         raise UffdtraceError("kernel has no BTF (/sys/kernel/btf/vmlinux): it needs CONFIG_DEBUG_INFO_BTF=y")
+    if features.headers is None:
+        raise UffdtraceError(
+            f"no kernel headers at /lib/modules/{features.release}/build (bcc needs them): run scripts/setup.sh")
+
+
+def check_environment(features: kernel.Features, mode: str) -> None:
+    """Fail early with one clear line naming the cause and the remedy."""
+    check_bpf(features)
     if mode == "kprobe" and not features.kprobes:
         raise UffdtraceError(
             "kprobes are unavailable on this kernel (no CONFIG_KPROBE_EVENTS): use --mode tracepoint")
     if mode == "tracepoint" and features.tracefs is None:
         raise UffdtraceError("no tracefs at /sys/kernel/tracing and it cannot be mounted: tracepoint mode needs it")
-    if features.headers is None:
-        raise UffdtraceError(
-            f"no kernel headers at /lib/modules/{features.release}/build (bcc needs them): run scripts/setup.sh")
 
 
 def choose_transport(kallsyms: Kallsyms, wanted: str) -> str:
