@@ -13,6 +13,7 @@
  */
 #include "filter.h"
 #include "messages.h"
+#include "files.h"
 
 BPF_HASH(poll_iocbs, u64, u8, 65536);
 
@@ -78,8 +79,9 @@ int kr_handle_userfault(struct pt_regs *ctx)
 /* ---- which inode each uffd is ----------------------------------------- */
 
 /* The uffd's inode (what /proc/PID/fd shows) by its context, learned where
- * a file is at hand (read, ioctl, close): user space finds the processes
- * holding a uffd by it (uffd_holders). LRU: a uffd long unused is dropped. */
+ * a file is at hand (read, ioctl) and forgotten at its release: user space
+ * finds the processes holding a uffd by it (uffd_holders). LRU: a uffd long
+ * unused is dropped. */
 BPF_TABLE("lru_hash", u64, u64, uffd_inode, 16384);
 
 static __always_inline void learn_inode(u64 uffd, u64 file)
@@ -89,7 +91,7 @@ static __always_inline void learn_inode(u64 uffd, u64 file)
 
 	if (uffd_inode.lookup(&uffd))
 		return;
-	ino = read_u64(read_u64(file + OFF_FILE_F_INODE) + OFF_INODE_INO);
+	ino = file_ino(file);
 	if (ino)
 		uffd_inode.update(&uffd, &ino);
 #endif

@@ -15,6 +15,7 @@
  * (tgid << 32 | fd) that created it or that /proc showed at start. */
 #ifndef UFFDTRACE_UFFD_ID_H
 #define UFFDTRACE_UFFD_ID_H
+#include "files.h"
 #include "follow.h"
 
 /* uffd -> the tgid whose memory it serves (its creator). LRU: a process that
@@ -36,14 +37,12 @@ static __always_inline u64 fd_file(u64 fd)
 /* The uffd a file is (0: it is none). */
 static __always_inline u64 file_uffd(u64 file)
 {
-	u64 fops = file ? read_u64(file + OFF_FILE_F_OP) : 0;
-
-	if (!fops || read_u64(fops + OFF_FOPS_POLL) != USERFAULTFD_POLL)
+	if (!file_is_uffd(file))
 		return 0;
 #ifdef UFFD_ID_CTX
 	return read_u64(file + OFF_FILE_PRIVATE_DATA);
 #else
-	return read_u64(read_u64(file + OFF_FILE_F_INODE) + OFF_INODE_INO);
+	return file_ino(file);
 #endif
 }
 

@@ -11,7 +11,7 @@
  * (uffdtrace/live/offsets.py). The lists are walked without their lock,
  * each entry read with bpf_probe_read_kernel: a waiter woken meanwhile may
  * be missed or seen twice, which user space tells by asking the thread. */
-#include "read.h"
+#include "files.h"
 
 #define MAX_WAITERS 1024   /* per queue and uffd: that there are more is said, not who */
 
@@ -70,15 +70,15 @@ int bpf_iter__task_file(struct why_iter_task_file *it)
 	void *seq = meta->seq;
 	u64 file = (u64)it->file, task = (u64)it->task, ctx;
 
-	if (!file || !task)
+	if (!task)
 		return 0;
-	if (read_u64(read_u64(file + OFF_FILE_F_OP) + OFF_FOPS_POLL) != USERFAULTFD_POLL)
+	if (!file_is_uffd(file))
 		return 0;
 	ctx = read_u64(file + OFF_FILE_PRIVATE_DATA);
 	r.kind = WHY_FILE;
 	r.fd = it->fd;
 	r.holder = read_u32(task + OFF_TASK_TGID);
-	r.ino = read_u64(read_u64(file + OFF_FILE_F_INODE) + OFF_INODE_INO);
+	r.ino = file_ino(file);
 	r.released = read_u8(ctx + OFF_CTX_RELEASED);
 	r.msg[0] = read_u32(ctx + OFF_CTX_FEATURES);
 	bpf_seq_write(seq, &r, sizeof(r));
