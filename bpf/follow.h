@@ -5,15 +5,15 @@
 #define UFFDTRACE_FOLLOW_H
 #include "output.h"
 
-#ifndef SPAWN_PARENT
-#define SPAWN_PARENT 0   /* the tgid whose children are followed (uffdtrace itself, for a command) */
-#endif
-
 /* Processes being traced (FILTER), and uffd contexts / aio requests that
  * belong to them, so that handlers in other processes are seen too. */
 BPF_HASH(follow, u32, u8, 65536);
 BPF_HASH(follow_ctx, u64, u8, 65536);
 BPF_HASH(uffd_users, u32, u8, 65536);
+/* The tgid whose children are followed (uffdtrace itself, for a command):
+ * a map, not a define, so that the compiled program does not change with
+ * the tracer's pid (the cache of compiled programs, docs/architecture.md). */
+BPF_ARRAY(spawn_parent, u32, 1);
 
 static __always_inline bool followed(u32 tgid)
 {
@@ -48,9 +48,11 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
 {
 	u32 parent = current_tgid();
 	u32 child = args->child_pid;
+	u32 zero = 0;
+	u32 *spawner = spawn_parent.lookup(&zero);
 	u8 one = 1;
 
-	if (parent == SPAWN_PARENT || follow.lookup(&parent))
+	if ((spawner && parent == *spawner) || follow.lookup(&parent))
 		follow.update(&child, &one);
 	return 0;
 }

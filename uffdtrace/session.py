@@ -23,7 +23,7 @@ def header(info: RunInfo, th: Thresholds) -> dict[str, Any]:
         "host": info.host, "wall_offset_ns": info.wall_offset_ns,
         "probes": info.probes, "command": info.command, "command_pid": info.command_pid, "pids": info.pids,
         "degraded": info.degraded, "existing_uffd_pids": info.existing, "started_ns": info.started_ns,
-        "output": info.output,
+        "output": info.output, **({"program": info.program} if info.program else {}),
         "stuck_ms": th.stuck_ms, "wake_ms": th.wake_ms, "retry_threshold": th.retry_threshold,
     }
 

@@ -63,6 +63,7 @@ class RunInfo:
     started_ns: int = 0  # CLOCK_MONOTONIC when the probes were live (before any command started)
     wall_offset_ns: int = 0  # CLOCK_REALTIME - CLOCK_MONOTONIC at start
     output: list[str] = field(default_factory=list)  # "events", "flagged": what the kernel sent, what was printed
+    program: str = ""  # live: "compiled" now, or "cached" (a compiled program kept by an earlier session)
 
 
 @dataclass

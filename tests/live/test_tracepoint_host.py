@@ -126,6 +126,19 @@ def test_dontwake_stall(workloads: Path) -> None:
     check_dontwake_lifecycle(s)
 
 
+def test_a_program_from_the_cache_traces_as_one_compiled_now(workloads: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first session compiles and keeps the program (progcache.py), the
+    second loads it without bcc: the same workload gives the same evidence."""
+    monkeypatch.setenv("UFFDTRACE_CACHE", str(tmp_path / "cache"))
+    cold, warm = (trace("--", str(workloads / "dontwake"), str(DONTWAKE_STALL_S)) for _ in range(2))
+    assert (cold.header.get("program"), warm.header.get("program")) == ("compiled", "cached")
+    for s in (cold, warm):
+        check_dontwake(s)
+        check_dontwake_lifecycle(s)
+    assert [f["flag"] for f in cold.flags] == [f["flag"] for f in warm.flags]
+
+
 @pytest.mark.parametrize("name", sorted(PYTHON_SCENARIOS))
 def test_python_workload_lifecycles(name: str) -> None:
     args, check = PYTHON_SCENARIOS[name]

@@ -63,8 +63,9 @@ RUN_FIELDS: dict[str, Callable[[Any], bool]] = {
     "degraded": _is_str_list, "sees_returns": lambda v: isinstance(v, bool), "started_ns": _is_int,
     "wall_offset_ns": _is_int,
     "output": lambda v: _is_str_list(v) and set(v) <= {"events", "flagged"},
+    "program": lambda v: v in ("", "compiled", "cached"),
 }
-RUN_DEFAULTS: dict[str, Any] = {"output": []}  # fields newer than the first captures of format 1
+RUN_DEFAULTS: dict[str, Any] = {"output": [], "program": ""}  # fields newer than the first captures of format 1
 THRESHOLD_FIELDS: dict[str, Callable[[Any], bool]] = {
     "stuck_ms": _is_number, "wake_ms": _is_number, "retry_threshold": lambda v: _is_int(v) and v >= 2,
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,11 +93,19 @@ def kprobes_available(trace_dir: Path | None) -> bool:
 
 
 def bcc_version() -> tuple[str | None, str | None]:
+    """bcc's version, read from its package without importing it: importing
+    bcc maps LLVM (60 MiB), which only compiling needs (compiled.py)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("bcc")
+    if spec is None or not spec.submodule_search_locations:
+        return None, "No module named 'bcc'"
     try:
-        import bcc
-    except ImportError as exc:
-        return None, str(exc)
-    return getattr(bcc, "__version__", "unknown"), None
+        text = (Path(spec.submodule_search_locations[0]) / "version.py").read_text()
+    except OSError:
+        return "unknown", None
+    found = re.search(r"__version__\s*=\s*['\"]([^'\"]+)", text)
+    return (found.group(1) if found else "unknown"), None
 
 
 def probe() -> Features:

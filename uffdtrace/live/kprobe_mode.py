@@ -12,7 +12,7 @@ from typing import Any
 from ..errors import UffdtraceError
 from . import kernel, offsets
 from .btf import BtfError
-from .kallsyms import Kallsyms
+from .kallsyms import Symbols
 from .kernel import Features
 from .probes import Backend, Candidate, Plan, ProbeStatus
 
@@ -75,7 +75,7 @@ PROBES: tuple[ProbeSpec, ...] = (
 )
 
 
-def plan(kallsyms: Kallsyms, offsets: dict[str, int]) -> Plan:
+def plan(kallsyms: Symbols, offsets: dict[str, int]) -> Plan:
     result = Plan(defines={k: v for k, v in offsets.items()})
     for spec in PROBES:
         reasons = []
@@ -136,7 +136,7 @@ class KprobeBackend(Backend):
     sees_returns = True
     learns_every_uffd = False
 
-    def plan(self, kallsyms: Kallsyms, features: Features) -> Plan:
+    def plan(self, kallsyms: Symbols, features: Features) -> Plan:
         try:
             member_offsets = offsets.load()
         except BtfError as exc:

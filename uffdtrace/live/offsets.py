@@ -1,17 +1,16 @@
 """Struct member offsets the BPF programs need, from the running kernel's BTF.
 
-Computed once per kernel build and cached (parsing vmlinux BTF takes ~0.5 s).
+Computed once per kernel build and cached (cache.py; parsing vmlinux BTF takes ~0.5 s).
 A member the kernel does not have is simply absent from the result: the probe
 that needs it is reported unavailable, or the C code takes its #ifdef branch.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 
+from . import cache
 from .btf import VMLINUX_BTF, Btf, BtfError
 
 # C macro -> BTF path. Kept in the order the probes use them.
@@ -74,9 +73,6 @@ ENUMERATORS: dict[str, str] = {
     "ITER_IOVEC_VALUE": "ITER_IOVEC",
 }
 
-CACHE_DIR = Path(os.environ.get("UFFDTRACE_CACHE", "/var/cache/uffdtrace"))
-
-
 def compute(btf: Btf) -> dict[str, int]:
     """Every macro of MEMBERS and ENUMERATORS the kernel's BTF can answer."""
     out: dict[str, int] = {}
@@ -95,29 +91,21 @@ def compute(btf: Btf) -> dict[str, int]:
 
 def _build_key(btf_path: Path) -> str:
     """Identifies one kernel build: its version string and its BTF's size."""
-    version = Path("/proc/version").read_bytes()
-    digest = hashlib.sha256(version + str(btf_path.stat().st_size).encode())
-    return digest.hexdigest()[:16]
+    return cache.key(Path("/proc/version").read_bytes(), str(btf_path.stat().st_size))
 
 
 def load(btf_path: Path = VMLINUX_BTF) -> dict[str, int]:
     """Offsets for the running kernel, from the cache when it has this build."""
     try:
-        key = _build_key(btf_path)
+        name = f"offsets-{_build_key(btf_path)}.json"
     except OSError as exc:
         raise BtfError(f"cannot read {btf_path}: {exc.strerror}") from exc
-    cached = CACHE_DIR / f"offsets-{key}.json"
     try:
-        data = json.loads(cached.read_text())
-        if data.get("members") == MEMBERS and data.get("enumerators") == ENUMERATORS:
+        data = json.loads(cache.read(name) or b"null")
+        if data and data.get("members") == MEMBERS and data.get("enumerators") == ENUMERATORS:
             return {k: int(v) for k, v in data["offsets"].items()}
-    except (OSError, ValueError, KeyError, AttributeError):
+    except (ValueError, KeyError, AttributeError, TypeError):
         pass
     offsets = compute(Btf.from_file(btf_path))
-    try:
-        CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        payload = {"members": MEMBERS, "enumerators": ENUMERATORS, "offsets": offsets}
-        cached.write_text(json.dumps(payload))
-    except OSError:
-        pass  # a read-only cache only costs the parse next time
+    cache.write(name, json.dumps({"members": MEMBERS, "enumerators": ENUMERATORS, "offsets": offsets}).encode())
     return offsets

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ..errors import UffdtraceError
 
 if TYPE_CHECKING:
-    from .kallsyms import Kallsyms
+    from .kallsyms import Symbols
     from .kernel import Features
     from .procscan import UffdProcess
 
@@ -97,7 +97,7 @@ class Backend:
     # in another process than the one traced).
     learns_every_uffd: ClassVar[bool]
 
-    def plan(self, kallsyms: Kallsyms, features: Features) -> Plan:
+    def plan(self, kallsyms: Symbols, features: Features) -> Plan:
         """What to attach where; UffdtraceError when the mode cannot run."""
         raise NotImplementedError
 

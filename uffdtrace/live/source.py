@@ -1,11 +1,13 @@
-"""The live Source (source.Source): compiles and attaches the probes with
-bcc, follows the chosen processes, and yields decoded records until told to
-stop; the correlator's questions are answered from /proc and the BPF maps."""
+"""The live Source (source.Source): compiles the probes with bcc (or takes
+them from the cache of compiled programs), loads and attaches them, follows
+the chosen processes, and yields decoded records until told to stop; the
+correlator's questions are answered from /proc and the BPF maps."""
 
 from __future__ import annotations
 
 import collections
 import ctypes
+import errno
 import mmap
 import os
 import platform
@@ -37,9 +39,10 @@ from ..events import (
     slot_layout,
 )
 from ..source import BlockedThread, Holder, RunInfo, TaskState, Totals
-from . import kernel, probes, procscan
-from .kallsyms import Kallsyms
+from . import kernel, probes, procscan, progcache
+from .kallsyms import BootSymbols, Symbols
 from .kprobe_mode import KprobeBackend
+from .loader import BpfError, PerfReader, Program
 from .ringbuf import HEADER_SIZE, RingReader, slot_size
 from .tracepoint_mode import TracepointBackend
 
@@ -102,7 +105,7 @@ def check_environment(features: kernel.Features, mode: str) -> None:
         raise UffdtraceError("no tracefs at /sys/kernel/tracing and it cannot be mounted: tracepoint mode needs it")
 
 
-def choose_transport(kallsyms: Kallsyms, wanted: str) -> str:
+def choose_transport(kallsyms: Symbols, wanted: str) -> str:
     # The BPF ring buffer arrived in 5.8 (457f44363a88, "bpf: Implement BPF
     # ring buffer and verifier support for it"); older kernels get perf.
     has_ringbuf = "bpf_ringbuf_output" in kallsyms
@@ -176,7 +179,8 @@ class LiveSource:
         self._drain_stop = threading.Event()
         self._delivered_before = 0
         self._blocked: list[tuple[int, procscan.BlockedTask]] = []  # (pid, thread) found at start
-        self._bpf: Any = None
+        self._bpf: Program | None = None
+        self._perf: PerfReader | None = None
         self._plan: probes.Plan | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._gate: int | None = None  # write end of the pipe the command waits on
@@ -193,14 +197,13 @@ class LiveSource:
         check_environment(features, self.info.mode)
         self.backend = backend(self.info.mode)
         self.info.sees_returns = self.backend.sees_returns
-        from bcc import BPF  # system package, imported only once root is checked
-
-        kallsyms = Kallsyms.load()
-        if not kallsyms.readable:
+        symbols = BootSymbols.load()
+        if not symbols.readable:
             raise UffdtraceError("/proc/kallsyms shows no addresses (kptr_restrict): run as root")
-        the_plan = self._plan = self.backend.plan(kallsyms, features)
+        the_plan = self._plan = self.backend.plan(symbols, features)
         self.info.degraded = self.backend.degraded(the_plan)
-        self.info.transport = choose_transport(kallsyms, self.opts.transport)
+        self.info.transport = choose_transport(symbols, self.opts.transport)
+        symbols.save()
         defines = the_plan.defines  # the session's knobs join the plan's: attach() reads them too
         buffer_pages = self.opts.buffer_kb * 1024 // mmap.PAGESIZE
         if self.info.transport == "ringbuf":
@@ -212,10 +215,11 @@ class LiveSource:
             defines["QUIET"] = None
         if self.opts.pids or self._command:
             defines["FILTER"] = None
-            defines["SPAWN_PARENT"] = os.getpid() if self._command else 0
-        self._bpf = self._load(BPF, defines)
+        self._bpf = self._load(defines, features)
         self.backend.attach(self._bpf, the_plan)
         self.info.probes = [p.to_json() for p in the_plan.status]  # after attach: it says what attached
+        if self._command:
+            self._bpf["spawn_parent"][ctypes.c_int(0)] = ctypes.c_uint32(os.getpid())
         follow = self._bpf["follow"]
         for pid in self.opts.pids:
             follow[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
@@ -224,9 +228,8 @@ class LiveSource:
         if self.info.transport == "ringbuf":
             self._ring = RingReader(self._bpf["events"].map_fd, buffer_pages * mmap.PAGESIZE, RECORD_SIZE)
             per_cpu = SPILL_PAGES_PER_CPU
-        # Lost records are counted in the kernel, per cause: no lost_cb.
-        self._bpf["spill" if self._ring else "events"].open_perf_buffer(
-            self._on_perf_record, page_cnt=1 << (per_cpu.bit_length() - 1), lost_cb=lambda _n: None)
+        # Lost records are counted in the kernel, per cause (bpf/output.h).
+        self._perf = self._bpf.perf_reader("spill" if self._ring else "events", 1 << (per_cpu.bit_length() - 1))
         self.stopper.install()
         self.info.started_ns = time.monotonic_ns()
         self.info.wall_offset_ns = time.time_ns() - self.info.started_ns
@@ -239,33 +242,42 @@ class LiveSource:
             os.close(gate_r)
             self.info.command_pid = self._proc.pid
 
-    def _load(self, bpf_class: Any, defines: dict[str, int | None]) -> Any:
-        """Compile and load the program. Tracepoint mode folds faults with
-        BPF atomics (5.12+): a kernel that refuses them gets the program
-        without folding (every step sent), and the header says so."""
-        def load(defs: dict[str, int | None]) -> Any:
+    def _load(self, defines: dict[str, int | None], features: kernel.Features,
+              obtain: Any = progcache.obtain, program: Any = Program) -> Any:
+        """Load the program, from the cache of compiled programs or compiled
+        now (progcache.py). Tracepoint mode folds faults with BPF atomics
+        (5.12+): a kernel that refuses them gets the program without folding
+        (every step sent), and the header says so."""
+        def load(compiled: Any) -> Any:
             attempt = 1
             while True:
                 try:
-                    return bpf_class(text=probes.source_text(self.backend.program), cflags=probes.cflags(defs))
-                except Exception as exc:
+                    return program(compiled, features.tracefs)
+                except BpfError as exc:
                     # The verifier gives up with EAGAIN when a signal is
                     # pending (a terminal resize, a profiler): load again.
-                    if "Resource temporarily unavailable" not in str(exc) or attempt == LOAD_ATTEMPTS:
+                    if exc.errno != errno.EAGAIN or attempt == LOAD_ATTEMPTS:
                         raise
                     attempt += 1
 
+        def build(defs: dict[str, int | None]) -> Any:
+            text = probes.source_text(self.backend.program)
+            loaded, self.info.program = obtain(text, probes.cflags(defs), features.bcc_version, features.headers, load)
+            return loaded
+
         try:
             try:
-                return load(defines)
-            except Exception:  # bcc raises bare Exception for compile/load errors
+                return build(defines)
+            except Exception:  # bcc raises bare Exception for compile errors
                 if self.backend.sees_returns or "EVERY_RECORD" in defines:
                     raise
-                bpf = load({**defines, "NO_FOLD": None})
+                loaded = build({**defines, "NO_FOLD": None})
                 self.info.degraded.append("folding in the kernel (needs BPF atomics, 5.12+): every step is sent")
-                return bpf
+                return loaded
+        except UffdtraceError:
+            raise
         except Exception as exc:
-            raise UffdtraceError(f"bcc could not compile/load the probes: {exc}") from exc
+            raise UffdtraceError(f"could not compile or load the probes: {exc}") from exc
 
     def release_command(self) -> None:
         """Let the command run (once the header is out); exec keeps its pid."""
@@ -289,10 +301,10 @@ class LiveSource:
             self._blocked = [(p.pid, t) for p in found if not self.opts.pids or p.pid in self.opts.pids
                                    for t in p.blocked]
 
-    def _on_perf_record(self, _cpu: int, data: Any, _size: int) -> None:
-        # Only copy here: the kernel keeps producing while the poll drains,
-        # and every microsecond spent per record inside it can cost records.
-        self._pending.append((RECORD, ctypes.string_at(data, RECORD_SIZE)))
+    def _take_perf(self) -> None:
+        # A perf sample's raw data is padded to 8 bytes with its size field.
+        assert self._perf is not None
+        self._pending.extend((RECORD, raw[:RECORD_SIZE]) for raw in self._perf.read())
 
     # -- running -------------------------------------------------------------
     def _poll(self, timeout_ms: int) -> None:
@@ -301,9 +313,11 @@ class LiveSource:
         record, the ring (whose producers send no wake-up) DRAIN_PAUSE_S."""
         started = time.monotonic_ns()
         if self._ring is None:
-            self._bpf.perf_buffer_poll(timeout_ms)
+            assert self._perf is not None
+            self._perf.wait(timeout_ms)
+            self._take_perf()
         else:
-            self._bpf.perf_buffer_poll(0)  # the spill buffer, first: its records are older than the ring's newest
+            self._take_perf()  # the spill buffer, first: its records are older than the ring's newest
             span, stalled = self._ring.read()
             if span:
                 self._pending.append((self._ring_layout, span))
@@ -376,16 +390,10 @@ class LiveSource:
             tables.append(("handed_faults", FaultState.HANDED))
         out = []
         for name, state in tables:
-            table = self._bpf[name]
-            try:
-                entries = list(table.items_lookup_batch())
-            except Exception:  # batch lookups came in 5.6; bcc raises bare Exception
-                entries = list(table.items())
-            for key, fe in entries:
+            for key, fe in self._bpf[name].items_lookup_batch():
                 if fe.state != state:
                     continue
-                # The batch call yields plain ints; handed_faults keys are waker << 32 | woken.
-                tid = (key if isinstance(key, int) else key.value) & 0xFFFFFFFF
+                tid = key.value & 0xFFFFFFFF  # handed_faults keys are waker << 32 | woken
                 out.append(Folded.record(
                     kind=Kind.FAULT_STATE, ts_ns=now, cpu=0, tgid=fe.tgid, tid=tid, comm=decode_comm(bytes(fe.comm)),
                     uffd=self.ids(fe.uffd), page=fe.addr, error_code=fe.error_code, raised_ns=fe.ts,
@@ -401,6 +409,7 @@ class LiveSource:
 
     def _percpu_sum(self, table: str, index: int) -> int:
         """One counter of a BPF per-CPU array, summed over the CPUs."""
+        assert self._bpf is not None
         return int(sum(self._bpf[table][ctypes.c_int(index)]))
 
     def lost(self) -> int:

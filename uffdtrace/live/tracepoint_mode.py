@@ -13,7 +13,7 @@ from typing import Any
 from ..errors import UffdtraceError
 from . import kernel, offsets
 from .btf import BtfError
-from .kallsyms import Kallsyms
+from .kallsyms import Symbols
 from .kernel import Features
 from .probes import Backend, Plan, ProbeStatus
 from .procscan import UffdProcess
@@ -82,7 +82,7 @@ _REQUIRED_TRACEPOINT_CAPS = ("block", "wake_task", "read", "resolve")
 # bpf/uffd_id.h: a descriptor resolved to its uffd through the fd table.
 _UFFD_ID_MEMBERS = ("OFF_TASK_FILES", "OFF_FILES_FDT", "OFF_FDTABLE_MAX_FDS", "OFF_FDTABLE_FD", "OFF_FILE_F_OP",
                     "OFF_FOPS_POLL", "OFF_FILE_F_INODE", "OFF_INODE_INO", "OFF_FILE_PRIVATE_DATA")
-def uffd_identity(kallsyms: Kallsyms, member_offsets: dict[str, int] | None) -> tuple[dict[str, int | None], str]:
+def uffd_identity(kallsyms: Symbols, member_offsets: dict[str, int] | None) -> tuple[dict[str, int | None], str]:
     """The -D knobs of bpf/uffd_id.h, and how a uffd is known (for doctor
     and the header): by its inode, by its context, or, without BTF or
     userfaultfd_poll, by (tgid, fd) only."""
@@ -109,7 +109,7 @@ def btf_offsets(btf: bool) -> dict[str, int] | None:
         return None
 
 
-def tracepoint_plan(kallsyms: Kallsyms, tracefs: Path, btf: bool) -> Plan:
+def tracepoint_plan(kallsyms: Symbols, tracefs: Path, btf: bool) -> Plan:
     result = Plan()
     identity, how = uffd_identity(kallsyms, btf_offsets(btf))
     result.defines.update(identity)
@@ -151,7 +151,7 @@ class TracepointBackend(Backend):
     sees_returns = False
     learns_every_uffd = True
 
-    def plan(self, kallsyms: Kallsyms, features: Features) -> Plan:
+    def plan(self, kallsyms: Symbols, features: Features) -> Plan:
         assert features.tracefs is not None  # source.check_environment made sure
         the_plan = tracepoint_plan(kallsyms, features.tracefs, features.btf)
         why = tracepoint_mode_unusable(the_plan)
