@@ -13,19 +13,22 @@
    the time the tracer's BPF programs ran, per fault uffd-stress counted
    (kernel.bpf_stats_enabled for the run: it adds two clock reads per
    program run, to every traced variant alike).
-2. `micro`: uffd fault throughput of tests/workloads/clean_faults N pinned
+2. `startup`: launch to probes live and peak RSS of `trace -j`, cold (an
+   empty cache: bcc compiles) and warm (the cache the cold run filled).
+   `serve-rss`: `serve`'s RSS sampled every 30 s over --minutes under load.
+3. `micro`: uffd fault throughput of tests/workloads/clean_faults N pinned
    to one CPU (each fault ping-pongs between two threads; unpinned, the
    result measures idle vCPU wake-up instead), untraced vs traced.
-3. `busy`: an unrelated busy workload (gcc builds) with and without a
+4. `busy`: an unrelated busy workload (gcc builds) with and without a
    host-wide tracer: what processes that never touch userfaultfd pay.
-4. `rate`: the record rate `--events` consumed with zero loss, rising with the
+5. `rate`: the record rate `--events` consumed with zero loss, rising with the
    faulting threads of tests/workloads/postcopy_shape (the rate over the
    records' own time span), and where loss starts, if it does.
-5. `capture`: the same rising load under `record --events`: records written
+6. `capture`: the same rising load under `record --events`: records written
    per second with zero loss (and where loss starts), bytes per record in
    the file; then the time `report` and `trace --from` take per million
    records of the largest capture.
-6. `migration`: a QEMU post-copy migration of scripts/postcopy_lab.py (256
+7. `migration`: a QEMU post-copy migration of scripts/postcopy_lab.py (256
    MiB guest, 16 MiB/s stream), untraced and recorded, in alternation:
    QEMU's own migration time and vCPU blocktime (query-migrate), as ratios.
 
@@ -33,9 +36,9 @@ Wall time swings by tens of percent between runs on these machines, hence
 the alternation, the medians and the CPU-cost ratio beside the wall ratio.
 
 Usage (root; bpftrace from Debian's package for the peer column):
-  .venv/bin/python scripts/bench.py [--mode M] [--runs R] [--only stress|micro|busy|rate|capture|migration]
-                                    [--stress TYPE:MIB:BOUNCES]
-                                    [--bpf-time]
+  .venv/bin/python scripts/bench.py [--mode M] [--runs R] [--stress TYPE:MIB:BOUNCES] [--bpf-time]
+                                    [--only stress|startup|serve-rss|micro|busy|rate|capture|migration]
+                                    [--minutes N]
 Kprobe mode in the Debian 6.12 VM (ratios only: the guest is emulated), from the checkout:
   vng --run /boot/vmlinuz-6.12.*+deb12-amd64 --disable-kvm --force-9p --cpus 2 --memory 2G
       --exec '.venv/bin/python scripts/bench.py --mode kprobe --only stress --runs 2 --stress anon:8:4'
@@ -237,7 +240,8 @@ def report(title: str, results: dict[str, list[Run]], runs: int) -> None:
     wall0, cpu0 = statistics.median(r.wall_s for r in base), statistics.median(r.cpu_s for r in base)
     print(f"{title} (median of {runs}; ratios are untraced/traced, 1.0 = free)")
     print(f"  {'variant':<20} {'wall s':>7} {'wall ratio':>10} {'cpu s':>7} {'cpu ratio':>9} {'tracer s':>8} "
-          f"{'us/lc':>6} {'bpf us/f':>8} {'start s':>7} {'peak MiB':>8}  records, lost, reads/counted, flags")
+          f"{'us/lc':>6} {'bpf us/f':>8} {'rec/f':>5} {'start s':>7} {'peak MiB':>8}  records, lost, reads/counted, "
+          "flags")
     for name, rs in results.items():
         wall, cpu = statistics.median(r.wall_s for r in rs), statistics.median(r.cpu_s for r in rs)
         start = "-" if rs[0].startup_s is None else f"{statistics.median(r.startup_s or 0 for r in rs):.2f}"
@@ -255,8 +259,54 @@ def report(title: str, results: dict[str, list[Run]], runs: int) -> None:
         # The BPF programs' time per fault uffd-stress counted (in the workload's CPU already).
         bpf = (f"{statistics.median((r.bpf_s or 0) / max(1, r.counted) * 1e6 for r in rs):.1f}"
                if any(r.bpf_s for r in rs) else "-")
+        # Records the tracer consumed per fault uffd-stress counted (folding makes it about 1).
+        per_fault = (f"{statistics.median(r.summary['events'] / max(1, r.counted) for r in rs):.2f}"
+                     if rs[0].summary else "-")
         print(f"  {name:<20} {wall:>7.2f} {wall0 / wall:>10.2f} {cpu:>7.2f} {cpu0 / cpu:>9.2f} {tracer:>8.2f} "
-              f"{per_lc:>6} {bpf:>8} {start:>7} {rss:>8}  {detail}")
+              f"{per_lc:>6} {bpf:>8} {per_fault:>5} {start:>7} {rss:>8}  {detail}")
+
+
+def bench_startup(mode: str, runs: int, scratch: Path) -> None:
+    """Launch to probes live, and peak RSS, of `trace -j` host-wide: cold
+    (an empty cache: bcc compiles) and warm (the program, symbols and
+    offsets the cold run kept), in alternation."""
+    results: dict[str, list[tuple[float, float]]] = {"cold": [], "warm": []}
+    cmd = [str(UFFDTRACE), "--mode", mode, "trace", "-j"]
+    for i in range(runs):
+        env_dir = scratch / f"cache-{i}"
+        for name in ("cold", "warm"):
+            os.environ["UFFDTRACE_CACHE"] = str(env_dir)
+            try:
+                tracer = Tracer(cmd, '"type":"header"')
+                time.sleep(0.2)
+                rss, _ = tracer.stop()
+            finally:
+                del os.environ["UFFDTRACE_CACHE"]
+            results[name].append((tracer.startup_s, rss))
+    print(f"start-up of `trace -j` (median of {runs}; peak RSS: the largest)")
+    for name, rs in results.items():
+        print(f"  {name:<5} {statistics.median(s for s, _ in rs):6.2f} s {max(m for _, m in rs):6.0f} MiB")
+
+
+def bench_serve_rss(mode: str, minutes: float, scratch: Path) -> None:
+    """`serve`'s RSS over a run under load (uffd-stress anon 16 MiB x 4,
+    again and again): sampled every 30 s, the curve printed."""
+    if not UFFD_STRESS.exists():
+        subprocess.run([str(ROOT / "scripts" / "build_uffd_stress.sh")], check=True)
+    serve = Tracer([str(UFFDTRACE), "--mode", mode, "serve", "--listen", "127.0.0.1:9473"], "")
+    deadline = time.monotonic() + minutes * 60
+    samples: list[tuple[float, float]] = []
+    t0 = time.monotonic()
+    next_sample = t0
+    while time.monotonic() < deadline:
+        run_workload([str(UFFD_STRESS), "anon", "16", "4"])
+        if time.monotonic() >= next_sample:
+            m = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{serve.proc.pid}/status").read_text())
+            samples.append((time.monotonic() - t0, int(m[1]) / 1024 if m else 0.0))
+            next_sample += 30
+    serve.stop()
+    print(f"serve RSS under load over {minutes:g} min (uffd-stress anon 16 MiB x 4 in a loop):")
+    print("  " + "  ".join(f"{t / 60:.1f}m {mib:.0f}" for t, mib in samples) + " MiB")
 
 
 def build_workload(name: str, scratch: Path) -> Path:
@@ -378,7 +428,9 @@ def main() -> int:
     ap.add_argument("--mode", default="auto")
     ap.add_argument("--pages", type=int, default=20000)
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--only", choices=["stress", "micro", "busy", "rate", "capture", "migration"])
+    ap.add_argument("--only", choices=["stress", "startup", "serve-rss", "micro", "busy", "rate", "capture",
+                                       "migration"])
+    ap.add_argument("--minutes", type=float, default=10, help="serve-rss: how long")
     ap.add_argument("--stress", action="append", metavar="TYPE:MIB:BOUNCES",
                     help=f"uffd-stress configuration (repeatable; default {' '.join(STRESS_CONFIGS)})")
     ap.add_argument("--bpf-time", action="store_true",
@@ -391,6 +443,10 @@ def main() -> int:
         if args.only in (None, "stress"):
             with bpf_stats(args.bpf_time):
                 bench_stress(args.mode, args.runs, args.stress or list(STRESS_CONFIGS))
+        if args.only in (None, "startup"):
+            bench_startup(args.mode, args.runs, Path(tmp))
+        if args.only in (None, "serve-rss"):
+            bench_serve_rss(args.mode, args.minutes, Path(tmp))
         if args.only in (None, "micro"):
             bench_micro(args.mode, args.runs, args.pages, Path(tmp))
         if args.only in (None, "busy"):

@@ -196,6 +196,24 @@ def test_doctor_says_kprobe_mode_works(vm: VmRun) -> None:
         assert re.search(rf"ok\s+{probe}\s", report), probe
 
 
+# Scenarios of one kind share one program (the same mode and knobs): the
+# first compiles it, the others load it from the cache (progcache.py); each
+# passes the same checks as its own test.
+SHARED_PROGRAMS = {"uffd_stress": ("clean", "dontwake", "aio"), "postcopy": ("refault", "handler_killed"),
+                   "tp_uffd_stress": ("tp_handler_serve",)}
+
+
+def test_programs_compiled_once_then_loaded_from_the_cache(vm: VmRun) -> None:
+    for first, later in SHARED_PROGRAMS.items():
+        assert vm.scenario(first).header.get("program") == "compiled", first
+        for name in later:
+            s = vm.scenario(name)
+            assert s.header.get("program") == "cached", name
+            # Loaded by loader.py either way: every probe the session wanted is attached.
+            wanted = [p for p in s.header["probes"] if p["symbol"] and "only with --events" not in p["detail"]]
+            assert s.mode == "tracepoint" or all(p["attached"] for p in wanted), wanted
+
+
 def test_clean_faults_counted_exactly(vm: VmRun) -> None:
     s = vm.scenario("clean")
     assert s.mode == "kprobe"
