@@ -304,8 +304,14 @@ def bench_serve_rss(mode: str, minutes: float, scratch: Path) -> None:
             m = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{serve.proc.pid}/status").read_text())
             samples.append((time.monotonic() - t0, int(m[1]) / 1024 if m else 0.0))
             next_sample += 30
+    import urllib.request
+
+    metrics = urllib.request.urlopen("http://127.0.0.1:9473/metrics", timeout=10).read().decode()
+    counts = {name: sum(float(v) for v in re.findall(rf"^uffdtrace_{name}_total(?:{{[^}}]*}})? (\S+)", metrics, re.M))
+              for name in ("faults", "lost_records")}
     serve.stop()
-    print(f"serve RSS under load over {minutes:g} min (uffd-stress anon 16 MiB x 4 in a loop):")
+    print(f"serve RSS under load over {minutes:g} min (uffd-stress anon 16 MiB x 4 in a loop): "
+          f"{counts['faults']:,.0f} faults, {counts['lost_records']:,.0f} records lost")
     print("  " + "  ".join(f"{t / 60:.1f}m {mib:.0f}" for t, mib in samples) + " MiB")
 
 

@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 
 from uffdtrace.errors import UffdtraceError
+from uffdtrace.events import RECORD, RECORD_SIZE, Event, Kind, encode_many
 from uffdtrace.live.kernel import Features
 from uffdtrace.live.kprobe_mode import KprobeBackend
 from uffdtrace.live.loader import BpfError
-from uffdtrace.live.source import LiveSource, Options
+from uffdtrace.live.source import BATCH_BYTES, DELIVERY_SLACK_NS, LiveSource, Options
 from uffdtrace.live.tracepoint_mode import TracepointBackend
 
 FEATURES = Features(release="6.18", root=True, btf=True, kprobes=False, tracefs=None, headers=None,
@@ -65,3 +66,31 @@ def test_a_load_interrupted_by_a_signal_is_tried_again() -> None:
     src.backend = TracepointBackend()
     bpf: Any = src._load({"USE_RINGBUF": None}, FEATURES, obtain=compiles, program=InterruptedTwice)
     assert InterruptedTwice.calls == 3 and "-DNO_FOLD" not in bpf.cflags and not src.info.degraded
+
+
+def chunk(*stamps: int) -> tuple[Any, bytes]:
+    return RECORD, encode_many([Event(ts_ns=ts, kind=Kind.FAULT, tid=1) for ts in stamps])
+
+
+def test_a_batch_behind_the_kernel_takes_part_and_says_up_to_when() -> None:
+    """Under a load the correlator cannot keep up with, a batch decodes at
+    most BATCH_BYTES, and its horizon stops before the first record left:
+    the correlator works through the backlog instead of queueing it whole."""
+    src = LiveSource(Options())
+    per_chunk = BATCH_BYTES // RECORD_SIZE // 2 + 1  # two chunks pass the limit
+    base = 10_000_000_000
+    for i in range(3):
+        src._pending.append(chunk(*[base + i * 1_000_000_000 + j for j in range(per_chunk)]))
+        src._drained += per_chunk * RECORD_SIZE
+    batch, left_from = src._take(BATCH_BYTES)
+    assert len(batch) == 2 * per_chunk and [ev.ts_ns for ev in batch[:2]] == [base, base + 1]
+    assert left_from == base + 2_000_000_000 - DELIVERY_SLACK_NS
+    batch, left_from = src._take(BATCH_BYTES)
+    assert len(batch) == per_chunk and left_from is None and src._drained == src._taken
+
+
+def test_the_drain_stops_at_the_backlog_cap_and_leaves_records_to_the_kernel() -> None:
+    src = LiveSource(Options(buffer_kb=1))
+    src._drained = src._backlog_cap  # nothing taken yet: the cap is reached
+    src._poll(0)  # no ring, no perf reader: reading either would fail
+    assert not src._pending and src._delivered_before == 0

@@ -247,7 +247,9 @@ class Map:
                     raise
                 done = True
             first = False
-            raw_keys, raw_leaves = bytes(keys), bytes(leaves)
+            # Only the entries returned are copied out (the buffers are 4096 long).
+            raw_keys = ctypes.string_at(keys, attr.count * key_size)
+            raw_leaves = ctypes.string_at(leaves, attr.count * leaf_size)
             for i in range(attr.count):
                 yield (self.Key.from_buffer_copy(raw_keys, i * key_size),
                        self.Leaf.from_buffer_copy(raw_leaves, i * leaf_size))

@@ -46,6 +46,7 @@ class RingReader:
         self._consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         self._producer = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
         self._data = memoryview(self._producer)[page:]
+        self.position = 0  # the consumer's, after the last read: where a busy record held it
 
     def read(self) -> tuple[bytes, bool]:
         """Every committed record now in the ring, as one byte string of
@@ -70,7 +71,8 @@ class RingReader:
                     raise RuntimeError("a discarded ring buffer record: uffdtrace never discards")
         if len(span) % self.slot:
             raise RuntimeError(f"ring buffer span of {len(span)} bytes is not made of {self.slot}-byte records")
-        _POS.pack_into(self._consumer, 0, cons + len(span))
+        self.position = cons + len(span)
+        _POS.pack_into(self._consumer, 0, self.position)
         return span, stalled
 
     def close(self) -> None:

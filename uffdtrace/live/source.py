@@ -52,6 +52,11 @@ TICK_S = 0.05  # how often the main thread correlates what was drained, and chec
 # many small ones (16 MiB hold ~150k records, a few 100 ms at the worst rate seen).
 DRAIN_PAUSE_S = 0.005
 DEFAULT_BUFFER_KB = 16384
+# Records drained but not correlated yet are kept up to this many kernel
+# buffers' worth (then the kernel's buffer fills and counts what it loses);
+# a batch decodes at most BATCH_BYTES of them (about 37,000 records).
+BACKLOG_BUFFERS = 4
+BATCH_BYTES = 4 << 20
 SPILL_PAGES_PER_CPU = 16  # per-CPU perf buffer for the records the ring refused (bpf/common.h emit)
 # Records reserved before a poll are committed within microseconds; events
 # older than (poll start - this) have all been delivered by the poll.
@@ -177,6 +182,12 @@ class LiveSource:
         self._ring: RingReader | None = None
         self._ring_layout = slot_layout(HEADER_SIZE, slot_size(RECORD_SIZE))
         self._drain_stop = threading.Event()
+        # Bytes of records drained (written by the drain thread only) and
+        # taken (by the main thread only): their difference is the backlog.
+        self._drained = self._taken = 0
+        self._previous_poll = 0  # when the last poll began
+        self._stalled_at = -1  # the ring position a busy record held the last stalled poll at
+        self._backlog_cap = max(1, opts.buffer_kb) * 1024 * BACKLOG_BUFFERS
         self._delivered_before = 0
         self._blocked: list[tuple[int, procscan.BlockedTask]] = []  # (pid, thread) found at start
         self._bpf: Program | None = None
@@ -304,7 +315,9 @@ class LiveSource:
     def _take_perf(self) -> None:
         # A perf sample's raw data is padded to 8 bytes with its size field.
         assert self._perf is not None
-        self._pending.extend((RECORD, raw[:RECORD_SIZE]) for raw in self._perf.read())
+        records = self._perf.read()
+        self._pending.extend((RECORD, raw[:RECORD_SIZE]) for raw in records)
+        self._drained += len(records) * RECORD_SIZE
 
     # -- running -------------------------------------------------------------
     def _poll(self, timeout_ms: int) -> None:
@@ -312,6 +325,12 @@ class LiveSource:
         ``timeout_ms``, then wait: the perf buffer up to that long for a
         record, the ring (whose producers send no wake-up) DRAIN_PAUSE_S."""
         started = time.monotonic_ns()
+        if self._drained - self._taken >= self._backlog_cap:
+            # The correlator is behind: the records stay in the kernel's
+            # buffer, where those that do not fit are counted lost (shown
+            # everywhere), rather than piling up here without bound.
+            time.sleep(DRAIN_PAUSE_S if timeout_ms else 0)
+            return
         if self._ring is None:
             assert self._perf is not None
             self._perf.wait(timeout_ms)
@@ -321,12 +340,28 @@ class LiveSource:
             span, stalled = self._ring.read()
             if span:
                 self._pending.append((self._ring_layout, span))
+                self._drained += len(span)
             if timeout_ms:
                 time.sleep(DRAIN_PAUSE_S)
             if stalled:
-                return  # a record still being written holds back the ones after it
+                self._stalled(started)
+                return
         # Every record committed before `started` has been consumed now.
         self._delivered_before = started - DELIVERY_SLACK_NS
+        self._previous_poll = started
+
+    def _stalled(self, started: int) -> None:
+        """A record still being written holds back those after it. One first
+        seen busy now was reserved since the previous poll began, and those
+        behind it later: all stamped before that poll (less the slack) are
+        in. Under a steady load some record is nearly always busy, and the
+        horizon must still move (else the correlator's queue grows without
+        end); one busy since an earlier poll (its producer preempted) holds it."""
+        assert self._ring is not None
+        if self._ring.position != self._stalled_at:
+            self._stalled_at = self._ring.position
+            self._delivered_before = max(self._delivered_before, self._previous_poll - DELIVERY_SLACK_NS)
+        self._previous_poll = started
 
     def _finished(self, deadline: float | None) -> bool:
         if self.stopper.stopped:
@@ -348,27 +383,41 @@ class LiveSource:
         while not self._drain_stop.is_set():
             self._poll(POLL_MS)
 
-    def _take(self) -> list[Event]:
+    def _take(self, limit: int | None) -> tuple[list[Event], int | None]:
+        """Decode what was drained, up to about ``limit`` bytes of records;
+        and, when some remain, a time before which all records are taken:
+        the earliest first stamp of the chunks left (records are in the
+        order they were reserved, within the slack)."""
         out: list[Event] = []
-        for _ in range(len(self._pending)):
+        taken = 0
+        while self._pending and (limit is None or taken < limit):
             layout, data = self._pending.popleft()
+            taken += len(data)
             out += decode_many(data, self.ids, layout)
-        return out
+        self._taken += taken
+        left = list(self._pending)  # one C call: the drain thread may append meanwhile
+        if not left:
+            return out, None
+        return out, min(layout.unpack_from(data, 0)[0] for layout, data in left) - DELIVERY_SLACK_NS
 
     def batches(self) -> Iterator[tuple[list[Event], int]]:
         deadline = time.monotonic() + self.opts.duration if self.opts.duration else None
         drainer = threading.Thread(target=self._drain, name="uffdtrace-drain", daemon=True)
         drainer.start()
+        horizon = 0
         try:
             while not self._finished(deadline):
-                time.sleep(TICK_S)
-                horizon = self._delivered_before  # read before taking: the batch holds all before it
-                yield self._take(), horizon
+                if self._drained - self._taken < BATCH_BYTES:
+                    time.sleep(TICK_S)  # else behind: the next batch at once
+                delivered = self._delivered_before  # read before taking: all before it is in _pending
+                batch, left_from = self._take(BATCH_BYTES)
+                horizon = max(horizon, delivered if left_from is None else min(delivered, left_from))
+                yield batch, horizon
         finally:
             self._drain_stop.set()
             drainer.join()
         self._poll(0)
-        yield self._take(), time.monotonic_ns()
+        yield self._take(None)[0], time.monotonic_ns()
 
     def fault_page(self, tid: int) -> int | None:
         """The page of the fault the kernel holds for thread ``tid`` (BPF map
