@@ -69,6 +69,11 @@ def write(name: str, body: bytes) -> None:
         pass
 
 
+def remove(name: str) -> None:
+    """Drop an entry (one the caller found wanting)."""
+    (directory() / name).unlink(missing_ok=True)
+
+
 def _prune(folder: Path, prefix: str) -> None:
     entries = sorted((p for p in folder.glob(prefix + "*") if p.is_file()),
                      key=lambda p: p.stat().st_mtime_ns, reverse=True)

@@ -68,7 +68,7 @@ def compile_and_keep(name: str, text: str, cflags: list[str]) -> Compiled:
 
 def forget(name: str) -> None:
     """Drop an entry the kernel refused (a later session compiles afresh)."""
-    (cache.directory() / name).unlink(missing_ok=True)
+    cache.remove(name)
 
 
 def obtain(text: str, cflags: list[str], bcc_version: str | None, headers: Path | None,
