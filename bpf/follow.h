@@ -33,9 +33,15 @@ static __always_inline bool ctx_followed(u64 uffd)
 #endif
 }
 
+/* A followed process's uffd is followed from its first UFFDIO_API or
+ * REGISTER on (its handler may live in another process); another
+ * process's ioctls on its own uffd leave both out. */
 static __always_inline void mark_user(u32 tgid, u64 uffd)
 {
 	u8 one = 1;
+
+	if (!followed(tgid))
+		return;
 	uffd_users.update(&tgid, &one);
 	if (uffd)
 		follow_ctx.update(&uffd, &one);

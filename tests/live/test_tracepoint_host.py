@@ -290,6 +290,78 @@ def test_unrelated_processes_are_not_reported(workloads: Path) -> None:
     assert {e["tgid"] for e in s.events} == {s.workload["pid"]}
 
 
+def test_a_uffd_made_by_another_process_while_tracing_stays_out(workloads: Path) -> None:
+    """Following one process, another that creates and registers its own
+    uffd while the tracer runs stays out: its UFFDIO_API and REGISTER must
+    not make its uffd one of the followed (and its faults and reads with it)."""
+    followed = subprocess.Popen([str(workloads / "clean_faults"), "5", "wait"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+    assert followed.stdout is not None and followed.stdin is not None
+    json.loads(followed.stdout.readline())  # its uffd is registered; it faults on "go"
+    tracer = subprocess.Popen([str(UFFDTRACE), "--mode", "tracepoint", "trace", "--events", "-j", "-p",
+                               str(followed.pid)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              stdin=subprocess.DEVNULL)
+    try:
+        assert tracer.stdout is not None
+        assert json.loads(tracer.stdout.readline())["type"] == "header"  # the probes are attached
+        other = subprocess.run([str(workloads / "clean_faults"), "5"], capture_output=True, text=True,
+                               timeout=TIMEOUT_S, check=True)
+        followed.stdin.write("go\n")
+        followed.stdin.flush()
+        followed.wait(timeout=TIMEOUT_S)
+        out, err = tracer.communicate(timeout=TIMEOUT_S)
+    finally:
+        followed.kill()
+        tracer.kill()
+    assert tracer.returncode == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert json.loads(other.stdout.splitlines()[0])["pid"] != followed.pid
+    assert {r["tgid"] for r in records if "tgid" in r} == {followed.pid}
+    assert sum(r.get("kind") == "fault" for r in records) == 5
+
+
+@pytest.mark.parametrize("keeps", [True, False], ids=["keeps-its-descriptor", "hands-it-over"])
+def test_a_handler_process_reading_a_uffd_that_predates_the_tracer(workloads: Path, keeps: bool) -> None:
+    """-p the faulting process, whose uffd (registered, handed to a handler
+    process that is not followed) exists before the tracer starts. While it
+    keeps a descriptor too, /proc names the uffd: the handler's reads and
+    copies are its uffd's, every fault is served. Once it closed its own,
+    /proc cannot say which uffd its memory belongs to: the header says that
+    its faults go unseen, and nothing is guessed (no flag)."""
+    pages = 64
+    faulting = subprocess.Popen([str(workloads / "handler_process"), "serve", str(pages), "2",
+                                 "wait-keep" if keeps else "wait"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert faulting.stdout is not None and faulting.stdin is not None
+    ready = json.loads(faulting.stdout.readline())
+    tracer = subprocess.Popen([str(UFFDTRACE), "--mode", "tracepoint", "trace", "-j", "-p", str(faulting.pid)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        assert tracer.stdout is not None
+        header = json.loads(tracer.stdout.readline())  # the probes are attached
+        faulting.stdin.write("go\n")
+        faulting.stdin.flush()
+        done = json.loads(faulting.stdout.readline())
+        faulting.wait(timeout=TIMEOUT_S)
+        out, err = tracer.communicate(timeout=TIMEOUT_S)
+    finally:
+        faulting.kill()
+        tracer.kill()
+    assert tracer.returncode == 0, err
+    s = Scenario.parse(out, tracer.returncode, err)
+    assert ready["handler_pid"] == done["handler_pid"] and done["handler_reads"] == pages
+    assert not s.flags, s.flags
+    unseen = [d for d in header["degraded"] if d.startswith(f"faults of pid {faulting.pid} ")]
+    if not keeps:
+        assert unseen and s.summary["lifecycles"] == 0
+        return
+    assert not unseen and faulting.pid in header["existing_uffd_pids"]
+    assert s.summary["lifecycles"] == pages and s.summary["messages_read"] == pages
+    for lc in s.lifecycles:
+        assert lc["reads"] == 1 and lc["resolve_op"] == "copy", lc
+        assert lc["reader_tid"] not in done["tids"]
+
+
 def test_perf_buffer_transport(workloads: Path) -> None:
     """The fallback for kernels without a BPF ring buffer delivers the same events."""
     s = trace("--transport", "perf", "--", str(workloads / "clean_faults"), str(CLEAN_PAGES))

@@ -3,9 +3,15 @@
  * a page-fault handler in a process of its own, which reads the faults
  * through its own descriptor and resolves them with UFFDIO_COPY.
  *
- *   handler_process serve PAGES THREADS   the handler serves every fault;
+ *   handler_process serve PAGES THREADS [wait|wait-keep]
+ *                                         the handler serves every fault;
  *                                         the faulting process closes its
  *                                         own descriptor once it is handed over
+ *                                         (with "wait": then prints a line and
+ *                                         faults when stdin says "go", so that
+ *                                         the uffd predates a tracer;
+ *                                         "wait-keep": the same, keeping its
+ *                                         descriptor)
  *   handler_process killed STALL_MS       the handler reads one fault and is
  *                                         killed before resolving it; the
  *                                         faulting process keeps its
@@ -204,9 +210,13 @@ int main(int argc, char **argv)
 	long reads = 0;
 	pid_t child;
 
-	if (argc < 2 || strcmp(argv[1], modes[mode]) || (stalling && argc != 3) || threads < 1 || threads > 64 ||
-	    pages < threads || pages > 8192)
-		die("usage: handler_process serve PAGES THREADS | killed|stalled|unread|dead STALL_MS");
+	int keep = !stalling && argc == 5 && !strcmp(argv[4], "wait-keep");
+	int wait_go = keep || (!stalling && argc == 5 && !strcmp(argv[4], "wait"));
+	char go[8];
+
+	if (argc < 2 || strcmp(argv[1], modes[mode]) || (stalling && argc != 3) || (argc == 5 && !wait_go) ||
+	    argc > 5 || threads < 1 || threads > 64 || pages < threads || pages > 8192)
+		die("usage: handler_process serve PAGES THREADS [wait|wait-keep] | killed|stalled|unread|dead STALL_MS");
 	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) || pipe(rep))
 		die("socketpair");
 	child = fork();
@@ -218,8 +228,14 @@ int main(int argc, char **argv)
 	}
 	close(rep[1]);
 	send_fd(sv[0], uffd);
-	if (!stalling)
+	if (!stalling && !keep)
 		close(uffd);  /* the handler holds the only descriptor */
+	if (wait_go) {
+		printf("{\"ready\": true, \"pid\": %d, \"handler_pid\": %d}\n", getpid(), child);
+		fflush(stdout);
+		if (!fgets(go, sizeof(go), stdin) || strcmp(go, "go\n"))
+			die("expected go");
+	}
 	for (size_t i = 0; i < threads; i++) {
 		f[i].area = area;
 		f[i].first = i * (pages / threads);

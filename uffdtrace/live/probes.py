@@ -6,6 +6,7 @@ source and compile flags handed to bcc. The backend interface itself
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -108,8 +109,14 @@ class Backend:
     def attach(self, bpf: Any, the_plan: Plan) -> None:
         """Attach what the loaded program does not attach by itself."""
 
-    def learn(self, bpf: Any, the_plan: Plan, found: list[UffdProcess]) -> list[int]:
-        """Seed the maps with the uffds /proc shows at start; returns their pids."""
+    def learn(self, bpf: Any, the_plan: Plan, found: list[UffdProcess], followed: Collection[int]) -> list[int]:
+        """Seed the maps with the uffds /proc shows at start (``followed``:
+        the pids asked for, -p); returns their pids."""
+        return []
+
+    def unseen(self, followed: Collection[int], found: list[UffdProcess]) -> list[str]:
+        """Followed processes whose faults this mode cannot see, for the
+        header's ``degraded`` (``found``: /proc's uffds at start)."""
         return []
 
     def uffd_inode(self, bpf: Any, the_plan: Plan, uffd: int) -> int | None:

@@ -307,7 +307,8 @@ class LiveSource:
             return
         pids = () if self.backend.learns_every_uffd else self.opts.pids
         found = procscan.scan(pids, include_blocked_only=want_blocked).processes  # as root: nothing hidden
-        self.info.existing = self.backend.learn(self._bpf, the_plan, [p for p in found if p.fds])
+        self.info.existing = self.backend.learn(self._bpf, the_plan, [p for p in found if p.fds], self.opts.pids)
+        self.info.degraded += self.backend.unseen(self.opts.pids, found)
         if want_blocked:
             self._blocked = [(p.pid, t) for p in found if not self.opts.pids or p.pid in self.opts.pids
                                    for t in p.blocked]

@@ -6,12 +6,13 @@ address ranges, and the uffds that existed before tracing learnt from
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import UffdtraceError
-from . import kernel, offsets
+from . import kernel, offsets, procscan
 from .btf import BtfError
 from .kallsyms import Symbols
 from .kernel import Features
@@ -162,17 +163,30 @@ class TracepointBackend(Backend):
     def degraded(self, the_plan: Plan) -> list[str]:
         return degraded(the_plan)
 
+    def unseen(self, followed: Collection[int], found: list[UffdProcess]) -> list[str]:
+        """A process whose registered memory's uffd it holds no descriptor
+        of (handed to its handler process before tracing began): /proc does
+        not say which uffd the ranges belong to, and this mode knows a
+        fault's uffd by its range. Said, not guessed: a wrong uffd would
+        make its faults look unread."""
+        holding = {p.pid for p in found if p.fds}
+        return [f"faults of pid {pid} (its memory is registered with a uffd it handed to another process "
+                "before tracing began: kprobe mode sees them)"
+                for pid in followed if pid not in holding and procscan.registered_ranges(pid)]
+
     def uffd_inode(self, bpf: Any, the_plan: Plan, uffd: int) -> int | None:
         """The id is the inode (bpf/uffd_id.h); a context (uffds sharing one
         inode) has none of its own, and a (tgid, fd) without BTF may have
         been closed and reused since."""
         return uffd if "UFFD_BY_FILE" in the_plan.defines and "UFFD_ID_CTX" not in the_plan.defines else None
 
-    def learn(self, bpf: Any, the_plan: Plan, found: list[UffdProcess]) -> list[int]:
+    def learn(self, bpf: Any, the_plan: Plan, found: list[UffdProcess], followed: Collection[int]) -> list[int]:
         """This mode sees uffds created from now on; the ones that already
         exist, and their registered ranges, come from /proc. A uffd is known
         by its inode (bpf/uffd_id.h), or by (tgid, fd) without BTF; by its
-        context, the kernel alone knows it, and its ranges stay unknown."""
+        context, the kernel alone knows it, and its ranges stay unknown.
+        A followed process's uffds are followed (bpf/follow.h), so that a
+        handler in another process that reads them is seen."""
         by_file = "UFFD_BY_FILE" in the_plan.defines
         if by_file and "UFFD_ID_CTX" in the_plan.defines:
             found = []
@@ -183,6 +197,9 @@ class TracepointBackend(Backend):
             if not by_file:
                 for uffd in ids:
                     bpf["uffd_fds"][ctypes.c_uint64(uffd)] = ctypes.c_uint8(1)
+            if proc.pid in followed:
+                for uffd in filter(None, ids):
+                    bpf["follow_ctx"][ctypes.c_uint64(uffd)] = ctypes.c_uint8(1)
             if not proc.ranges or not ids[0]:
                 continue
             # /proc does not say which uffd a range belongs to: the first one.

@@ -95,6 +95,10 @@ class Text:
         for p in info["probes"]:
             if not p["attached"]:
                 self.out.write(f"# unavailable: {p['probe']}: {p['detail']}\n")
+        listed = {f"{p['probe']} ({p['detail']})" for p in info["probes"] if not p["attached"]}
+        unseen = [printable(what) for what in info.get("degraded") or () if what not in listed]
+        if unseen:
+            self.out.write(f"# cannot see: {'; '.join(unseen)}\n")
         self.out.flush()
 
     def lifecycle(self, lc: Lifecycle) -> None:
