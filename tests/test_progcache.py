@@ -185,3 +185,12 @@ def test_kernel_symbols_are_kept_per_boot(monkeypatch: pytest.MonkeyPatch) -> No
     assert second.readable and second.symbol("foo") == kallsyms.Symbol("foo", 0x1000, 0x1100) and "bar" not in second
     assert len(loads) == 1  # the second session never read the table
     assert second.address("fresh") == 0x1000 and len(loads) == 2  # a new name reads it
+
+
+def test_kprobe_events_of_killed_sessions_are_the_stale_ones() -> None:
+    listing = ("r16:uffdtrace/r_handle_userfault_1234 handle_userfault\n"
+               "r16:uffdtrace/r_userfaultfd_ioctl_99 userfaultfd_ioctl\n"
+               "p:kprobes/mine_1234 do_sys_open\n"
+               "r:uffdtrace/oddname handle_userfault\n")
+    assert loader.stale_kprobe_events(listing, alive=lambda pid: pid == 99) == [
+        "-:uffdtrace/r_handle_userfault_1234"]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import errno
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -94,3 +97,23 @@ def test_the_drain_stops_at_the_backlog_cap_and_leaves_records_to_the_kernel() -
     src._drained = src._backlog_cap  # nothing taken yet: the cap is reached
     src._poll(0)  # no ring, no perf reader: reading either would fail
     assert not src._pending and src._delivered_before == 0
+
+
+STOPPER = """
+import os, signal, sys
+from uffdtrace.live.source import Stopper
+stopper = Stopper()
+stopper.install()
+os.kill(os.getpid(), signal.SIGTERM)
+print(stopper.stopped, flush=True)
+os.kill(os.getpid(), signal.SIGTERM)
+print("still here", flush=True)
+"""
+
+
+def test_a_second_signal_ends_the_tracer_at_once() -> None:
+    """The first SIGTERM/SIGINT asks for a clean end; a tracer stuck in
+    ending it goes with the second."""
+    proc = subprocess.run([sys.executable, "-c", STOPPER], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.stdout == "True\n"
+    assert proc.returncode == -signal.SIGTERM

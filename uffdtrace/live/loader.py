@@ -21,7 +21,7 @@ import os
 import platform
 import select
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,7 @@ PERF_EVENT_IOC_ENABLE = 0x2400
 PERF_EVENT_IOC_SET_BPF = 0x40042408
 PERF_RECORD_LOST, PERF_RECORD_SAMPLE = 2, 9
 KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe")
+KPROBE_GROUP = "uffdtrace"  # tracefs group of the kprobe events a session makes
 
 VERIFIER_LOG_BYTES = 1 << 20
 ENOTSUPP = 524  # the kernel's own "operation not supported" (include/linux/errno.h)
@@ -430,7 +431,9 @@ class Program:
         if maxactive or not KPROBE_PMU.is_dir():
             # The perf kprobe PMU (e12f03d7031a, v4.17) takes no maxactive:
             # a kretprobe sized for many sleepers is made in tracefs, as bcc does.
-            group = "uffdtrace"
+            if not self._kprobe_events:
+                self._remove_stale_kprobe_events()
+            group = KPROBE_GROUP
             event = "".join(c if c.isalnum() else "_" for c in f"{'r' if retprobe else 'p'}_{symbol}_{os.getpid()}")
             kind = (f"r{maxactive or ''}" if retprobe else "p")
             self._kprobe_event(f"{kind}:{group}/{event} {symbol}", what)
@@ -457,6 +460,15 @@ class Program:
         except OSError as exc:
             raise BpfError(what, exc.errno or errno.EINVAL) from None
 
+    def _remove_stale_kprobe_events(self) -> None:
+        try:
+            listing = (self._tracefs_dir() / "kprobe_events").read_text()
+        except OSError:
+            return
+        for line in stale_kprobe_events(listing, lambda pid: os.path.exists(f"/proc/{pid}")):
+            with contextlib.suppress(BpfError):  # in use, or gone meanwhile
+                self._kprobe_event(line, "removing a stale kprobe event")
+
     def perf_reader(self, name: str, pages: int) -> PerfReader:
         reader = PerfReader(self[name], pages)
         self._readers.append(reader)
@@ -477,6 +489,20 @@ class Program:
             with contextlib.suppress(BpfError):  # already gone
                 self._kprobe_event(line, "removing a kprobe event")
         self._readers, self._links, self._prog_fds, self._maps, self._kprobe_events = [], [], {}, {}, []
+
+
+def stale_kprobe_events(listing: str, alive: Callable[[int], bool]) -> list[str]:
+    """The lines that remove, from tracefs ``kprobe_events`` (``listing``),
+    the events of sessions that ended without cleaning up (killed): each
+    is named after its session's pid."""
+    out = []
+    for line in listing.splitlines():
+        name = line.split(" ", 1)[0].partition(":")[2]  # r16:uffdtrace/r_handle_userfault_1234 handle_userfault
+        group, _, event = name.partition("/")
+        pid = event.rpartition("_")[2]
+        if group == KPROBE_GROUP and pid.isdigit() and not alive(int(pid)):
+            out.append(f"-:{name}")
+    return out
 
 
 def _relocate(insns: bytes, fds: dict[int, int]) -> Any:

@@ -149,7 +149,10 @@ def resolve_command(command: Sequence[str]) -> list[str]:
 
 
 class Stopper:
-    """SIGINT/SIGTERM end the session cleanly (probes detached, summary printed)."""
+    """The first SIGINT/SIGTERM ends the session cleanly (probes detached,
+    summary printed); a second one ends the process at once, as the signal
+    would have (the kernel detaches the probes when their descriptors close;
+    kprobe events left in tracefs are removed by the next session)."""
 
     def __init__(self) -> None:
         self.stopped = False
@@ -158,7 +161,10 @@ class Stopper:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
 
-    def _stop(self, _signum: int, _frame: Any) -> None:
+    def _stop(self, signum: int, _frame: Any) -> None:
+        if self.stopped:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
         self.stopped = True
 
 
