@@ -14,6 +14,46 @@ export UFFDTRACE_CACHE="$out/cache"
 uname -r > "$out/uname"
 "$uffdtrace" doctor > "$out/doctor.txt" 2>&1
 echo $? > "$out/doctor.rc"
+# One scenario that hangs fails alone (rc 124), not the whole boot, and
+# leaves what it was doing in OUTDIR/NAME.hang: every thread's kernel stack
+# and wait channel, Python's stacks (py-spy), and the kernel's view of all
+# CPUs and blocked tasks. Then TERM, and KILL 20 s later.
+watched() {
+	limit=$1 name=$2
+	shift 2
+	"$@" > "$out/$name.out" 2> "$out/$name.err" < /dev/null &
+	pid=$!
+	(
+		sleep "$limit"
+		kill -0 "$pid" 2> /dev/null || exit 0
+		hung "$pid" > "$out/$name.hang" 2>&1
+		kill -TERM "$pid"
+		sleep 20
+		kill -KILL "$pid" 2> /dev/null
+	) &
+	watchdog=$!
+	wait "$pid"
+	rc=$?
+	kill "$watchdog" 2> /dev/null
+	if [ -e "$out/$name.hang" ]; then
+		rc=124
+	fi
+	return "$rc"
+}
+
+hung() {
+	for pid in "$1" $(pgrep -P "$1"); do
+		for task in /proc/"$pid"/task/*; do
+			echo "== $task $(cat "$task/comm") state $(cut -d' ' -f3 "$task/stat") wchan $(cat "$task/wchan")"
+			cat "$task/stack"
+		done
+		"$(dirname "$uffdtrace")/py-spy" dump --native --pid "$pid"
+	done
+	echo l > /proc/sysrq-trigger
+	echo w > /proc/sysrq-trigger
+	dmesg | tail -n 400
+}
+
 while IFS='|' read -r name mode args; do
 	if [ "$name" = move_pageout ]; then
 		# MADV_PAGEOUT only unmaps anon pages (the rmap walk) when they can
@@ -23,14 +63,13 @@ while IFS='|' read -r name mode args; do
 		cat /proc/swaps > "$out/swaps"
 	fi
 	started=$(date +%s)
-	# One scenario that hangs fails alone (rc 124), not the whole boot.
 	# ARGS is a word list on purpose (SC2086).
 	if [ "$mode" = run ]; then
 		# shellcheck disable=SC2086
-		timeout 1500 $args > "$out/$name.out" 2> "$out/$name.err" < /dev/null
+		watched 1500 "$name" $args
 	else
 		# shellcheck disable=SC2086
-		timeout 900 "$uffdtrace" --mode "$mode" $args > "$out/$name.out" 2> "$out/$name.err" < /dev/null
+		watched 600 "$name" "$uffdtrace" --mode "$mode" $args
 	fi
 	echo $? > "$out/$name.rc"
 	echo "$name $(($(date +%s) - started))" >> "$out/times"

@@ -134,7 +134,11 @@ class VmRun:
     def scenario(self, name: str) -> Scenario:
         traced = self.out / f"{name}.trace"
         stdout = f"{self.text(f'{name}.out')}\n{traced.read_text() if traced.exists() else ''}"
-        return Scenario.parse(stdout, int(self.text(f"{name}.rc")), self.text(f"{name}.err"))
+        err = self.text(f"{name}.err")
+        hang = self.out / f"{name}.hang"
+        if hang.exists():  # guest_run.sh's watchdog stopped it: what every thread was doing
+            err += f"\nit hung; {hang} holds its stacks:\n{hang.read_text()[-6000:]}"
+        return Scenario.parse(stdout, int(self.text(f"{name}.rc")), err)
 
 
 _runs: dict[str, VmRun] = {}
