@@ -68,6 +68,22 @@ enum uffdtrace_quiet_counter {
 	UT_QUIET_COUNTERS,
 };
 
+/* Why a fault came to the uffd, as user space derives it from the x86 error
+ * code and the uffd's registered modes (analysis/rules.py fault_reason);
+ * ANY: it cannot tell. */
+enum uffdtrace_reason {
+	UT_REASON_ANY = 0,
+	UT_REASON_MISSING = 1,
+	UT_REASON_WP = 2,
+	UT_REASON_MINOR = 3,
+};
+
+/* serve's clean lifecycles, summed in the kernel (bpf/aggregate.h): latency
+ * histograms of UT_HIST_BOUNDS buckets, bucket i holding the values of at
+ * most 1000 << i ns (1 us to 67 s, the metrics' buckets), and one more for
+ * the rest. */
+#define UT_HIST_BOUNDS 27
+
 /* UFFD_CLOSE flags: a holder closed its descriptor and the uffd lives on
  * (other descriptors or references hold it); 0: the close released it. */
 #define UT_CLOSE_KEPT 0x1

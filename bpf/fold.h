@@ -12,6 +12,9 @@
 #ifndef UFFDTRACE_FOLD_H
 #define UFFDTRACE_FOLD_H
 #include "pages.h"
+#ifdef AGGREGATE
+#include "aggregate.h"
+#endif
 
 #define UT_FOLD_HOOKS 1   /* fold_read and waiter_matters are these, not fold_hooks.h's */
 
@@ -37,7 +40,6 @@ BPF_TABLE("lru_hash", struct page_key, u32, quiet_pages, 65536);
 #if !defined(EVERY_RECORD) && !defined(NO_FOLD)
 #define FOLD 1
 #endif
-enum fault_reason { REASON_ANY, REASON_MISSING, REASON_WP, REASON_MINOR };
 
 /* Readers on other CPUs count messages into an entry while it is being
  * taken: a consumer seals the count (an atomic or), and a reader that finds
@@ -162,10 +164,10 @@ static __always_inline u32 fault_reason(struct fault_entry *fe)
 	u64 m = modes ? *modes : 0;
 
 	if (fe->error_code & UT_X86_PF_PROT)
-		return (fe->error_code & UT_X86_PF_WRITE) ? REASON_WP : REASON_ANY;
+		return (fe->error_code & UT_X86_PF_WRITE) ? UT_REASON_WP : UT_REASON_ANY;
 	if (m & UT_REGISTER_MODE_MINOR)
-		return (m & UT_REGISTER_MODE_MISSING) ? REASON_ANY : REASON_MINOR;
-	return REASON_MISSING;
+		return (m & UT_REGISTER_MODE_MISSING) ? UT_REASON_ANY : UT_REASON_MINOR;
+	return UT_REASON_MISSING;
 }
 
 /* Whether the returned ioctl resolved the fault it woke, without DONTWAKE
@@ -188,17 +190,17 @@ static __always_inline bool resolved_cleanly(struct ioctl_entry *ie, struct faul
 	case UT_OP_ZEROPAGE:
 	case UT_OP_MOVE:
 	case UT_OP_POISON:
-		kind = REASON_MISSING;
+		kind = UT_REASON_MISSING;
 		if (mode & UT_MODE_DONTWAKE)
 			return false;
 		break;
 	case UT_OP_CONTINUE:
-		kind = REASON_MINOR;
+		kind = UT_REASON_MINOR;
 		if (mode & UT_MODE_DONTWAKE)
 			return false;
 		break;
 	case UT_OP_WRITEPROTECT:
-		kind = REASON_WP;
+		kind = UT_REASON_WP;
 		if (mode & (UT_WP_MODE_WP | UT_WP_MODE_DONTWAKE))
 			return false;
 		break;
@@ -206,7 +208,7 @@ static __always_inline bool resolved_cleanly(struct ioctl_entry *ie, struct faul
 		return false;
 	}
 	reason = fault_reason(hf);
-	return reason == REASON_ANY || reason == kind;
+	return reason == UT_REASON_ANY || reason == kind;
 }
 
 static __always_inline void handed_page_done(struct fault_entry *hf, u64 key)
@@ -226,9 +228,10 @@ static __always_inline void count_quiet(int counter, u64 n)
 		__sync_fetch_and_add(total, n);
 }
 
-/* With QUIET, a clean lifecycle is only counted (true), unless user
- * space took it over and waits for its end. */
-static __always_inline bool quietly_ended(struct fault_entry *hf, u32 tid)
+/* With QUIET, a clean lifecycle (resolved by ioctl op at now) is only
+ * counted (true), unless user space took it over and waits for its end;
+ * with AGGREGATE, summed (aggregate.h), unless there is no room for it. */
+static __always_inline bool quietly_ended(struct fault_entry *hf, u32 tid, u32 op, u64 now)
 {
 #ifdef QUIET
 	struct page_key k = { .uffd = hf->uffd, .page = hf->addr };
@@ -236,6 +239,12 @@ static __always_inline bool quietly_ended(struct fault_entry *hf, u32 tid)
 
 	if (taken_over(hf, tid))
 		return false;
+#ifdef AGGREGATE
+	struct clean_totals *totals = clean_totals_of(hf->comm, fault_reason(hf), op);
+
+	if (!totals)
+		return false;
+#endif
 	quiet_pages.update(&k, &tid);   /* before the seal: whom it shuts out looks here */
 	reads = seal_reads(hf);
 	/* Its message was counted: no reader is due. Only the entries a reader
@@ -245,6 +254,9 @@ static __always_inline bool quietly_ended(struct fault_entry *hf, u32 tid)
 		quiet_pages.delete(&k);
 	count_quiet(UT_QUIET_LIFECYCLES, 1);
 	count_quiet(UT_QUIET_READS, reads);
+#ifdef AGGREGATE
+	add_clean(totals, hf, reads, now);
+#endif
 	return true;
 #else
 	return false;
@@ -286,8 +298,10 @@ static __always_inline void settle_woken(void *ctx, struct ioctl_entry *ie, s64 
 		if (!hf)
 			continue;
 		if (resolved_cleanly(ie, hf, ret)) {
-			if (!quietly_ended(hf, w))
-				emit_folded(ctx, hf, w, UT_LIFECYCLE, ie->cmd & 0xff, bpf_ktime_get_ns());
+			u64 now = bpf_ktime_get_ns();
+
+			if (!quietly_ended(hf, w, ie->cmd & 0xff, now))
+				emit_folded(ctx, hf, w, UT_LIFECYCLE, ie->cmd & 0xff, now);
 		} else {
 			emit_folded(ctx, hf, w, UT_FAULT_STATE, 0, bpf_ktime_get_ns());
 			ie->relevant = 1;
@@ -396,6 +410,9 @@ static __always_inline bool fold_read(void *ctx, u64 uffd, u64 page, u32 ptid)
 	if (ended && (!ptid || *ended == ptid)) {
 		quiet_pages.delete(&k);   /* one message per fault */
 		count_quiet(UT_QUIET_READS, 1);
+#ifdef AGGREGATE
+		count_late_read(*ended);
+#endif
 		return true;
 	}
 	return false;

@@ -58,6 +58,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,8 @@ UFFDTRACE = ROOT / ".venv" / "bin" / "uffdtrace"
 UFFD_STRESS = ROOT / ".build" / "uffd-stress"
 SOURCES = sorted((ROOT / "tests" / "workloads").glob("*.c"))
 STRESS_CONFIGS = ("anon:64:8", "shmem:64:8", "hugetlb:64:8")  # uffd-stress TYPE:MiB:BOUNCES
+SERVE_PORT = 9473
+SERVE_READY = "probes live"  # serve's line on stderr
 HUGEPAGES = 64  # 2 MiB pages reserved for the hugetlb run (and given back afterwards)
 TICKS = os.sysconf("SC_CLK_TCK")
 # The peer: what a bpftrace user would write to watch the same steps.
@@ -144,7 +147,9 @@ class Tracer:
     def __init__(self, cmd: list[str], ready: str) -> None:
         self.out = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (lives as long as the tracer; read in stop())
         t0 = time.monotonic()
-        self.proc = subprocess.Popen(cmd, stdout=self.out, stderr=subprocess.DEVNULL, start_new_session=True)
+        # serve says "probes live" on stderr; its stdout stays empty.
+        stderr = self.out if ready == SERVE_READY else subprocess.DEVNULL
+        self.proc = subprocess.Popen(cmd, stdout=self.out, stderr=stderr, start_new_session=True)
         while ready not in Path(f"/proc/self/fd/{self.out.fileno()}").read_text():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{cmd[0]} ended before its probes were live")
@@ -163,6 +168,18 @@ class Tracer:
         return rss, self.out.read()
 
 
+def serve_summary() -> dict[str, Any]:
+    """serve's counters, scraped, in the shape of trace's summary."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{SERVE_PORT}/metrics", timeout=10).read().decode()
+
+    def total(name: str) -> int:
+        return int(sum(float(v) for v in re.findall(rf"^uffdtrace_{name}_total(?:{{[^}}]*}})? (\S+)", text, re.M)))
+
+    flags = {m[1]: int(float(m[2])) for m in re.finditer(r'^uffdtrace_flags_total{.*flag="(\w+)".*} (\S+)', text, re.M)}
+    return {"lifecycles": total("faults"), "messages_read": total("messages_read"), "events": total("events"),
+            "lost": total("lost_records"), "flags": flags}
+
+
 def traced_run(tracer_cmd: list[str] | None, ready: str, workload: list[str]) -> Run:
     if tracer_cmd is None:
         wall, cpu, text = run_workload(workload)
@@ -170,11 +187,14 @@ def traced_run(tracer_cmd: list[str] | None, ready: str, workload: list[str]) ->
     tracer = Tracer(tracer_cmd, ready)
     before, bpf_before = proc_cpu_s(tracer.proc.pid), bpf_run_s(tracer.proc.pid)
     wall, cpu, text = run_workload(workload)
-    time.sleep(0.2)  # the tracer's drain of the last records belongs to this run
+    # The tracer's drain of the last records belongs to this run (and serve's
+    # reading of what the kernel summed, once a second).
+    time.sleep(1.2 if ready == SERVE_READY else 0.2)
     tracer_cpu = proc_cpu_s(tracer.proc.pid) - before
     bpf = bpf_run_s(tracer.proc.pid) - bpf_before
+    served = serve_summary() if ready == SERVE_READY else None
     rss, out = tracer.stop()
-    summary: dict[str, Any] = next(
+    summary: dict[str, Any] = served or next(
         (json.loads(line) for line in out.splitlines() if line.startswith('{"type":"summary"')), {})
     return Run(wall, cpu + tracer_cpu, tracer_cpu, tracer.startup_s, rss, summary, counted_faults(text), bpf)
 
@@ -214,6 +234,8 @@ def bench_stress(mode: str, runs: int, configs: list[str]) -> None:
         "uffdtrace --flagged": ([str(UFFDTRACE), "--mode", mode, "trace", "-j", "--flagged"], '"type":"header"'),
         "uffdtrace --record": ([str(UFFDTRACE), "--mode", mode, "trace", "-j", "--force", "--record",
                                 str(Path(tempfile.gettempdir()) / "uffdtrace-bench.cap")], '"type":"header"'),
+        "uffdtrace serve": ([str(UFFDTRACE), "--mode", mode, "serve", "--listen", f"127.0.0.1:{SERVE_PORT}"],
+                            SERVE_READY),
     }
     if shutil.which("bpftrace"):
         variants["bpftrace (peer)"] = (["bpftrace", "-e", BPFTRACE_SCRIPT], "Attaching")
@@ -293,7 +315,7 @@ def bench_serve_rss(mode: str, minutes: float, scratch: Path) -> None:
     again and again): sampled every 30 s, the curve printed."""
     if not UFFD_STRESS.exists():
         subprocess.run([str(ROOT / "scripts" / "build_uffd_stress.sh")], check=True)
-    serve = Tracer([str(UFFDTRACE), "--mode", mode, "serve", "--listen", "127.0.0.1:9473"], "")
+    serve = Tracer([str(UFFDTRACE), "--mode", mode, "serve", "--listen", f"127.0.0.1:{SERVE_PORT}"], SERVE_READY)
     deadline = time.monotonic() + minutes * 60
     samples: list[tuple[float, float]] = []
     t0 = time.monotonic()
@@ -304,14 +326,10 @@ def bench_serve_rss(mode: str, minutes: float, scratch: Path) -> None:
             m = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{serve.proc.pid}/status").read_text())
             samples.append((time.monotonic() - t0, int(m[1]) / 1024 if m else 0.0))
             next_sample += 30
-    import urllib.request
-
-    metrics = urllib.request.urlopen("http://127.0.0.1:9473/metrics", timeout=10).read().decode()
-    counts = {name: sum(float(v) for v in re.findall(rf"^uffdtrace_{name}_total(?:{{[^}}]*}})? (\S+)", metrics, re.M))
-              for name in ("faults", "lost_records")}
+    counts = serve_summary()
     serve.stop()
     print(f"serve RSS under load over {minutes:g} min (uffd-stress anon 16 MiB x 4 in a loop): "
-          f"{counts['faults']:,.0f} faults, {counts['lost_records']:,.0f} records lost")
+          f"{counts['lifecycles']:,.0f} faults, {counts['lost']:,.0f} records lost")
     print("  " + "  ".join(f"{t / 60:.1f}m {mib:.0f}" for t, mib in samples) + " MiB")
 
 

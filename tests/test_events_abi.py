@@ -24,6 +24,7 @@ from uffdtrace.events import (
     PointerIds,
     QuietCounter,
     RawEvent,
+    Reason,
     decode,
     decode_many,
     slot_layout,
@@ -35,11 +36,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # The Python mirror of every UT_ name: enums by prefix, single values by name.
 ENUMS: dict[str, type[enum.IntEnum]] = {"UT_OP_": Op, "UT_FOLD_": FoldBit, "UT_LOST_": LostCause,
-                                         "UT_FE_": FaultState, "UT_QUIET_": QuietCounter, "UT_": Kind}
+                                         "UT_FE_": FaultState, "UT_QUIET_": QuietCounter, "UT_REASON_": Reason,
+                                         "UT_": Kind}
 SINGLES = ("CLOSE_KEPT", "READS_SEALED", "UFFD_EVENT_PAGEFAULT", "UFFD_EVENT_FORK", "UFFD_EVENT_REMAP",
            "UFFD_EVENT_REMOVE", "UFFD_EVENT_UNMAP", "X86_PF_PROT", "X86_PF_WRITE", "REGISTER_MODE_MISSING",
            "REGISTER_MODE_WP", "REGISTER_MODE_MINOR", "MODE_DONTWAKE", "WP_MODE_WP", "WP_MODE_DONTWAKE",
-           "VM_UFFD_MISSING", "VM_UFFD_WP", "VM_FAULT_SIGBUS")
+           "VM_UFFD_MISSING", "VM_UFFD_WP", "VM_FAULT_SIGBUS", "HIST_BOUNDS")
 COUNTS = {"UT_LOST_CAUSES": len(LostCause), "UT_QUIET_COUNTERS": len(QuietCounter)}
 
 

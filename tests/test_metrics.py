@@ -15,12 +15,15 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from uffdtrace.analysis.model import EventLifecycle
+from uffdtrace.analysis.model import EventLifecycle, Lifecycle
 from uffdtrace.capture.reader import Reader, replay
-from uffdtrace.events import UFFD_EVENT_REMOVE
-from uffdtrace.sinks.prometheus import Metrics
+from uffdtrace.events import HIST_BOUNDS, UFFD_EVENT_REMOVE
+from uffdtrace.sinks import Tee
+from uffdtrace.sinks.prometheus import BOUNDS, Metrics, bucket_of
+from uffdtrace.sinks.report import total_ns
+from uffdtrace.source import CleanTotals, LatencySum
 
-from .conftest import require
+from .conftest import ROOT, require
 
 CAPTURES = Path(__file__).parent / "captures"
 
@@ -113,3 +116,86 @@ def test_event_callers_waiting_now() -> None:
     assert value(text, 'uffdtrace_event_callers_waiting{comm="balloon"}') == 2
     metrics.tick(2 * 10**9, [], [])
     assert 'uffdtrace_event_callers_waiting{' not in generate_latest(registry).decode()
+
+
+def _kernel_hist_bucket(tmp_path: Path, values: list[int]) -> list[int]:
+    """bpf/aggregate.h's hist_bucket, compiled for this machine."""
+    source = (ROOT / "bpf" / "aggregate.h").read_text()
+    m = re.search(r"^static __always_inline u32 hist_bucket\(u64 ns\)\n\{.*?^\}", source, re.S | re.M)
+    assert m, "hist_bucket is not in bpf/aggregate.h"
+    prog = tmp_path / "bucket.c"
+    prog.write_text("#include <stdio.h>\n#include <stdlib.h>\n#include \"events.h\"\n"
+                    "#ifndef __always_inline\n#define __always_inline inline\n#endif\n"
+                    f"{m[0]}\nint main(int argc, char **argv) {{\n"
+                    'for (int i = 1; i < argc; i++) printf("%u\\n", hist_bucket(strtoull(argv[i], 0, 10)));\n'
+                    "return 0; }\n")
+    exe = tmp_path / "bucket"
+    subprocess.run(["gcc", "-Wall", "-Werror", f"-I{ROOT / 'bpf'}", "-o", str(exe), str(prog)], check=True)
+    out = subprocess.run([str(exe), *map(str, values)], check=True, capture_output=True, text=True).stdout
+    return [int(line) for line in out.split()]
+
+
+def test_the_kernels_latency_buckets_are_the_metrics_buckets(tmp_path: Path) -> None:
+    """A latency the kernel summed lands in the bucket Python would count it in:
+    the first whose bound (le, in seconds) it does not exceed."""
+    edges = [1000 << i for i in range(HIST_BOUNDS)]
+    values = [0, 1, 999, *edges, *(e + 1 for e in edges), *(e - 1 for e in edges), 10**12, 2**64 - 1]
+    assert _kernel_hist_bucket(tmp_path, values) == [bucket_of(v) for v in values]
+    for v in values:
+        i = bucket_of(v)
+        assert (i == HIST_BOUNDS or v <= edges[i]) and (i == 0 or v > edges[i - 1]), v
+        assert i == HIST_BOUNDS or v / 1e9 <= float(BOUNDS[i])  # what prometheus_client's le means
+    assert BOUNDS[0] == "1e-06" and BOUNDS[-1] == "+Inf" and len(BOUNDS) == HIST_BOUNDS + 1
+
+
+class KernelSums(Tee):
+    """Sums the clean lifecycles of a replay as bpf/aggregate.h does, instead
+    of passing them on: what serve's kernel would have kept from Python."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__(metrics)
+        self.sums: dict[tuple[str, str | None, str | None], list[int]] = {}
+        self.diverted = 0
+
+    def lifecycle(self, lc: Lifecycle) -> None:
+        lat = lc.latencies()
+        if (lc.flags or len(lc.attempts) != 1 or lc.attempts[0].ret != 0 or lc.rounds != 1
+                or lc.t_woken is None or lat["wake"] != 0 or lat["resume"] is not None):
+            super().lifecycle(lc)
+            return
+        self.diverted += 1
+        row = self.sums.setdefault((lc.comm, lc.reason, lc.attempts[0].op), [0] * (3 + 3 * (HIST_BOUNDS + 2)))
+        row[0] += 1
+        row[1] += 1
+        row[2] += lc.reads
+        for k, ns in enumerate((lat["pickup"], lat["service"], total_ns(lc))):
+            if ns is not None:
+                base = 3 + k * (HIST_BOUNDS + 2)
+                row[base + bucket_of(ns)] += 1
+                row[base + HIST_BOUNDS + 1] += ns
+
+    def clean_totals(self) -> list[CleanTotals]:
+        def hist(row: list[int], k: int) -> LatencySum:
+            base = 3 + k * (HIST_BOUNDS + 2)
+            return LatencySum(tuple(row[base:base + HIST_BOUNDS + 1]), row[base + HIST_BOUNDS + 1])
+
+        return [CleanTotals(comm, reason, op, row[0], row[1], row[2], hist(row, 0), hist(row, 1), hist(row, 2))
+                for (comm, reason, op), row in self.sums.items()]
+
+    def clean_uffds(self) -> dict[tuple[int, int], int]:
+        return {}
+
+
+def test_what_the_kernel_summed_is_counted_as_python_counts_it() -> None:
+    """serve with the kernel summing clean lifecycles exports what it exports
+    when each came to Python: the same counters, buckets and sums."""
+    capture = CAPTURES / "demo-tracepoint-6.18.cap"
+    python_side, _ = exposition(capture)
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    kernel = KernelSums(metrics)
+    metrics._aggregates = kernel
+    reader = Reader(str(capture))
+    replay(reader, kernel, reader.header.thresholds, raw_events=True)
+    assert kernel.diverted >= 8  # wl-clean's, at least
+    assert sorted(generate_latest(registry).decode().splitlines()) == sorted(python_side.splitlines())

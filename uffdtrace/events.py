@@ -70,6 +70,25 @@ class QuietCounter(enum.IntEnum):
     READS = 1
 
 
+class Reason(enum.IntEnum):
+    """Why a fault came to its uffd, as the kernel derives it (UT_REASON_*);
+    ANY: it cannot tell (a lifecycle's reason None, "unknown" in metrics)."""
+
+    ANY = 0
+    MISSING = 1
+    WP = 2
+    MINOR = 3
+
+
+def reason_name(reason: int) -> str | None:
+    """A UT_REASON_* as a lifecycle's reason (analysis/rules.py fault_reason)."""
+    return None if reason == Reason.ANY else Reason(reason).name.lower()
+
+
+# Buckets of the kernel's latency histograms (bpf/aggregate.h): bucket i holds
+# the values of at most 1000 << i ns, bucket HIST_BOUNDS the rest.
+HIST_BOUNDS = 27
+
 CLOSE_KEPT = 0x1  # UFFD_CLOSE flags: a holder's descriptor closed, the uffd lives on (UT_CLOSE_KEPT)
 READS_SEALED = 1 << 63  # fault_entry.reads: the count is sealed (UT_READS_SEALED)
 READS_COUNT = READS_SEALED - 1  # the count without it

@@ -62,8 +62,36 @@ class RunInfo:
     sees_returns: bool = True  # kprobe mode sees handle_userfault return (analysis/lifecycle.py)
     started_ns: int = 0  # CLOCK_MONOTONIC when the probes were live (before any command started)
     wall_offset_ns: int = 0  # CLOCK_REALTIME - CLOCK_MONOTONIC at start
-    output: list[str] = field(default_factory=list)  # "events", "flagged": what the kernel sent, what was printed
+    output: list[str] = field(default_factory=list)  # events, flagged, aggregated: what the kernel sent, printed
     program: str = ""  # live: "compiled" now, or "cached" (a compiled program kept by an earlier session)
+
+
+@dataclass(frozen=True)
+class LatencySum:
+    """A latency histogram the kernel summed (bpf/aggregate.h): counts of its
+    buckets (events.HIST_BOUNDS + 1 of them) and the sum of the values."""
+
+    counts: tuple[int, ...]
+    sum_ns: int
+
+
+@dataclass(frozen=True)
+class CleanTotals:
+    """The clean lifecycles of one (comm, reason, resolving op) that the
+    kernel summed instead of sending (serve: RunInfo.output "aggregated"),
+    since the start: each was read ``reads`` times in all, resolved by one
+    ``op`` that returned 0, woken inside it (``woken`` of them).
+    ``op`` None: messages read after their fault ended, nothing else."""
+
+    comm: str
+    reason: str | None
+    op: str | None
+    faults: int
+    woken: int
+    reads: int
+    pickup: LatencySum
+    service: LatencySum
+    fault: LatencySum
 
 
 @dataclass

@@ -91,12 +91,13 @@ def filter_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def live_source(ctx: click.Context, pids: tuple[int, ...], command: tuple[str, ...], duration: float | None,
-                kw: dict[str, Any]) -> LiveSource:
+                kw: dict[str, Any], *, aggregate: bool = False) -> LiveSource:
     """The live source of `trace`, `record`, `serve` and `top` (the last two
-    have no --events or --flagged: the kernel folds and filters)."""
+    have no --events or --flagged: the kernel folds and filters; with
+    ``aggregate``, it also sums clean lifecycles instead of sending them)."""
     return LiveSource(Options(pids=pids, command=command, duration=duration, transport=kw["transport"],
                               buffer_kb=kw["buffer_kb"], every_record=kw.get("raw_events", False),
-                              flagged_only=kw.get("flagged", False)),
+                              flagged_only=kw.get("flagged", False), aggregate=aggregate),
                       ctx.obj["mode"])
 
 

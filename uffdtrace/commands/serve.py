@@ -48,8 +48,8 @@ def command(ctx: click.Context, /, listen: tuple[str, int], pids: tuple[int, ...
 
     host, port = listen
     registry = CollectorRegistry()
-    metrics = Metrics(registry)
-    src = live_source(ctx, pids, command, duration, kw)
+    src = live_source(ctx, pids, command, duration, kw, aggregate=True)
+    metrics = Metrics(registry, src)
     try:
         server, thread = start_http_server(port, addr=host, registry=registry)
     except OSError as exc:

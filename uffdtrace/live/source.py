@@ -36,9 +36,11 @@ from ..events import (
     QuietCounter,
     decode_comm,
     decode_many,
+    op_name,
+    reason_name,
     slot_layout,
 )
-from ..source import BlockedThread, Holder, RunInfo, TaskState, Totals
+from ..source import BlockedThread, CleanTotals, Holder, LatencySum, RunInfo, TaskState, Totals
 from . import kernel, probes, procscan, progcache
 from .kallsyms import BootSymbols, Symbols
 from .kprobe_mode import KprobeBackend
@@ -72,6 +74,7 @@ class Options:
     buffer_kb: int = DEFAULT_BUFFER_KB  # kernel buffer: the ring, or the perf buffers of all CPUs together
     every_record: bool = False  # --events: no in-kernel filtering of resolutions (bpf/common.h)
     flagged_only: bool = False  # --flagged: clean lifecycles folded in the kernel are only counted
+    aggregate: bool = False  # serve: clean lifecycles folded in the kernel are summed there (clean_totals)
 
 
 def resolve_mode(features: kernel.Features, requested: str) -> str:
@@ -181,7 +184,8 @@ class LiveSource:
         self.info = RunInfo(mode=mode, kernel=platform.release(), host=socket.gethostname(),
                             command=list(opts.command), pids=list(opts.pids),
                             output=[name for name, on in (("events", opts.every_record),
-                                                          ("flagged", opts.flagged_only)) if on])
+                                                          ("flagged", opts.flagged_only),
+                                                          ("aggregated", opts.aggregate)) if on])
         self.ids = PointerIds()
         # Raw records from the drain thread, with their layout (ring spans or single perf records).
         self._pending: collections.deque[tuple[struct.Struct, bytes]] = collections.deque()
@@ -203,6 +207,7 @@ class LiveSource:
         self._gate: int | None = None  # write end of the pipe the command waits on
         self.totals = Totals(lost_causes=dict.fromkeys((c.name.lower() for c in LostCause), 0))  # final once closed
         self.stopper = Stopper()
+        self._last_clean_totals: list[CleanTotals] = []  # clean_totals() once closed
         self._command = resolve_command(opts.command) if opts.command else []
         check_pids(opts.pids)
 
@@ -228,8 +233,10 @@ class LiveSource:
             defines["RINGBUF_PAGES"] = buffer_pages
         if self.opts.every_record:
             defines["EVERY_RECORD"] = None
-        elif self.opts.flagged_only:
+        elif self.opts.flagged_only or self.opts.aggregate:
             defines["QUIET"] = None
+            if self.opts.aggregate:
+                defines["AGGREGATE"] = None
         if self.opts.pids or self._command:
             defines["FILTER"] = None
         self._bpf = self._load(defines, features)
@@ -457,6 +464,29 @@ class LiveSource:
                     woken_ns=fe.t_woken, waker_tid=fe.waker, op_bits=fe.op_bits))
         return out
 
+    def clean_totals(self) -> list[CleanTotals]:
+        """What the kernel summed of clean lifecycles so far (serve's
+        Options.aggregate; bpf/aggregate.h); nothing in kprobe mode, which
+        does not fold."""
+        if self._bpf is None or self.backend.sees_returns or not self.opts.aggregate:
+            return self._last_clean_totals
+
+        def latency(counts: Any, sum_ns: int) -> LatencySum:
+            return LatencySum(tuple(counts), sum_ns)
+
+        return [CleanTotals(comm=decode_comm(bytes(key.comm)), reason=reason_name(key.reason),
+                            op=op_name(key.op) if key.op else None, faults=t.faults, woken=t.woken, reads=t.reads,
+                            pickup=latency(t.pickup, t.pickup_ns), service=latency(t.service, t.service_ns),
+                            fault=latency(t.fault, t.fault_ns))
+                for key, t in self._bpf["clean_totals"].items_lookup_batch()]
+
+    def clean_uffds(self) -> dict[tuple[int, int], int]:
+        """(tgid, uffd) -> when it last ended a fault the kernel summed."""
+        if self._bpf is None or self.backend.sees_returns or not self.opts.aggregate:
+            return {}
+        return {(key.tgid, self.ids(key.uffd)): ts.value
+                for key, ts in self._bpf["clean_uffds"].items_lookup_batch()}
+
     def adopt(self, tid: int, raised_ns: int) -> None:
         """User space took over the folded fault of thread ``tid``: its end
         must be sent, even with --flagged."""
@@ -514,6 +544,7 @@ class LiveSource:
         if self._bpf is not None:
             self.totals.lost_causes = self._lost_causes()
             self.totals.filtered = self._percpu_sum("filtered", 0)
+            self._last_clean_totals = self.clean_totals()
             if not self.backend.sees_returns:  # tracepoint.c's quiet counters
                 self.totals.quiet_lifecycles = self._percpu_sum("quiet", QuietCounter.LIFECYCLES)
                 self.totals.quiet_reads = self._percpu_sum("quiet", QuietCounter.READS)

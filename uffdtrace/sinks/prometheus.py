@@ -4,31 +4,109 @@ Labels are `comm` (and the flag, op, result, reason, phase or record kind a
 metric is about) and never a pid, tid or address: a fleet of hosts must not
 multiply series per thread. Memory stays bounded over days: finished
 lifecycles are counted into the metrics and dropped; the uffds seen are
-forgotten after UFFD_IDLE_S without a sign of them."""
+forgotten after UFFD_IDLE_S without a sign of them.
+
+Most lifecycles never reach Python: the kernel sums the clean ones into
+the same metrics (Aggregates; bpf/aggregate.h), and Metrics adds what it
+summed once per KERNEL_READ_S. Its latency histograms have the kernel's
+buckets (Log2Histogram), so that both add up in one series."""
 
 from __future__ import annotations
 
 import collections
+import itertools
 import sys
-from collections.abc import Sequence
-from typing import Any, TextIO
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol, TextIO
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info, disable_created_metrics
+from prometheus_client.metrics_core import HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from ..analysis.model import EventLifecycle, Flag, Lifecycle
-from ..events import Event, Kind
+from ..events import HIST_BOUNDS, Event, Kind
+from ..source import CleanTotals, LatencySum
 from . import Ignoring
 from .report import result_name, total_ns
 
-# 1 µs to 64 s in powers of two (exp2 buckets, as bcc's histograms), in seconds.
-BUCKETS = tuple(2**i / 1e6 for i in range(27))
+# Bucket i's upper bound: 2**i µs (1 µs to 67 s, exp2 as bcc's histograms), in seconds.
+BOUNDS = (*(floatToGoString(2**i / 1e6) for i in range(HIST_BOUNDS)), "+Inf")  # type: ignore[no-untyped-call]
 UFFD_IDLE_S = 600
+KERNEL_READ_S = 1.0
 NS = 1e9
 
 
+def bucket_of(ns: int) -> int:
+    """The bucket of a latency: the first i with ns <= 1000 << i, else the
+    last (bpf/aggregate.h hist_bucket)."""
+    return min(max((ns + 999) // 1000 - 1, 0).bit_length(), HIST_BOUNDS)
+
+
+class Log2Histogram:
+    """A latency histogram in seconds with the kernel's buckets, one series
+    per label values; what Python observed and what the kernel summed
+    (add) count alike. Scraped from the HTTP server's thread."""
+
+    def __init__(self, name: str, doc: str, labels: tuple[str, ...], registry: CollectorRegistry) -> None:
+        self.name, self.doc, self.labels = name, doc, labels
+        self._lock = threading.Lock()
+        # label values -> bucket counts, then the sum of the values in ns
+        self._series: dict[tuple[str, ...], list[int]] = {}
+        if not labels:  # one series, there from the start
+            self._row(())
+        registry.register(self)
+
+    def _row(self, values: tuple[str, ...]) -> list[int]:
+        row = self._series.get(values)
+        if row is None:
+            row = self._series[values] = [0] * (HIST_BOUNDS + 2)
+        return row
+
+    def observe_ns(self, ns: int, *values: str) -> None:
+        with self._lock:
+            row = self._row(values)
+            row[bucket_of(ns)] += 1
+            row[-1] += ns
+
+    def add(self, hist: LatencySum, *values: str) -> None:
+        with self._lock:
+            row = self._row(values)
+            for i, n in enumerate(hist.counts):
+                row[i] += n
+            row[-1] += hist.sum_ns
+
+    def describe(self) -> list[HistogramMetricFamily]:
+        return [HistogramMetricFamily(self.name, self.doc, labels=self.labels)]
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
+        with self._lock:
+            rows = sorted((values, list(row)) for values, row in self._series.items())
+        for values, row in rows:
+            cumulative = itertools.accumulate(row[:-1])
+            family.add_metric(list(values), list(zip(BOUNDS, cumulative, strict=True)), row[-1] / NS)
+        yield family
+
+
+class Aggregates(Protocol):
+    """What the kernel summed instead of sending (LiveSource in serve)."""
+
+    def clean_totals(self) -> list[CleanTotals]: ...
+
+    def clean_uffds(self) -> dict[tuple[int, int], int]: ...
+
+
+def _since(now: LatencySum, before: LatencySum | None) -> LatencySum:
+    if before is None:
+        return now
+    return LatencySum(tuple(a - b for a, b in zip(now.counts, before.counts, strict=True)), now.sum_ns - before.sum_ns)
+
+
 class Metrics(Ignoring):
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, aggregates: Aggregates | None = None) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # a _created series per counter: noise
         def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
             return Counter(f"uffdtrace_{name}", doc, labels, registry=registry)
@@ -56,18 +134,21 @@ class Metrics(Ignoring):
                                  "non-cooperative event now", ("comm",))
         self.uffds = gauge("uffds_traced", "Userfaultfd contexts seen recently")
         self.processes = gauge("processes_traced", "Processes with a userfaultfd seen recently")
-        self.phase = Histogram("uffdtrace_phase_seconds", "Fault latency per phase (pickup: raised to read; "
-                               "service: read to resolved; wake: resolved to woken; resume: woken to returned)",
-                               ("phase",), buckets=BUCKETS, registry=registry)
-        self.event_unread = Histogram("uffdtrace_event_unread_seconds", "Non-cooperative events: raised to read "
-                                      "(every resolution on the uffd fails with EAGAIN meanwhile)",
-                                      buckets=BUCKETS, registry=registry)
-        self.fault_time = Histogram("uffdtrace_fault_seconds", "Whole fault: raised to woken or returned",
-                                    buckets=BUCKETS, registry=registry)
+        self.phase = Log2Histogram("uffdtrace_phase_seconds", "Fault latency per phase (pickup: raised to read; "
+                                   "service: read to resolved; wake: resolved to woken; resume: woken to returned)",
+                                   ("phase",), registry)
+        self.event_unread = Log2Histogram("uffdtrace_event_unread_seconds", "Non-cooperative events: raised to "
+                                          "read (every resolution on the uffd fails with EAGAIN meanwhile)",
+                                          (), registry)
+        self.fault_time = Log2Histogram("uffdtrace_fault_seconds", "Whole fault: raised to woken or returned",
+                                        (), registry)
         self.info = Info("uffdtrace", "The tracer: version, mode, kernel, transport, what it cannot see",
                          registry=registry)
         self._lost_seen = 0
         self._seen: dict[tuple[int, int], int] = {}  # (tgid, uffd) -> last seen (trace clock)
+        self._aggregates = aggregates
+        self._kernel_read_at = 0.0
+        self._kernel_before: dict[tuple[str, str | None, str | None], CleanTotals] = {}
 
     def header(self, info: dict[str, Any]) -> None:
         self.info.info({"version": info["version"], "mode": info["mode"], "kernel": info["kernel"],
@@ -93,17 +174,17 @@ class Metrics(Ignoring):
             self.rounds.labels(comm).inc(lc.rounds - 1)
         for phase, ns in lc.latencies().items():
             if ns is not None:
-                self.phase.labels(phase).observe(ns / NS)
+                self.phase.observe_ns(ns, phase)
         total = total_ns(lc)
         if total is not None:
-            self.fault_time.observe(total / NS)
+            self.fault_time.observe_ns(total)
         if lc.uffd:
             self._seen[(lc.tgid, lc.uffd)] = lc.ended_at or lc.last_ts
 
     def uffd_event(self, ev: EventLifecycle) -> None:
         self.uffd_events.labels(ev.comm, ev.name).inc()
         if ev.t_read is not None:
-            self.event_unread.observe((ev.t_read - ev.t_raised) / NS)
+            self.event_unread.observe_ns(ev.t_read - ev.t_raised)
 
     def flag(self, flag: Flag) -> None:
         if not flag.update:
@@ -114,7 +195,39 @@ class Metrics(Ignoring):
             self.lost_records.inc(count - self._lost_seen)
             self._lost_seen = count
 
+    def _add_kernel_totals(self) -> None:
+        """What the kernel summed since the last call, counted as lifecycle()
+        counts a clean lifecycle (its wake-up came inside the ioctl: 0 s)."""
+        assert self._aggregates is not None
+        for t in self._aggregates.clean_totals():
+            key = (t.comm, t.reason, t.op)
+            before = self._kernel_before.get(key)
+            self._kernel_before[key] = t
+            faults = t.faults - (before.faults if before else 0)
+            woken = t.woken - (before.woken if before else 0)
+            reads = t.reads - (before.reads if before else 0)
+            if reads:
+                self.reads.labels(t.comm).inc(reads)
+            if not faults:
+                continue
+            self.faults.labels(t.comm, t.reason or "unknown").inc(faults)
+            self.resolutions.labels(t.comm, t.op, result_name(0)).inc(faults)
+            if woken:
+                self.wakeups.labels(t.comm).inc(woken)
+                self.phase.add(LatencySum((woken,) + (0,) * HIST_BOUNDS, 0), "wake")
+            self.phase.add(_since(t.pickup, before.pickup if before else None), "pickup")
+            self.phase.add(_since(t.service, before.service if before else None), "service")
+            self.fault_time.add(_since(t.fault, before.fault if before else None))
+        self._seen.update(self._aggregates.clean_uffds())
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        if self._aggregates is not None:  # the last second's (the source kept them as it closed)
+            self._add_kernel_totals()
+
     def tick(self, now: int, waiting: list[Lifecycle], events: Sequence[EventLifecycle] = ()) -> None:
+        if self._aggregates is not None and time.monotonic() - self._kernel_read_at >= KERNEL_READ_S:
+            self._kernel_read_at = time.monotonic()
+            self._add_kernel_totals()
         per_comm: dict[str, int] = {}
         for lc in waiting:
             per_comm[lc.comm] = per_comm.get(lc.comm, 0) + 1
