@@ -74,6 +74,10 @@ static __always_inline void hist_add(u64 *hist, u64 *sum, u64 ns)
 {
 	u32 i = hist_bucket(ns);
 
+	/* LLVM knows i <= UT_HIST_BOUNDS and drops the check, and 6.1's
+	 * verifier cannot follow the bit-length arithmetic that bounds it
+	 * ("R4 unbounded memory access"): the empty asm hides i from LLVM. */
+	asm volatile("" : "+r"(i));
 	if (i > UT_HIST_BOUNDS)
 		return;
 	__sync_fetch_and_add(&hist[i], 1);

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UffdtraceError
+from ..escape import printable
 from ..events import (
     READS_COUNT,
     RECORD,
@@ -292,11 +293,15 @@ class LiveSource:
         try:
             try:
                 return build(defines)
-            except Exception:  # bcc raises bare Exception for compile errors
+            except Exception as refused:  # bcc raises bare Exception for compile errors
                 if self.backend.sees_returns or "EVERY_RECORD" in defines:
                     raise
                 loaded = build({**defines, "NO_FOLD": None})
-                self.info.degraded.append("folding in the kernel (needs BPF atomics, 5.12+): every step is sent")
+                # Said with the refusal's first line: a verifier that refuses
+                # something else than the atomics must not pass for an old kernel.
+                why = printable(str(refused).strip().splitlines()[0][:200]) if str(refused).strip() else "refused"
+                self.info.degraded.append(f"folding in the kernel (needs BPF atomics, 5.12+; {why}): "
+                                          "every step is sent")
                 return loaded
         except UffdtraceError:
             raise
