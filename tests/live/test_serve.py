@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -19,15 +18,10 @@ from typing import Any
 
 from ..conftest import ROOT, require
 from ..scenarios import CLEAN_PAGES
+from ..serve_driver import check_clean_served, free_port, serve_while
 
 UFFDTRACE = ROOT / ".venv" / "bin" / "uffdtrace"
 STALL_S = 3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(url: str) -> Any:
@@ -118,46 +112,11 @@ def test_prometheus_sees_the_stuck_fault(workloads: Path, tmp_path: Path) -> Non
     assert all(f["evidence"] for f in flags)
 
 
-def scrape(url: str) -> dict[str, float]:
-    """serve's exposition as {series: value}."""
-    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 (a local URL built here)
-        text = resp.read().decode()
-    return {series: float(v) for series, v in (line.rsplit(" ", 1) for line in text.splitlines()
-                                                if line and not line.startswith("#"))}
-
 
 def test_clean_faults_are_summed_in_the_kernel(workloads: Path) -> None:
-    """serve's clean lifecycles never reach Python (no LIFECYCLE record is
-    received): the kernel sums them (bpf/aggregate.h) and they count in
-    every metric as before: faults, messages, resolutions, wake-ups and
-    each phase's histogram, one per fault."""
+    """serve's clean lifecycles never reach Python: the kernel sums them
+    (bpf/aggregate.h) and they count in every metric as before: faults,
+    messages, resolutions, wake-ups and each phase's histogram, one per fault."""
     require(os.geteuid() == 0, "serve needs root")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/metrics"
-    serve = subprocess.Popen([str(UFFDTRACE), "--mode", "tracepoint", "serve", "--listen", f"127.0.0.1:{port}"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        assert serve.stderr is not None
-        announce = serve.stderr.readline()
-        assert "probes live" in announce, announce  # and nothing before it: no compiler warning
-        subprocess.run([str(workloads / "clean_faults"), str(CLEAN_PAGES)], check=True, capture_output=True,
-                       timeout=60)
-        comm = '{comm="clean_faults"}'
-        wait_for(lambda: scrape(url).get(f"uffdtrace_wakeups_total{comm}") == CLEAN_PAGES, "the summed faults")
-        m = scrape(url)
-    finally:
-        serve.send_signal(signal.SIGTERM)
-        _, err = serve.communicate(timeout=60)
-    assert serve.returncode == 0, err
-    assert m['uffdtrace_faults_total{comm="clean_faults",reason="missing"}'] == CLEAN_PAGES
-    assert m[f"uffdtrace_messages_read_total{comm}"] == CLEAN_PAGES
-    assert m['uffdtrace_resolutions_total{comm="clean_faults",op="copy",result="ok"}'] == CLEAN_PAGES
-    for phase in ("pickup", "service", "wake"):
-        assert m[f'uffdtrace_phase_seconds_count{{phase="{phase}"}}'] == CLEAN_PAGES, phase
-        assert m[f'uffdtrace_phase_seconds_bucket{{le="+Inf",phase="{phase}"}}'] == CLEAN_PAGES, phase
-    assert m['uffdtrace_phase_seconds_bucket{le="1e-06",phase="wake"}'] == CLEAN_PAGES  # woken inside the ioctl
-    assert 0 < m['uffdtrace_phase_seconds_sum{phase="service"}'] < m["uffdtrace_fault_seconds_sum"]
-    assert m["uffdtrace_fault_seconds_count"] == CLEAN_PAGES
-    assert m["uffdtrace_lost_records_total"] == 0 and m["uffdtrace_uffds_traced"] >= 1
-    assert m.get('uffdtrace_events_total{kind="lifecycle"}', 0) == 0  # none was sent: all summed
-    assert not any(k.startswith("uffdtrace_flags_total") for k in m)
+    run = serve_while(str(UFFDTRACE), "tracepoint", CLEAN_PAGES, [str(workloads / "clean_faults"), str(CLEAN_PAGES)])
+    check_clean_served(run, "clean_faults", CLEAN_PAGES, summed_in_kernel=True)

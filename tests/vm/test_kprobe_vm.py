@@ -50,6 +50,7 @@ from ..scenarios import (
     check_uffd_stress,
     check_uffd_unit_tests,
 )
+from ..serve_driver import check_clean_served
 from ..why_scenarios import CASES, WhyCase, check
 
 VM_TIMEOUT_S = 2400
@@ -60,6 +61,7 @@ LAB_DELAY_MS = 5
 # in kprobe mode; every other scenario covers both kernels).
 QEMU_LAB_KERNEL = "6.1"
 MOVE_PAGES = 64
+SERVE_SCENARIOS = {"serve": "kprobe", "tp_serve": "tracepoint"}
 PYTHON = ROOT / ".venv" / "bin" / "python"
 
 
@@ -104,6 +106,10 @@ def scenarios(wl: Path, stress: Path, out: Path, version: str) -> list[str]:
         # CRIU, which cannot run on the host's kernel, and QEMU over a netem-delayed link (the
         # host's kernel has no netem), its guest booted under nested TCG (about 3 minutes).
         "criu_lab": ("run", f"{lab} criu --json {out}/criu_lab.json --keep {out}/criu_lab"),
+        # serve scraped while clean faults run: summed in the kernel in tracepoint mode.
+        **{name: ("run", f"{PYTHON} {ROOT / 'tests' / 'serve_driver.py'} {out}/{name}.json "
+                         f"{ROOT / '.venv' / 'bin' / 'uffdtrace'} {mode} {CLEAN_PAGES} {wl}/clean_faults {CLEAN_PAGES}")
+           for name, mode in SERVE_SCENARIOS.items()},
         # `why`: the hangs of tests/why_scenarios.py, all at once, explained with no trace.
         "why": ("run", f"{PYTHON} {ROOT / 'tests' / 'why_driver.py'} scenarios {out}/why.json {wl} "
                        f"{ROOT / '.venv' / 'bin' / 'uffdtrace'}"),
@@ -334,6 +340,13 @@ def test_the_kernels_events_tests(vm: VmRun) -> None:
 def test_why_explains_a_hang(vm: VmRun, case: WhyCase) -> None:
     assert int(vm.text("why.rc")) == 0, vm.text("why.err")
     check(case, json.loads(vm.text("why.json"))[case.name])
+
+
+@pytest.mark.parametrize("name", sorted(SERVE_SCENARIOS))
+def test_serve_counts_every_clean_fault(vm: VmRun, name: str) -> None:
+    assert int(vm.text(f"{name}.rc")) == 0, vm.text(f"{name}.err")
+    check_clean_served(json.loads(vm.text(f"{name}.json")), "clean_faults", CLEAN_PAGES,
+                       summed_in_kernel=SERVE_SCENARIOS[name] == "tracepoint")
 
 
 def test_postcopy_shape(vm: VmRun) -> None:
