@@ -510,12 +510,28 @@ def check_balloon_unread(s: Scenario) -> None:
     assert flag["verdict"] == "event_unread", flag
 
 
+UNIT_TESTS_ATTEMPTS = 3
+
+
+def uffd_unit_tests_command(binary: Path, *args: str) -> list[str]:
+    """The kernel's uffd-unit-tests, tried again (tests/until_passes.sh) when
+    an attempt fails: its events tests lose a race of their own."""
+    return [str(Path(__file__).parent / "until_passes.sh"), str(UNIT_TESTS_ATTEMPTS), str(binary), *args]
+
+
 def check_uffd_unit_tests(s: Scenario) -> None:
     """The kernel's uffd-unit-tests (events, fork, remap, remove, poison,
-    minor, write-protect; each in its own processes): none fails, nothing is
+    minor, write-protect; each in its own processes): the last attempt
+    passes, every earlier one lost only the selftest's own race, nothing is
     lost or flagged, every message read belongs to a lifecycle, and every
     event's caller was seen waiting for it, its read, and its return."""
-    assert any(re.search(r"Userfaults unit tests: pass=\d+, skip=\d+, fail=0", line) for line in s.text), s.text[-3:]
+    summaries = [line for line in s.text if line.startswith("Userfaults unit tests:")]
+    assert summaries and re.search(r"pass=\d+, skip=\d+, fail=0", summaries[-1]), s.text[-3:]
+    # Attempts before the passing one (tests/until_passes.sh) may only have
+    # lost the selftest's own REMOVE-versus-UNREGISTER race; the trace spans
+    # them too, so they are held to every check below.
+    retried = [line for line in s.text if line.startswith("until_passes:")]
+    assert all("UFFDIO_COPY error: -2 " in line for line in retried), retried
     assert_nothing_flagged_or_unmatched(s)
     assert s.summary["lost"] == 0 and s.summary["messages_read"] > 0, s.summary
     assert {ev["event"] for ev in s.uffd_events} >= {"fork", "remap", "remove"}, s.uffd_events

@@ -47,6 +47,7 @@ from ..scenarios import (
     check_uffd_stress,
     check_uffd_stress_flagged,
     check_uffd_unit_tests,
+    uffd_unit_tests_command,
 )
 
 UFFDTRACE = ROOT / ".venv" / "bin" / "uffdtrace"
@@ -417,7 +418,7 @@ def test_uffd_stress_host_wide(uffd_stress: Path) -> None:
 
 
 def test_the_kernels_uffd_unit_tests_host_wide(uffd_unit_tests: Path) -> None:
-    check_uffd_unit_tests(trace_host_wide(str(uffd_unit_tests)))
+    check_uffd_unit_tests(trace_host_wide(*uffd_unit_tests_command(uffd_unit_tests)))
 
 
 def test_postcopy_shape(workloads: Path) -> None:

@@ -49,6 +49,7 @@ from ..scenarios import (
     check_refault,
     check_uffd_stress,
     check_uffd_unit_tests,
+    uffd_unit_tests_command,
 )
 from ..serve_driver import check_clean_served
 from ..why_scenarios import CASES, WhyCase, check
@@ -95,7 +96,8 @@ def scenarios(wl: Path, stress: Path, out: Path, version: str) -> list[str]:
         # events tests: fork, remap, remove). Tracepoint mode runs them on the host.
         **{f"balloon_{mode}": ("kprobe", trace(f"balloon_{mode}", f"-j -- {wl}/balloon {mode} {BALLOON_STALL_MS}"))
            for mode in BALLOON_MODES},
-        "unit_events": ("kprobe", trace("unit_events", f"-j -- {stress.parent / 'uffd-unit-tests'} -f events-wp")),
+        "unit_events": ("kprobe", trace("unit_events", "-j -- " + " ".join(
+            uffd_unit_tests_command(stress.parent / "uffd-unit-tests", "-f", "events-wp")))),
         "move_pageout": ("kprobe", trace("move_pageout", f"{events} {wl}/move_pageout {MOVE_PAGES}")),
         **{name: ("kprobe", trace(name, f"-j -- {PYTHON} -m uffdtrace.workloads {' '.join(args)}"))
            for name, (args, _check) in sorted(PYTHON_SCENARIOS.items())},
