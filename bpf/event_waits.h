@@ -54,11 +54,18 @@ static __always_inline void event_call_sleeps(void *ctx, u32 tid)
 	emit(ctx, &e);
 }
 
-/* The parent's fork returned the child (ret): the child's memory is
- * registered as the parent's was, on the uffds the FORK messages gave it. */
+/* A fork that returned before its FORK message's read did: the reader's
+ * read wakes the forker before it returns, and on another CPU the fork may
+ * return first. Parent's uffd -> the fork; the read finishes it. */
+struct fork_unread { u32 parent; u32 child; u64 since; };
+BPF_TABLE("lru_hash", u64, struct fork_unread, forks_unread, 4096);
+
+/* The parent's fork returned the child: the child's memory is registered as
+ * the parent's was, on the uffds the FORK messages gave it; a range whose
+ * message is not read yet waits in forks_unread. */
 static __always_inline void fork_ranges(u32 parent, u32 child, u64 since)
 {
-	struct range_set *from = ranges.lookup(&parent), *to = NULL;
+	struct range_set *from = ranges.lookup(&parent), *to = ranges.lookup(&child);
 	int zero = 0;
 	struct range_set *empty = empty_ranges.lookup(&zero);
 	u8 one = 1;
@@ -71,8 +78,12 @@ static __always_inline void fork_ranges(u32 parent, u32 child, u64 since)
 		if (!from->end[i])
 			continue;
 		f = forked.lookup(&from->uffd[i]);
-		if (!f || f->ts < since)
-			continue;   /* no FORK message during this call: the child's copy is not registered */
+		if (!f || f->ts < since) {
+			struct fork_unread u = { .parent = parent, .child = child, .since = since };
+
+			forks_unread.update(&from->uffd[i], &u);
+			continue;
+		}
 		if (!to) {
 			ranges.update(&child, empty);
 			to = ranges.lookup(&child);
@@ -85,6 +96,19 @@ static __always_inline void fork_ranges(u32 parent, u32 child, u64 since)
 		to->uffd[i] = f->uffd;
 		uffd_owner.update(&f->uffd, &child);
 	}
+}
+
+/* The FORK message of the parent's uffd was read after the fork returned.
+ * A fork that fails after its message went out (a stale uffd, see
+ * userfaultfd(2) BUGS) never returns a child, so never waits here. */
+static __always_inline void fork_message_read_late(u64 uffd)
+{
+	struct fork_unread *u = forks_unread.lookup(&uffd);
+
+	if (!u)
+		return;
+	fork_ranges(u->parent, u->child, u->since);
+	forks_unread.delete(&uffd);
 }
 
 /* mremap moved [from, from + len) to `to`: a registered range inside it
@@ -174,10 +198,14 @@ TRACEPOINT_PROBE(syscalls, sys_exit_mremap)
 	return 0;
 }
 
-/* fork(): glibc calls clone; the child returns too, with no entry. */
+/* fork(): glibc calls clone; the child returns too, with no entry. A clone
+ * that shares the memory (CLONE_VM: a thread, vfork) copies no mm, so it
+ * raises no FORK event and must not wait in forks_unread. */
+#define UT_CLONE_VM 0x00000100ULL
 TRACEPOINT_PROBE(syscalls, sys_enter_clone)
 {
-	event_call_enter(UT_UFFD_EVENT_FORK, 0, 0);
+	if (!(args->clone_flags & UT_CLONE_VM))
+		event_call_enter(UT_UFFD_EVENT_FORK, 0, 0);
 	return 0;
 }
 
@@ -190,7 +218,12 @@ TRACEPOINT_PROBE(syscalls, sys_exit_clone)
 #ifdef HAVE_CLONE3
 TRACEPOINT_PROBE(syscalls, sys_enter_clone3)
 {
-	event_call_enter(UT_UFFD_EVENT_FORK, 0, 0);
+	u64 flags = 0;
+
+	/* clone_args.flags, its first field; a failed read leaves 0: a fork */
+	bpf_probe_read_user(&flags, sizeof(flags), args->uargs);
+	if (!(flags & UT_CLONE_VM))
+		event_call_enter(UT_UFFD_EVENT_FORK, 0, 0);
 	return 0;
 }
 
@@ -202,6 +235,10 @@ TRACEPOINT_PROBE(syscalls, sys_exit_clone3)
 #endif
 #else
 static __always_inline void event_call_sleeps(void *ctx, u32 tid)
+{
+}
+
+static __always_inline void fork_message_read_late(u64 uffd)
 {
 }
 #endif

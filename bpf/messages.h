@@ -10,6 +10,10 @@ static __always_inline void fork_message_read(u64 uffd, u64 fd)
 {
 }
 
+static __always_inline void fork_message_read_late(u64 uffd)
+{
+}
+
 static __always_inline void remap_message_read(u64 uffd)
 {
 }
@@ -20,6 +24,7 @@ static __always_inline void remap_message_read(u64 uffd)
 static __always_inline void emit_messages(void *ctx, struct read_entry *re, s64 ret)
 {
 	struct uffdtrace_event e = {};
+	bool fork_read = false;
 	u64 nmsgs;
 
 	if (ret < UFFD_MSG_SIZE)
@@ -43,14 +48,18 @@ static __always_inline void emit_messages(void *ctx, struct read_entry *re, s64 
 		e.aux = i;
 		if (e.mode == UT_UFFD_EVENT_PAGEFAULT && fold_read(ctx, re->uffd, e.addr & ~0xfffULL, e.peer_tid))
 			continue;
-		if (e.mode == UT_UFFD_EVENT_FORK)
+		if (e.mode == UT_UFFD_EVENT_FORK) {
 			fork_message_read(re->uffd, (u32)e.flags);   /* arg.fork.ufd */
+			fork_read = true;
+		}
 		if (e.mode == UT_UFFD_EVENT_REMAP)
 			remap_message_read(re->uffd);
 		e.ts_ns = bpf_ktime_get_ns();   /* after any FAULT_STATE fold_read sent */
 		e.len = e.ts_ns - re->entered;  /* time inside read() */
 		emit(ctx, &e);
 	}
+	if (fork_read)
+		fork_message_read_late(re->uffd);   /* outside the loop: one copy of it for the verifier */
 }
 
 #endif

@@ -95,7 +95,8 @@ static __always_inline u64 uffd_closing(u64 fd, bool *released)
 /* UFFD_FEATURE_EVENT_FORK: the child's uffd gets its file when a handler
  * reads the FORK message, as a descriptor in the reader's table (arg.fork.ufd).
  * forked: the parent's uffd -> the child's, until the parent's fork returns
- * and the child's ranges are copied (event_waits.h). */
+ * and the child's ranges are copied (event_waits.h): at the fork's return, or
+ * at the read when that returns last. */
 struct fork_entry { u64 uffd; u64 ts; };   /* ts: when its message was read */
 BPF_TABLE("lru_hash", u64, struct fork_entry, forked, 4096);
 /* UFFD_FEATURE_EVENT_REMAP: the range moves with mremap (and keeps its
@@ -120,6 +121,9 @@ static __always_inline void fork_message_read(u64 uffd, u64 fd)
 	if (f.uffd)
 		forked.update(&uffd, &f);
 }
+
+/* After the read's messages: a fork that already returned gets its child's ranges. */
+static __always_inline void fork_message_read_late(u64 uffd);   /* event_waits.h */
 
 /* A uffd just created through descriptor fd: its id, and whose memory it serves. */
 static __always_inline u64 uffd_created_as(u64 fd)

@@ -421,6 +421,14 @@ def test_the_kernels_uffd_unit_tests_host_wide(uffd_unit_tests: Path) -> None:
     check_uffd_unit_tests(trace_host_wide(*uffd_unit_tests_command(uffd_unit_tests)))
 
 
+def test_the_kernels_events_tests_followed(uffd_unit_tests: Path) -> None:
+    """uffd-unit-tests' events tests started by the tracer, so only their
+    processes are followed: each FORK's child gets its parent's ranges whether
+    the fork returns before or after the handler's read of its message, and
+    every fault of every child is seen (no read left unmatched)."""
+    check_uffd_unit_tests(trace("--", *uffd_unit_tests_command(uffd_unit_tests, "-f", "events-wp"), events=False))
+
+
 def test_postcopy_shape(workloads: Path) -> None:
     """Faulting threads ahead of a background copier, a fault thread that
     copies what it reads and ignores EEXIST: exact reads, no flag."""
