@@ -98,17 +98,46 @@ static __always_inline void fork_ranges(u32 parent, u32 child, u64 since)
 	}
 }
 
-/* The FORK message of the parent's uffd was read after the fork returned.
- * A fork that fails after its message went out (a stale uffd, see
- * userfaultfd(2) BUGS) never returns a child, so never waits here. */
+/* The FORK message of the parent's uffd was read after the fork returned:
+ * the child gets the parent's ranges on that uffd, on the child's uffd. It
+ * runs in the read's exit, beside folding, so it has one branch per range
+ * (fork_ranges' two made that program too large for the verifier). A fork
+ * that fails after its message went out (a stale uffd, see userfaultfd(2)
+ * BUGS) never returns a child, so never waits here. */
 static __always_inline void fork_message_read_late(u64 uffd)
 {
 	struct fork_unread *u = forks_unread.lookup(&uffd);
+	struct fork_entry *f = forked.lookup(&uffd);
+	struct range_set *from, *to;
+	int zero = 0;
+	struct range_set *empty = empty_ranges.lookup(&zero);
+	u32 parent, child;
+	u8 one = 1;
 
-	if (!u)
+	if (!u || !f || !empty)
 		return;
-	fork_ranges(u->parent, u->child, u->since);
+	parent = u->parent;
+	child = u->child;
 	forks_unread.delete(&uffd);
+	from = ranges.lookup(&parent);
+	if (!from)
+		return;
+	to = ranges.lookup(&child);
+	if (!to) {
+		ranges.update(&child, empty);
+		to = ranges.lookup(&child);
+		if (!to)
+			return;
+	}
+	uffd_users.update(&child, &one);
+	uffd_owner.update(&f->uffd, &child);
+	for (int i = 0; i < MAX_RANGES; i++) {
+		if (from->uffd[i] != uffd || !from->end[i])
+			continue;
+		to->start[i] = from->start[i];
+		to->end[i] = from->end[i];
+		to->uffd[i] = f->uffd;
+	}
 }
 
 /* mremap moved [from, from + len) to `to`: a registered range inside it

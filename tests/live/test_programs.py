@@ -19,6 +19,8 @@ KNOBS: dict[str, dict[str, int | None]] = {
     "default": {},
     "events": {"EVERY_RECORD": None},
     "flagged": {"QUIET": None},
+    "serve": {"QUIET": None, "AGGREGATE": None},
+    "followed serve": {"QUIET": None, "AGGREGATE": None, "FILTER": None, "SPAWN_PARENT": 1},
     "no-fold": {"NO_FOLD": None},
     "followed, ring buffer": {"FILTER": None, "SPAWN_PARENT": 1, "USE_RINGBUF": None, "RINGBUF_PAGES": 64},
 }
