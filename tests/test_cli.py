@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -194,29 +196,45 @@ def test_text_output_shows_control_characters_instead_of_obeying_them() -> None:
     assert written.count("\\x1b[2J\\x0dpwned") == len(out.flags) + 2  # flag lines, the lifecycle, the event
 
 
+def _dependencies(name: str, found: dict[str, importlib.metadata.Distribution]) -> None:
+    """The installed distributions ``name`` needs to run, transitively (extras left out)."""
+    dist = importlib.metadata.distribution(name)
+    if dist.metadata["Name"].lower() in found:
+        return
+    found[dist.metadata["Name"].lower()] = dist
+    for requirement in dist.requires or []:
+        if "extra ==" not in requirement:
+            _dependencies(re.match(r"[A-Za-z0-9_.-]+", requirement).group(0), found)  # type: ignore[union-attr]
+
+
 def _as_nobody(tmp_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run `uffdtrace ARGS` as user nobody, from a world-readable copy of
-    the package and its dependencies (the checkout and its venv may not be
-    readable to it)."""
+    the package and every library it needs (the checkout and its venv may
+    lie under a directory only root can enter, as a fresh clone in a
+    ``mktemp -d`` does)."""
     import shutil
     import sys
 
-    import click
-    import orjson
-    import tabulate
-
     import uffdtrace
 
-    for pkg in (uffdtrace, click, orjson, tabulate):
-        source = Path(pkg.__file__ or "")
-        if source.name == "__init__.py":
-            shutil.copytree(source.parent, tmp_dir / pkg.__name__, ignore=shutil.ignore_patterns("__pycache__"),
-                            dirs_exist_ok=True)
-        else:  # a single-module distribution
-            shutil.copy(source, tmp_dir / source.name)
-    shutil.copytree(Path(uffdtrace.__file__).parent.parent / "bpf", tmp_dir / "bpf", dirs_exist_ok=True)
+    package = Path(uffdtrace.__file__).parent
+    shutil.copytree(package, tmp_dir / "uffdtrace", ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+    shutil.copytree(package.parent / "bpf", tmp_dir / "bpf", dirs_exist_ok=True)
+    found: dict[str, importlib.metadata.Distribution] = {}
+    _dependencies("uffdtrace", found)
+    del found["uffdtrace"]  # an editable install: copied above
+    for dist in found.values():
+        for top in {f.parts[0] for f in dist.files or [] if f.parts[0] not in ("..", "__pycache__")
+                    and not f.parts[0].endswith((".dist-info", ".pth"))}:
+            source = Path(str(dist.locate_file(top)))
+            if source.is_dir():
+                shutil.copytree(source, tmp_dir / top, ignore=shutil.ignore_patterns("__pycache__"),
+                                dirs_exist_ok=True)
+            else:  # a single-module distribution
+                shutil.copy(source, tmp_dir / top)
     subprocess.run(["chmod", "-R", "a+rX", str(tmp_dir)], check=True)
-    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+    python = os.path.realpath(sys.executable)  # not the venv's link: its directory may be closed to nobody
+    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, "-c",
                            "import sys; sys.path.insert(0, sys.argv.pop(1)); from uffdtrace.cli import main; main()",
                            str(tmp_dir), *args], capture_output=True, text=True, check=False,
                           env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"})
@@ -235,9 +253,13 @@ def world_readable_dir() -> Iterator[Path]:
     shutil.rmtree(path)
 
 
-def test_not_root_is_one_line_not_a_traceback(world_readable_dir: Path) -> None:
-    proc = _as_nobody(world_readable_dir, "trace")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+@pytest.mark.parametrize("args", [("trace",), ("record", "-o", "CAPTURE"), ("why",), ("serve",), ("demo",)],
+                         ids=lambda a: a[0])
+def test_not_root_is_one_line_not_a_traceback(world_readable_dir: Path, args: tuple[str, ...]) -> None:
+    capture = Path(f"{world_readable_dir}.cap")  # in /tmp, which user nobody may write
+    proc = _as_nobody(world_readable_dir, *(str(capture) if a == "CAPTURE" else a for a in args))
+    assert not capture.exists()  # nothing is left behind
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and not proc.stdout, proc
     one_line_error(proc.stderr, "must run as root")
 
 

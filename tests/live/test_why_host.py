@@ -48,15 +48,12 @@ def test_nothing_blocked_is_one_line_and_exit_0() -> None:
     assert not done.stderr
 
 
-def test_bad_input_is_one_line_and_exit_1() -> None:
+def test_a_gone_pid_is_one_line_and_exit_1() -> None:
     gone = subprocess.Popen(["true"])
     gone.wait()
     done = why(str(gone.pid))
     assert done.returncode == 1 and not done.stdout and len(done.stderr.splitlines()) == 1, done
-    nobody = subprocess.run(["runuser", "-u", "nobody", "--", str(UFFDTRACE), "why"], capture_output=True,
-                            text=True, check=False, timeout=60)
-    assert nobody.returncode == 1 and nobody.stderr.startswith("uffdtrace: error: must run as root"), nobody
-    assert len(nobody.stderr.splitlines()) == 1
+    # Without root: tests/test_cli.py (from a copy user nobody can read; this checkout may lie under a 0700 dir)
 
 
 def test_ten_thousand_idle_threads(capsys: pytest.CaptureFixture[str]) -> None:

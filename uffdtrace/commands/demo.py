@@ -9,7 +9,8 @@ import click
 from .. import session
 from ..analysis.rules import Thresholds
 from ..errors import UffdtraceError
-from ..live.source import LiveSource, Options
+from ..live import kernel
+from ..live.source import LiveSource, Options, check_bpf
 from ..sinks import Tee, printer
 from .options import json_option, transport_option
 
@@ -24,6 +25,7 @@ def command(ctx: click.Context, /, as_json: bool, transport: str) -> None:
     from ..demo import Verdicts
 
     command = [sys.executable, "-m", "uffdtrace.workloads", "demo"]
+    check_bpf(kernel.probe())  # before the plan is printed: a user without root sees one line
     verdicts = Verdicts(as_json)
     verdicts.intro()
     src = LiveSource(Options(command=command, transport=transport), ctx.obj["mode"])
