@@ -1,24 +1,29 @@
-/* serve (AGGREGATE, with QUIET): a clean lifecycle (fold.h) is summed here
- * instead of being sent, as user space would have counted it into its
- * metrics (uffdtrace/sinks/prometheus.py): per (comm, reason, op), its
- * fault, its messages, and histograms of its pickup (raised to read),
- * service (read to resolved) and whole-fault (raised to woken) times. Its
- * wake-up came inside the resolving ioctl: user space counts 0 for it.
- * Also when each (tgid, uffd) last ended a clean fault. */
+/* serve and top (AGGREGATE, with QUIET): a clean lifecycle (fold.h) is
+ * summed here instead of being sent, as user space would have counted it
+ * (uffdtrace/sinks/prometheus.py, sinks/top.py): per (process, comm, uffd,
+ * reason, op), its fault, its messages, and histograms of its pickup
+ * (raised to read), service (read to resolved) and whole-fault (raised to
+ * woken) times. Its wake-up came inside the resolving ioctl: user space
+ * counts 0 for it. User space reads the map once a second and deletes the
+ * keys of processes that have exited. */
 #ifndef UFFDTRACE_AGGREGATE_H
 #define UFFDTRACE_AGGREGATE_H
 #include "uffd.h"
 
 struct clean_key {
 	char comm[16];
+	u64 uffd;
+	u32 tgid;
 	u32 reason;   /* enum uffdtrace_reason */
 	u32 op;       /* UT_OP_* of the resolving ioctl; 0: messages only (count_late_read) */
+	u32 pad;      /* named, so that an initializer zeroes it (hash keys are bytes) */
 };
 
 struct clean_totals {
 	u64 faults;
 	u64 woken;        /* of the faults, those with their wake-up seen */
 	u64 reads;
+	u64 last_ns;      /* when the last one ended */
 	u64 pickup_ns;    /* sums of the histograms' values */
 	u64 service_ns;
 	u64 fault_ns;
@@ -27,21 +32,19 @@ struct clean_totals {
 	u64 fault[UT_HIST_BOUNDS + 1];
 };
 
-struct uffd_seen { u64 uffd; u32 tgid; u32 pad; };
-
 BPF_HASH(clean_totals, struct clean_key, struct clean_totals, 4096);
 BPF_ARRAY(clean_zero, struct clean_totals, 1);   /* all zero: the first value of a key */
-BPF_TABLE("lru_hash", struct uffd_seen, u64, clean_uffds, 16384);
 
-/* The totals of (comm, reason, op), made on first use; NULL when the map
- * is full (the caller then sends its record: nothing is dropped). */
-static __always_inline struct clean_totals *clean_totals_of(char *comm, u32 reason, u32 op)
+/* The totals of fault fe's (process, comm, uffd) and (reason, op), made
+ * on first use; NULL when the map is full (the caller then sends its
+ * record: nothing is dropped). */
+static __always_inline struct clean_totals *clean_totals_of(struct fault_entry *fe, u32 reason, u32 op)
 {
-	struct clean_key k = { .reason = reason, .op = op };
+	struct clean_key k = { .uffd = fe->uffd, .tgid = fe->tgid, .reason = reason, .op = op };
 	struct clean_totals *t, *zero_value;
 	int zero = 0;
 
-	__builtin_memcpy(k.comm, comm, sizeof(k.comm));
+	__builtin_memcpy(k.comm, fe->comm, sizeof(k.comm));
 	t = clean_totals.lookup(&k);
 	if (t)
 		return t;
@@ -89,7 +92,6 @@ static __always_inline void hist_add(u64 *hist, u64 *sum, u64 ns)
  * record: analysis/folded.py _finished and analysis/model.py latencies). */
 static __always_inline void add_clean(struct clean_totals *t, struct fault_entry *fe, u64 reads, u64 now)
 {
-	struct uffd_seen seen = { .uffd = fe->uffd, .tgid = fe->tgid };
 	u64 end;
 
 	__sync_fetch_and_add(&t->faults, 1);
@@ -106,11 +108,11 @@ static __always_inline void add_clean(struct clean_totals *t, struct fault_entry
 	end = fe->t_woken ? fe->t_woken : now;
 	if (end >= fe->ts)
 		hist_add(t->fault, &t->fault_ns, end - fe->ts);
-	clean_uffds.update(&seen, &now);
+	t->last_ns = now;
 }
 
 /* A message of a fault that ended quietly, read after its end: counted for
- * the comm of the thread that faulted (while its entry says). */
+ * the thread that faulted (while its entry says). */
 static __always_inline void count_late_read(u32 tid)
 {
 	struct fault_entry *fe = thread_fault.lookup(&tid);
@@ -118,7 +120,7 @@ static __always_inline void count_late_read(u32 tid)
 
 	if (!fe)
 		return;
-	t = clean_totals_of(fe->comm, UT_REASON_ANY, 0);
+	t = clean_totals_of(fe, UT_REASON_ANY, 0);
 	if (t)
 		__sync_fetch_and_add(&t->reads, 1);
 }

@@ -240,7 +240,7 @@ static __always_inline bool quietly_ended(struct fault_entry *hf, u32 tid, u32 o
 	if (taken_over(hf, tid))
 		return false;
 #ifdef AGGREGATE
-	struct clean_totals *totals = clean_totals_of(hf->comm, fault_reason(hf), op);
+	struct clean_totals *totals = clean_totals_of(hf, fault_reason(hf), op);
 
 	if (!totals)
 		return false;

@@ -15,15 +15,13 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from uffdtrace.analysis.model import EventLifecycle, Lifecycle
+from uffdtrace.analysis.model import EventLifecycle
 from uffdtrace.capture.reader import Reader, replay
-from uffdtrace.events import HIST_BOUNDS, UFFD_EVENT_REMOVE
-from uffdtrace.sinks import Tee
-from uffdtrace.sinks.prometheus import BOUNDS, Metrics, bucket_of
-from uffdtrace.sinks.report import total_ns
-from uffdtrace.source import CleanTotals, LatencySum
+from uffdtrace.events import HIST_BOUNDS, UFFD_EVENT_REMOVE, bucket_of
+from uffdtrace.sinks.prometheus import BOUNDS, Metrics
 
 from .conftest import ROOT, require
+from .kernel_sums import KernelSums
 
 CAPTURES = Path(__file__).parent / "captures"
 
@@ -146,44 +144,6 @@ def test_the_kernels_latency_buckets_are_the_metrics_buckets(tmp_path: Path) -> 
         assert (i == HIST_BOUNDS or v <= edges[i]) and (i == 0 or v > edges[i - 1]), v
         assert i == HIST_BOUNDS or v / 1e9 <= float(BOUNDS[i])  # what prometheus_client's le means
     assert BOUNDS[0] == "1e-06" and BOUNDS[-1] == "+Inf" and len(BOUNDS) == HIST_BOUNDS + 1
-
-
-class KernelSums(Tee):
-    """Sums the clean lifecycles of a replay as bpf/aggregate.h does, instead
-    of passing them on: what serve's kernel would have kept from Python."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        super().__init__(metrics)
-        self.sums: dict[tuple[str, str | None, str | None], list[int]] = {}
-        self.diverted = 0
-
-    def lifecycle(self, lc: Lifecycle) -> None:
-        lat = lc.latencies()
-        if (lc.flags or len(lc.attempts) != 1 or lc.attempts[0].ret != 0 or lc.rounds != 1
-                or lc.t_woken is None or lat["wake"] != 0 or lat["resume"] is not None):
-            super().lifecycle(lc)
-            return
-        self.diverted += 1
-        row = self.sums.setdefault((lc.comm, lc.reason, lc.attempts[0].op), [0] * (3 + 3 * (HIST_BOUNDS + 2)))
-        row[0] += 1
-        row[1] += 1
-        row[2] += lc.reads
-        for k, ns in enumerate((lat["pickup"], lat["service"], total_ns(lc))):
-            if ns is not None:
-                base = 3 + k * (HIST_BOUNDS + 2)
-                row[base + bucket_of(ns)] += 1
-                row[base + HIST_BOUNDS + 1] += ns
-
-    def clean_totals(self) -> list[CleanTotals]:
-        def hist(row: list[int], k: int) -> LatencySum:
-            base = 3 + k * (HIST_BOUNDS + 2)
-            return LatencySum(tuple(row[base:base + HIST_BOUNDS + 1]), row[base + HIST_BOUNDS + 1])
-
-        return [CleanTotals(comm, reason, op, row[0], row[1], row[2], hist(row, 0), hist(row, 1), hist(row, 2))
-                for (comm, reason, op), row in self.sums.items()]
-
-    def clean_uffds(self) -> dict[tuple[int, int], int]:
-        return {}
 
 
 def test_what_the_kernel_summed_is_counted_as_python_counts_it() -> None:

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from uffdtrace.analysis.model import EventLifecycle
 from uffdtrace.capture.reader import Reader, replay
 from uffdtrace.events import UFFD_EVENT_REMOVE
+from uffdtrace.sinks import top
 from uffdtrace.sinks.top import SORTS, Top
+
+from .kernel_sums import KernelSums
 
 CAPTURE = Path(__file__).parent / "captures" / "demo-tracepoint-6.18.cap"
 
@@ -70,3 +74,22 @@ def test_an_event_caller_waiting_is_stuck_now() -> None:
     ew.t_read = view.now
     view.tick(view.now, [], [ew])
     assert any("waiting for its remove call to return" in line for line in screen(view, 80, 24))
+
+
+def test_what_the_kernel_summed_is_shown_as_python_shows_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """top with the kernel summing clean lifecycles (read at every tick here)
+    shows what it shows when each came to Python: rates, percentiles and
+    resolutions, row by row; its head says how many the kernel summed."""
+    monkeypatch.setattr(top, "KERNEL_READ_S", 0.0)
+    python_side = screen(fed(), 160, 40)
+    reader = Reader(str(CAPTURE))
+    view = Top()
+    kernel = KernelSums(view)
+    view.aggregates = kernel
+    replay(reader, kernel, reader.header.thresholds, raw_events=True)
+    assert kernel.diverted >= 8 and view.summed == kernel.diverted  # wl-clean's, at least
+    kernel_side = screen(view, 160, 40)
+    assert f"{kernel.diverted} summed in kernel" in kernel_side[0]
+    assert kernel_side[1:] == python_side[1:]
+    [clean] = [line for line in kernel_side if line.split()[1:2] == ["wl-clean"]]
+    assert "copy ok 8" in clean and "<=" in clean, clean

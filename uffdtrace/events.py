@@ -89,6 +89,13 @@ def reason_name(reason: int) -> str | None:
 # the values of at most 1000 << i ns, bucket HIST_BOUNDS the rest.
 HIST_BOUNDS = 27
 
+
+def bucket_of(ns: int) -> int:
+    """The bucket of a latency: the first i with ns <= 1000 << i, else the
+    last (bpf/aggregate.h hist_bucket)."""
+    return min(max((ns + 999) // 1000 - 1, 0).bit_length(), HIST_BOUNDS)
+
+
 CLOSE_KEPT = 0x1  # UFFD_CLOSE flags: a holder's descriptor closed, the uffd lives on (UT_CLOSE_KEPT)
 READS_SEALED = 1 << 63  # fault_entry.reads: the count is sealed (UT_READS_SEALED)
 READS_COUNT = READS_SEALED - 1  # the count without it

@@ -5,6 +5,7 @@ module; it imports none of them (docs/architecture.md, "The seams")."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
@@ -74,24 +75,46 @@ class LatencySum:
     counts: tuple[int, ...]
     sum_ns: int
 
+    def since(self, before: LatencySum) -> LatencySum:
+        return LatencySum(tuple(a - b for a, b in zip(self.counts, before.counts, strict=True)),
+                          self.sum_ns - before.sum_ns)
+
 
 @dataclass(frozen=True)
 class CleanTotals:
-    """The clean lifecycles of one (comm, reason, resolving op) that the
-    kernel summed instead of sending (serve: RunInfo.output "aggregated"),
-    since the start: each was read ``reads`` times in all, resolved by one
-    ``op`` that returned 0, woken inside it (``woken`` of them).
+    """The clean lifecycles of one process, comm and uffd, raised for one
+    reason and resolved by one ``op``, that the kernel summed instead of
+    sending (serve and top: RunInfo.output "aggregated"): each was read
+    ``reads`` times in all, resolved by one ``op`` that returned 0, woken
+    inside it (``woken`` of them); the last ended at ``last_ns``.
     ``op`` None: messages read after their fault ended, nothing else."""
 
+    tgid: int
     comm: str
+    uffd: int
     reason: str | None
     op: str | None
     faults: int
     woken: int
     reads: int
+    last_ns: int
     pickup: LatencySum
     service: LatencySum
     fault: LatencySum
+
+    def since(self, before: CleanTotals | None) -> CleanTotals:
+        """What grew since ``before`` (an earlier reading of the same key)."""
+        if before is None:
+            return self
+        return dataclasses.replace(self, faults=self.faults - before.faults, woken=self.woken - before.woken,
+                                   reads=self.reads - before.reads, pickup=self.pickup.since(before.pickup),
+                                   service=self.service.since(before.service), fault=self.fault.since(before.fault))
+
+
+class Aggregates(Protocol):
+    """What the kernel summed instead of sending (a LiveSource for serve and top)."""
+
+    def take_clean_totals(self) -> list[CleanTotals]: ...
 
 
 @dataclass

@@ -1,8 +1,10 @@
 """`uffdtrace top` used as a person uses it: in tmux (send-keys,
-capture-pane) on this host, while a DONTWAKE stall waits."""
+capture-pane) on this host, while a DONTWAKE stall waits and a handler in
+another process serves faults (summed in the kernel)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -15,6 +17,7 @@ from ..conftest import ROOT, require
 
 UFFDTRACE = ROOT / ".venv" / "bin" / "uffdtrace"
 STALL_S = 6
+SERVED = 512  # faults the handler process serves
 UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000}
 
 
@@ -52,11 +55,18 @@ def test_top_in_tmux(workloads: Path, tmp_path: Path) -> None:
     programs_before = bpf_programs()
     rc = tmp_path / "rc"
     subprocess.run(["tmux", "kill-session", "-t", "uffdtrace-top"], capture_output=True, check=False)
-    subprocess.run(["tmux", "new-session", "-d", "-s", "uffdtrace-top", "-x", "100", "-y", "30",
+    subprocess.run(["tmux", "new-session", "-d", "-s", "uffdtrace-top", "-x", "140", "-y", "30",
                     f"{UFFDTRACE} --mode tracepoint top; echo $? > {rc}; sleep 600"], check=True)
     stall = None
     try:
         wait_for(lambda s: "q quit" in s, "the dashboard")
+        served = subprocess.Popen([str(workloads / "handler_process"), "serve", str(SERVED), "2"],
+                                  stdout=subprocess.PIPE, text=True)
+        assert json.loads(served.communicate(timeout=120)[0].splitlines()[-1])["pages"] == SERVED
+        row = rf"^{served.pid}\s.*copy ok {SERVED}\b"
+        screen = wait_for(lambda s: re.search(row, s, re.M) is not None, "the handler's faults, all resolved")
+        summed = re.search(r"([\d,]+) summed in kernel", screen)
+        assert summed and int(summed[1].replace(",", "")) > 0, screen  # clean faults never came to Python
         stall = subprocess.Popen([str(workloads / "dontwake"), str(STALL_S)], stdout=subprocess.PIPE, text=True)
         first = wait_for(lambda s: "waiting for wake-up" in s and "dontwake" in s, "the stuck fault")
         tid = int(re.search(r"dontwake \d+/(\d+) ", first)[1])  # type: ignore[index]

@@ -46,11 +46,12 @@ def command(ctx: click.Context, /, pids: tuple[int, ...], duration: float | None
 
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UffdtraceError("top needs a terminal: use trace (text, JSON lines) or serve (Prometheus) instead")
-    src = live_source(ctx, pids, (), duration, kw)
+    src = live_source(ctx, pids, (), duration, kw, aggregate=True)
     console = Console()
     click.echo("uffdtrace top: loading the probes...")
     live = Live(console=console, screen=True, auto_refresh=False, transient=True)
-    view = Top(lambda: live.update(view.render(console.size.width, console.size.height), refresh=True))
+    view = Top(lambda: live.update(view.render(console.size.width, console.size.height), refresh=True),
+               aggregates=src)
     done = threading.Event()
 
     def read_keys() -> None:

@@ -142,7 +142,7 @@ def possible_cpus() -> int:
 
 class Map:
     """One BPF map, with the subset of bcc's table interface the tracer uses:
-    ``get``, ``[key]``, ``[key] = value``, ``items``, ``items_lookup_batch``
+    ``get``, ``[key]``, ``[key] = value``, ``del [key]``, ``items``, ``items_lookup_batch``
     and the ``Key``/``Leaf`` ctypes types."""
 
     def __init__(self, spec: MapSpec, fd: int, key_type: Any, leaf_type: Any) -> None:
@@ -201,6 +201,16 @@ class Map:
         leaf = self._as(leaf, self.Leaf)
         attr = _MapElem(map_fd=self.map_fd, key=ctypes.addressof(k), value=ctypes.addressof(leaf))
         _bpf(MAP_UPDATE_ELEM, attr, f"update of map {self.name}")
+
+    def __delitem__(self, key: Any) -> None:
+        k = self._key(key)
+        attr = _MapElem(map_fd=self.map_fd, key=ctypes.addressof(k))
+        try:
+            _bpf(MAP_DELETE_ELEM, attr, f"removal of an entry of map {self.name}")
+        except BpfError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            raise KeyError(key) from None
 
     def keys(self) -> Iterator[Any]:
         key, nxt = self.Key(), self.Key()

@@ -75,7 +75,7 @@ class Options:
     buffer_kb: int = DEFAULT_BUFFER_KB  # kernel buffer: the ring, or the perf buffers of all CPUs together
     every_record: bool = False  # --events: no in-kernel filtering of resolutions (bpf/common.h)
     flagged_only: bool = False  # --flagged: clean lifecycles folded in the kernel are only counted
-    aggregate: bool = False  # serve: clean lifecycles folded in the kernel are summed there (clean_totals)
+    aggregate: bool = False  # serve, top: clean lifecycles folded in the kernel are summed there
 
 
 def resolve_mode(features: kernel.Features, requested: str) -> str:
@@ -208,7 +208,8 @@ class LiveSource:
         self._gate: int | None = None  # write end of the pipe the command waits on
         self.totals = Totals(lost_causes=dict.fromkeys((c.name.lower() for c in LostCause), 0))  # final once closed
         self.stopper = Stopper()
-        self._last_clean_totals: list[CleanTotals] = []  # clean_totals() once closed
+        self._clean_before: dict[tuple[bytes, int, int, int, int], CleanTotals] = {}  # take_clean_totals' last
+        self._closing_clean_totals: list[CleanTotals] = []  # what grew in the last second, taken as it closed
         self._command = resolve_command(opts.command) if opts.command else []
         check_pids(opts.pids)
 
@@ -469,28 +470,36 @@ class LiveSource:
                     woken_ns=fe.t_woken, waker_tid=fe.waker, op_bits=fe.op_bits))
         return out
 
-    def clean_totals(self) -> list[CleanTotals]:
-        """What the kernel summed of clean lifecycles so far (serve's
-        Options.aggregate; bpf/aggregate.h); nothing in kprobe mode, which
-        does not fold."""
+    def take_clean_totals(self) -> list[CleanTotals]:
+        """What the kernel summed of clean lifecycles since the last call
+        (bpf/aggregate.h: serve's and top's Options.aggregate), per process,
+        comm, uffd, reason and op; nothing in kprobe mode, which does not
+        fold. The keys of processes that have exited are deleted once read:
+        no fault of theirs can end any more."""
         if self._bpf is None or self.backend.sees_returns or not self.opts.aggregate:
-            return self._last_clean_totals
-
-        def latency(counts: Any, sum_ns: int) -> LatencySum:
-            return LatencySum(tuple(counts), sum_ns)
-
-        return [CleanTotals(comm=decode_comm(bytes(key.comm)), reason=reason_name(key.reason),
-                            op=op_name(key.op) if key.op else None, faults=t.faults, woken=t.woken, reads=t.reads,
-                            pickup=latency(t.pickup, t.pickup_ns), service=latency(t.service, t.service_ns),
-                            fault=latency(t.fault, t.fault_ns))
-                for key, t in self._bpf["clean_totals"].items_lookup_batch()]
-
-    def clean_uffds(self) -> dict[tuple[int, int], int]:
-        """(tgid, uffd) -> when it last ended a fault the kernel summed."""
-        if self._bpf is None or self.backend.sees_returns or not self.opts.aggregate:
-            return {}
-        return {(key.tgid, self.ids(key.uffd)): ts.value
-                for key, ts in self._bpf["clean_uffds"].items_lookup_batch()}
+            taken, self._closing_clean_totals = self._closing_clean_totals, []
+            return taken
+        table = self._bpf["clean_totals"]
+        out, exited = [], []
+        for key, t in table.items_lookup_batch():
+            now = CleanTotals(tgid=key.tgid, comm=decode_comm(bytes(key.comm)), uffd=self.ids(key.uffd),
+                              reason=reason_name(key.reason), op=op_name(key.op) if key.op else None,
+                              faults=t.faults, woken=t.woken, reads=t.reads, last_ns=t.last_ns,
+                              pickup=LatencySum(tuple(t.pickup), t.pickup_ns),
+                              service=LatencySum(tuple(t.service), t.service_ns),
+                              fault=LatencySum(tuple(t.fault), t.fault_ns))
+            seen = (bytes(key.comm), key.tgid, key.uffd, key.reason, key.op)
+            grown = now.since(self._clean_before.get(seen))
+            if os.path.exists(f"/proc/{key.tgid}"):
+                self._clean_before[seen] = now
+            else:
+                exited.append(key)
+                self._clean_before.pop(seen, None)
+            if grown.faults or grown.reads:
+                out.append(grown)
+        for key in exited:
+            del table[key]
+        return out
 
     def adopt(self, tid: int, raised_ns: int) -> None:
         """User space took over the folded fault of thread ``tid``: its end
@@ -549,7 +558,7 @@ class LiveSource:
         if self._bpf is not None:
             self.totals.lost_causes = self._lost_causes()
             self.totals.filtered = self._percpu_sum("filtered", 0)
-            self._last_clean_totals = self.clean_totals()
+            self._closing_clean_totals = self.take_clean_totals()
             if not self.backend.sees_returns:  # tracepoint.c's quiet counters
                 self.totals.quiet_lifecycles = self._percpu_sum("quiet", QuietCounter.LIFECYCLES)
                 self.totals.quiet_reads = self._percpu_sum("quiet", QuietCounter.READS)

@@ -8,7 +8,7 @@ forgotten after UFFD_IDLE_S without a sign of them.
 
 Most lifecycles never reach Python: the kernel sums the clean ones into
 the same metrics (Aggregates; bpf/aggregate.h), and Metrics adds what it
-summed once per KERNEL_READ_S. Its latency histograms have the kernel's
+summed since its last read once per KERNEL_READ_S. Its latency histograms have the kernel's
 buckets (Log2Histogram), so that both add up in one series."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, Protocol, TextIO
+from typing import Any, TextIO
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info, disable_created_metrics
@@ -27,8 +27,8 @@ from prometheus_client.metrics_core import HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
 from ..analysis.model import EventLifecycle, Flag, Lifecycle
-from ..events import HIST_BOUNDS, Event, Kind
-from ..source import CleanTotals, LatencySum
+from ..events import HIST_BOUNDS, Event, Kind, bucket_of
+from ..source import Aggregates, LatencySum
 from . import Ignoring
 from .report import result_name, total_ns
 
@@ -37,12 +37,6 @@ BOUNDS = (*(floatToGoString(2**i / 1e6) for i in range(HIST_BOUNDS)), "+Inf")  #
 UFFD_IDLE_S = 600
 KERNEL_READ_S = 1.0
 NS = 1e9
-
-
-def bucket_of(ns: int) -> int:
-    """The bucket of a latency: the first i with ns <= 1000 << i, else the
-    last (bpf/aggregate.h hist_bucket)."""
-    return min(max((ns + 999) // 1000 - 1, 0).bit_length(), HIST_BOUNDS)
 
 
 class Log2Histogram:
@@ -91,20 +85,6 @@ class Log2Histogram:
         yield family
 
 
-class Aggregates(Protocol):
-    """What the kernel summed instead of sending (LiveSource in serve)."""
-
-    def clean_totals(self) -> list[CleanTotals]: ...
-
-    def clean_uffds(self) -> dict[tuple[int, int], int]: ...
-
-
-def _since(now: LatencySum, before: LatencySum | None) -> LatencySum:
-    if before is None:
-        return now
-    return LatencySum(tuple(a - b for a, b in zip(now.counts, before.counts, strict=True)), now.sum_ns - before.sum_ns)
-
-
 class Metrics(Ignoring):
     def __init__(self, registry: CollectorRegistry, aggregates: Aggregates | None = None) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # a _created series per counter: noise
@@ -148,7 +128,6 @@ class Metrics(Ignoring):
         self._seen: dict[tuple[int, int], int] = {}  # (tgid, uffd) -> last seen (trace clock)
         self._aggregates = aggregates
         self._kernel_read_at = 0.0
-        self._kernel_before: dict[tuple[str, str | None, str | None], CleanTotals] = {}
 
     def header(self, info: dict[str, Any]) -> None:
         self.info.info({"version": info["version"], "mode": info["mode"], "kernel": info["kernel"],
@@ -199,26 +178,21 @@ class Metrics(Ignoring):
         """What the kernel summed since the last call, counted as lifecycle()
         counts a clean lifecycle (its wake-up came inside the ioctl: 0 s)."""
         assert self._aggregates is not None
-        for t in self._aggregates.clean_totals():
-            key = (t.comm, t.reason, t.op)
-            before = self._kernel_before.get(key)
-            self._kernel_before[key] = t
-            faults = t.faults - (before.faults if before else 0)
-            woken = t.woken - (before.woken if before else 0)
-            reads = t.reads - (before.reads if before else 0)
-            if reads:
-                self.reads.labels(t.comm).inc(reads)
-            if not faults:
+        for t in self._aggregates.take_clean_totals():
+            if t.reads:
+                self.reads.labels(t.comm).inc(t.reads)
+            if not t.faults:
                 continue
-            self.faults.labels(t.comm, t.reason or "unknown").inc(faults)
-            self.resolutions.labels(t.comm, t.op, result_name(0)).inc(faults)
-            if woken:
-                self.wakeups.labels(t.comm).inc(woken)
-                self.phase.add(LatencySum((woken,) + (0,) * HIST_BOUNDS, 0), "wake")
-            self.phase.add(_since(t.pickup, before.pickup if before else None), "pickup")
-            self.phase.add(_since(t.service, before.service if before else None), "service")
-            self.fault_time.add(_since(t.fault, before.fault if before else None))
-        self._seen.update(self._aggregates.clean_uffds())
+            self.faults.labels(t.comm, t.reason or "unknown").inc(t.faults)
+            self.resolutions.labels(t.comm, t.op, result_name(0)).inc(t.faults)
+            if t.woken:
+                self.wakeups.labels(t.comm).inc(t.woken)
+                self.phase.add(LatencySum((t.woken,) + (0,) * HIST_BOUNDS, 0), "wake")
+            self.phase.add(t.pickup, "pickup")
+            self.phase.add(t.service, "service")
+            self.fault_time.add(t.fault)
+            if t.uffd:
+                self._seen[(t.tgid, t.uffd)] = max(t.last_ns, self._seen.get((t.tgid, t.uffd), 0))
 
     def summary(self, summary: dict[str, Any]) -> None:
         if self._aggregates is not None:  # the last second's (the source kept them as it closed)

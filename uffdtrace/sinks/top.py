@@ -1,11 +1,18 @@
 """`uffdtrace top`: what the terminal dashboard shows, kept as a Sink (per
 process and uffd: faults/s, in flight, the oldest blocked fault, phase
 percentiles over a sliding window, resolutions, retries, flags; the faults
-stuck now and the latest flags) and rendered with rich."""
+stuck now and the latest flags) and rendered with rich.
+
+Most lifecycles never reach Python: the kernel sums the clean ones
+(Aggregates; bpf/aggregate.h) and Top adds what it summed once per
+KERNEL_READ_S. Latencies are kept as the kernel keeps them, in log2
+buckets, so both add up in one window: a percentile is its bucket's bound
+(<=4us: at most 4 us)."""
 
 from __future__ import annotations
 
 import collections
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,13 +24,15 @@ from rich.text import Text
 
 from ..analysis.model import EventLifecycle, Flag, Lifecycle
 from ..escape import printable
-from ..events import Event
+from ..events import HIST_BOUNDS, Event, bucket_of
+from ..source import Aggregates
 from . import Ignoring
 from .report import result_name
 from .text import duration
 
-WINDOW_S = 10  # faults/s and percentiles over this long
-SAMPLES = 512  # latencies kept per phase and row
+WINDOW_S = 10  # faults/s and percentiles over this long, a second at a time
+KERNEL_READ_S = 1.0  # how often what the kernel summed is added
+PHASES = ("pickup", "service", "wake")
 SORTS = ("faults/s", "in flight", "oldest", "flags", "pid")
 WIDE = 132  # from this width: uffd, p50s, resolutions, errors
 # 80 columns hold the narrow set exactly (each column pads one space on its right).
@@ -35,6 +44,22 @@ NARROW_ONLY = {"PICK p99", "SERV p99", "WAKE p99"}
 NS = 1_000_000_000
 
 
+def bound(ns: int) -> str:
+    """A bucket's bound (1000 << i ns) in whole units."""
+    if ns < 10_000_000:
+        return f"{ns // 1000}us"
+    return f"{ns // 1_000_000}ms" if ns < 10 * NS else f"{ns // NS}s"
+
+
+@dataclass
+class Second:
+    """What ended in one second of the window: faults and their phases' latency buckets."""
+
+    start: int
+    faults: int = 0
+    lat: dict[str, list[int]] = field(default_factory=lambda: {p: [0] * (HIST_BOUNDS + 1) for p in PHASES})
+
+
 @dataclass
 class Row:
     """One process and uffd."""
@@ -42,9 +67,7 @@ class Row:
     tgid: int
     comm: str
     uffd: int
-    ended: collections.deque[int] = field(default_factory=collections.deque)  # when its faults ended
-    lat: dict[str, collections.deque[int]] = field(
-        default_factory=lambda: {p: collections.deque(maxlen=SAMPLES) for p in ("pickup", "service", "wake")})
+    window: collections.deque[Second] = field(default_factory=collections.deque)
     ops: collections.Counter[str] = field(default_factory=collections.Counter)
     errors: int = 0
     retries: int = 0
@@ -52,12 +75,23 @@ class Row:
     in_flight: int = 0
     oldest_since: int | None = None
 
+    def second(self, ts: int) -> Second:
+        """The window's second that ``ts`` ends in (the latest, if older)."""
+        if not self.window or ts - self.window[-1].start >= NS:
+            self.window.append(Second(ts))
+        return self.window[-1]
 
-def percentile(values: collections.deque[int], q: float) -> int | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    def faults(self) -> int:
+        return sum(s.faults for s in self.window)
+
+    def percentile(self, phase: str, q: float) -> str:
+        """The bound of the bucket the q-quantile of the window falls in."""
+        counts = [sum(col) for col in zip(*(s.lat[phase] for s in self.window), strict=True)]
+        total = sum(counts)
+        if not total:
+            return "-"
+        i = next(i for i, seen in enumerate(itertools.accumulate(counts)) if seen >= q * total)
+        return f"<={bound(1000 << i)}" if i < HIST_BOUNDS else f">{bound(1000 << (HIST_BOUNDS - 1))}"
 
 
 def missing_step(lc: Lifecycle) -> str:
@@ -70,9 +104,13 @@ def missing_step(lc: Lifecycle) -> str:
 
 
 class Top(Ignoring):
-    def __init__(self, redraw: Callable[[], None] = lambda: None, every_s: float = 0.25) -> None:
+    def __init__(self, redraw: Callable[[], None] = lambda: None, every_s: float = 0.25,
+                 aggregates: Aggregates | None = None) -> None:
         self.redraw = redraw
         self.every_s = every_s
+        self.aggregates = aggregates
+        self._kernel_read_at = 0.0
+        self.summed = 0  # faults the kernel summed
         self.info: dict[str, Any] = {}
         self.rows: dict[tuple[int, str, int], Row] = {}
         self.now = 0
@@ -105,10 +143,11 @@ class Top(Ignoring):
 
     def lifecycle(self, lc: Lifecycle) -> None:
         row = self._row(lc.tgid, lc.comm, lc.uffd)
-        row.ended.append(lc.ended_at or lc.last_ts)
+        second = row.second(lc.ended_at or lc.last_ts)
+        second.faults += 1
         for phase, ns in lc.latencies().items():
-            if ns is not None and phase in row.lat:
-                row.lat[phase].append(ns)
+            if ns is not None and phase in second.lat:
+                second.lat[phase][bucket_of(ns)] += 1
         for a in lc.attempts:
             row.ops[f"{a.op} {result_name(a.ret)}"] += 1
             row.errors += a.ret != 0
@@ -122,16 +161,35 @@ class Top(Ignoring):
     def lost(self, count: int) -> None:
         self.lost_records = count
 
+    def _add_kernel_totals(self, now: int) -> None:
+        """What the kernel summed since the last call, added as lifecycle()
+        adds a clean lifecycle (its wake-up came inside the ioctl: 0 s)."""
+        assert self.aggregates is not None
+        for t in self.aggregates.take_clean_totals():
+            if not t.faults:
+                continue
+            row = self._row(t.tgid, t.comm, t.uffd)
+            second = row.second(now)
+            second.faults += t.faults
+            for phase, summed in (("pickup", t.pickup), ("service", t.service)):
+                second.lat[phase] = [a + b for a, b in zip(second.lat[phase], summed.counts, strict=True)]
+            second.lat["wake"][0] += t.woken
+            row.ops[f"{t.op} {result_name(0)}"] += t.faults
+            self.summed += t.faults
+
     def tick(self, now: int, waiting: list[Lifecycle], events: Sequence[EventLifecycle] = ()) -> None:
         self.now = now
+        if self.aggregates is not None and time.monotonic() - self._kernel_read_at >= KERNEL_READ_S:
+            self._kernel_read_at = time.monotonic()
+            self._add_kernel_totals(now)
         self.events.append((now, self._batch_events))
         self._batch_events = 0
         while self.events and now - self.events[0][0] > WINDOW_S * NS:
             self.events.popleft()
         for row in self.rows.values():
             row.in_flight, row.oldest_since = 0, None
-            while row.ended and now - row.ended[0] > WINDOW_S * NS:
-                row.ended.popleft()
+            while row.window and now - row.window[0].start >= WINDOW_S * NS:
+                row.window.popleft()
         for lc in waiting:
             row = self._row(lc.tgid, lc.comm, lc.uffd)
             row.in_flight += 1
@@ -174,7 +232,7 @@ class Top(Ignoring):
     def _sorted_rows(self) -> list[Row]:
         rows = [r for r in self.rows.values() if self.pid_filter is None or r.tgid == self.pid_filter]
         keys: dict[str, Callable[[Row], Any]] = {
-            "faults/s": lambda r: -len(r.ended), "in flight": lambda r: -r.in_flight,
+            "faults/s": lambda r: -r.faults(), "in flight": lambda r: -r.in_flight,
             "oldest": lambda r: r.oldest_since if r.oldest_since is not None else 1 << 63,
             "flags": lambda r: -r.flags, "pid": lambda r: (r.tgid, r.uffd)}
         return sorted(rows, key=keys[SORTS[self.sort]])
@@ -183,7 +241,8 @@ class Top(Ignoring):
         info = self.info
         span = max(1, (self.events[-1][0] - self.events[0][0]) / NS) if len(self.events) > 1 else 1
         rate = sum(n for _, n in self.events) / span
-        head = (f"uffdtrace top  {rate:,.0f} events/s  lost {self.lost_records}  mode={info.get('mode', '?')} "
+        summed = f"  {self.summed:,} summed in kernel" if self.aggregates is not None else ""
+        head = (f"uffdtrace top  {rate:,.0f} events/s{summed}  lost {self.lost_records}  mode={info.get('mode', '?')} "
                 f"kernel={printable(str(info.get('kernel', '?')))}")
         pid = f"{self.typing}_" if self.typing is not None else "all" if self.pid_filter is None else self.pid_filter
         keys = f"q quit  s sort ({SORTS[self.sort]})  / pid ({pid})  p pause" + ("  PAUSED" if self.paused else "")
@@ -205,11 +264,11 @@ class Top(Ignoring):
         for r in self._sorted_rows()[:room]:
             oldest = "-" if r.oldest_since is None else duration(self.now - r.oldest_since)
             cells = {"PID": str(r.tgid), "COMM": printable(r.comm), "UFFD": str(r.uffd or "?"),
-                     "FAULTS/S": f"{len(r.ended) / WINDOW_S:.1f}", "INFL": str(r.in_flight), "OLDEST": oldest,
+                     "FAULTS/S": f"{r.faults() / WINDOW_S:.1f}", "INFL": str(r.in_flight), "OLDEST": oldest,
                      "RESOLVED": ", ".join(f"{k} {v}" for k, v in r.ops.most_common(2)) or "-",
                      "ERR": str(r.errors), "RETRY": str(r.retries), "FLAGS": str(r.flags)}
             for phase, short in (("pickup", "PICK"), ("service", "SERV"), ("wake", "WAKE")):
-                p50, p99 = duration(percentile(r.lat[phase], 0.5)), duration(percentile(r.lat[phase], 0.99))
+                p50, p99 = r.percentile(phase, 0.5), r.percentile(phase, 0.99)
                 cells[f"{short} p99"] = p99
                 cells[f"{phase.upper()} p50/p99"] = f"{p50}/{p99}"
             table.add_row(*(cells[c.header] for c in table.columns))  # type: ignore[index]
