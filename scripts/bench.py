@@ -4,7 +4,10 @@
 1. `stress`: the kernel's own uffd-stress (anon, shmem, and hugetlb when huge
    pages can be reserved), many threads, traced host-wide. Variants run in
    alternation, round after round: untraced; uffdtrace (default output);
-   uffdtrace --events; and a bpftrace script of comparable reach (the same
+   uffdtrace --events, --flagged, --record; serve; top (in a 132x40
+   pseudo-terminal, redrawn 4 times a second as a person sees it: its CPU
+   per fault uffd-stress counted, its lost count read off its last screen);
+   and a bpftrace script of comparable reach (the same
    tracepoints, kernel stacks, aggregated in the kernel) as the peer. For
    each: wall-time ratio and CPU-cost ratio (the workload's user+sys from its
    rusage, plus the tracer's CPU over the same interval), lost records,
@@ -72,6 +75,7 @@ SOURCES = sorted((ROOT / "tests" / "workloads").glob("*.c"))
 STRESS_CONFIGS = ("anon:64:8", "shmem:64:8", "hugetlb:64:8")  # uffd-stress TYPE:MiB:BOUNCES
 SERVE_PORT = 9473
 SERVE_READY = "probes live"  # serve's line on stderr
+TOP_READY = "q quit"  # top's key line: drawn once its probes are live
 HUGEPAGES = 64  # 2 MiB pages reserved for the hugetlb run (and given back afterwards)
 TICKS = os.sysconf("SC_CLK_TCK")
 # The peer: what a bpftrace user would write to watch the same steps.
@@ -141,16 +145,24 @@ def counted_faults(text: str) -> int:
 
 
 class Tracer:
-    """A host-wide tracer process writing to a file (as a user would):
-    started, waited for until its probes are live, sampled, stopped."""
+    """A host-wide tracer process writing to a file (as a user would), or
+    top to a pseudo-terminal: started, waited for until its probes are
+    live, sampled, stopped."""
 
     def __init__(self, cmd: list[str], ready: str) -> None:
         self.out = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (lives as long as the tracer; read in stop())
+        self._pty: Terminal | None = None
         t0 = time.monotonic()
-        # serve says "probes live" on stderr; its stdout stays empty.
-        stderr = self.out if ready == SERVE_READY else subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, stdout=self.out, stderr=stderr, start_new_session=True)
-        while ready not in Path(f"/proc/self/fd/{self.out.fileno()}").read_text():
+        if ready == TOP_READY:
+            self._pty = Terminal()
+            self.proc = subprocess.Popen(cmd, stdin=self._pty.tty, stdout=self._pty.tty, stderr=self._pty.tty,
+                                         start_new_session=True)
+        else:
+            # serve says "probes live" on stderr; its stdout stays empty.
+            stderr = self.out if ready == SERVE_READY else subprocess.DEVNULL
+            self.proc = subprocess.Popen(cmd, stdout=self.out, stderr=stderr, start_new_session=True)
+        while ready not in (self._pty.screen() if self._pty else
+                            Path(f"/proc/self/fd/{self.out.fileno()}").read_text()):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{cmd[0]} ended before its probes were live")
             time.sleep(0.01)
@@ -164,8 +176,47 @@ class Tracer:
         except subprocess.TimeoutExpired:  # seen once from bpftrace: its output is then lost, not the run
             self.proc.kill()
             self.proc.wait()
+        if self._pty is not None:
+            return rss, self._pty.close()
         self.out.seek(0)
         return rss, self.out.read()
+
+
+class Terminal:
+    """A 132x40 pseudo-terminal whose output a thread keeps reading (the
+    last 64 KiB of it), as a terminal emulator would."""
+
+    def __init__(self) -> None:
+        import fcntl
+        import pty
+        import struct
+        import termios
+        import threading
+
+        self._master, self.tty = pty.openpty()
+        fcntl.ioctl(self.tty, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 132, 0, 0))
+        self._tail = b""
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self._master, 65536)
+            except OSError:  # EIO: every writer is gone
+                return
+            if not chunk:
+                return
+            self._tail = (self._tail + chunk)[-65536:]
+
+    def screen(self) -> str:
+        return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", self._tail.decode(errors="replace"))
+
+    def close(self) -> str:
+        os.close(self.tty)
+        self._reader.join(timeout=5)
+        os.close(self._master)
+        return self.screen()
 
 
 def serve_summary() -> dict[str, Any]:
@@ -180,6 +231,15 @@ def serve_summary() -> dict[str, Any]:
             "lost": total("lost_records"), "flags": flags}
 
 
+def top_summary(screen: str) -> dict[str, Any]:
+    """What top's last screen says: lost records, faults the kernel summed
+    (it shows no count of records or messages read: those stay unknown)."""
+    lost = re.findall(r"lost (\d+)", screen)
+    summed = re.findall(r"([\d,]+) summed in kernel", screen)
+    return {"top": True, "lost": int(lost[-1]) if lost else -1,
+            "summed": int(summed[-1].replace(",", "")) if summed else 0}
+
+
 def traced_run(tracer_cmd: list[str] | None, ready: str, workload: list[str]) -> Run:
     if tracer_cmd is None:
         wall, cpu, text = run_workload(workload)
@@ -189,13 +249,13 @@ def traced_run(tracer_cmd: list[str] | None, ready: str, workload: list[str]) ->
     wall, cpu, text = run_workload(workload)
     # The tracer's drain of the last records belongs to this run (and serve's
     # reading of what the kernel summed, once a second).
-    time.sleep(1.2 if ready == SERVE_READY else 0.2)
+    time.sleep(1.2 if ready in (SERVE_READY, TOP_READY) else 0.2)
     tracer_cpu = proc_cpu_s(tracer.proc.pid) - before
     bpf = bpf_run_s(tracer.proc.pid) - bpf_before
     served = serve_summary() if ready == SERVE_READY else None
     rss, out = tracer.stop()
-    summary: dict[str, Any] = served or next(
-        (json.loads(line) for line in out.splitlines() if line.startswith('{"type":"summary"')), {})
+    summary: dict[str, Any] = served or (top_summary(out) if ready == TOP_READY else next(
+        (json.loads(line) for line in out.splitlines() if line.startswith('{"type":"summary"')), {}))
     return Run(wall, cpu + tracer_cpu, tracer_cpu, tracer.startup_s, rss, summary, counted_faults(text), bpf)
 
 
@@ -236,6 +296,7 @@ def bench_stress(mode: str, runs: int, configs: list[str]) -> None:
                                 str(Path(tempfile.gettempdir()) / "uffdtrace-bench.cap")], '"type":"header"'),
         "uffdtrace serve": ([str(UFFDTRACE), "--mode", mode, "serve", "--listen", f"127.0.0.1:{SERVE_PORT}"],
                             SERVE_READY),
+        "uffdtrace top": ([str(UFFDTRACE), "--mode", mode, "top"], TOP_READY),
     }
     if shutil.which("bpftrace"):
         variants["bpftrace (peer)"] = (["bpftrace", "-e", BPFTRACE_SCRIPT], "Attaching")
@@ -269,21 +330,27 @@ def report(title: str, results: dict[str, list[Run]], runs: int) -> None:
         start = "-" if rs[0].startup_s is None else f"{statistics.median(r.startup_s or 0 for r in rs):.2f}"
         rss = "-" if rs[0].peak_rss_mib is None else f"{max(r.peak_rss_mib or 0 for r in rs):.0f}"
         detail = ""
-        if rs[0].summary:
+        top = rs[0].summary.get("top", False)
+        if top:
+            detail = (f"top: {statistics.median(r.summary['summed'] for r in rs):,.0f} summed in kernel, "
+                      f"{sum(r.summary['lost'] for r in rs)} lost (its last screen)")
+        elif rs[0].summary:
             reads = " ".join(f"{r.summary.get('messages_read', 0)}/{r.counted}" for r in rs)
             flags = [r.summary["flags"] for r in rs if r.summary["flags"]] or "none"
             detail = (f"{statistics.median(r.summary['events'] for r in rs):,.0f}, "
                       f"{sum(r.summary['lost'] for r in rs)}, {reads}, {flags}")
         tracer = statistics.median(r.tracer_cpu_s for r in rs)
-        # The tracer's CPU per lifecycle: comparable across runs whose fault counts differ.
-        per_lc = (f"{statistics.median(r.tracer_cpu_s / max(1, r.summary['lifecycles']) * 1e6 for r in rs):.1f}"
+        # The tracer's CPU per lifecycle: comparable across runs whose fault counts differ
+        # (top counts no lifecycles on its screen: per fault uffd-stress counted).
+        ended = [r.counted if top else r.summary.get("lifecycles", 0) for r in rs]
+        per_lc = (f"{statistics.median(r.tracer_cpu_s / max(1, n) * 1e6 for r, n in zip(rs, ended, strict=True)):.1f}"
                   if rs[0].summary else "-")
         # The BPF programs' time per fault uffd-stress counted (in the workload's CPU already).
         bpf = (f"{statistics.median((r.bpf_s or 0) / max(1, r.counted) * 1e6 for r in rs):.1f}"
                if any(r.bpf_s for r in rs) else "-")
         # Records the tracer consumed per fault uffd-stress counted (folding makes it about 1).
         per_fault = (f"{statistics.median(r.summary['events'] / max(1, r.counted) for r in rs):.2f}"
-                     if rs[0].summary else "-")
+                     if rs[0].summary and not top else "-")
         print(f"  {name:<20} {wall:>7.2f} {wall0 / wall:>10.2f} {cpu:>7.2f} {cpu0 / cpu:>9.2f} {tracer:>8.2f} "
               f"{per_lc:>6} {bpf:>8} {per_fault:>5} {start:>7} {rss:>8}  {detail}")
 

@@ -55,8 +55,11 @@ def test_top_in_tmux(workloads: Path, tmp_path: Path) -> None:
     programs_before = bpf_programs()
     rc = tmp_path / "rc"
     subprocess.run(["tmux", "kill-session", "-t", "uffdtrace-top"], capture_output=True, check=False)
+    # The pane gets the environment of whoever started the tmux server, which
+    # may say COLUMNS=80 (pytest's does): rich would obey it over the pane.
     subprocess.run(["tmux", "new-session", "-d", "-s", "uffdtrace-top", "-x", "140", "-y", "30",
-                    f"{UFFDTRACE} --mode tracepoint top; echo $? > {rc}; sleep 600"], check=True)
+                    f"env -u COLUMNS -u LINES {UFFDTRACE} --mode tracepoint top; echo $? > {rc}; sleep 600"],
+                   check=True)
     stall = None
     try:
         wait_for(lambda s: "q quit" in s, "the dashboard")
