@@ -387,17 +387,30 @@ def bench_serve_rss(mode: str, minutes: float, scratch: Path) -> None:
     samples: list[tuple[float, float]] = []
     t0 = time.monotonic()
     next_sample = t0
+    runs = 0
     while time.monotonic() < deadline:
         run_workload([str(UFFD_STRESS), "anon", "16", "4"])
+        runs += 1
         if time.monotonic() >= next_sample:
             m = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{serve.proc.pid}/status").read_text())
             samples.append((time.monotonic() - t0, int(m[1]) / 1024 if m else 0.0))
             next_sample += 30
     counts = serve_summary()
+    kept = kernel_sum_keys() if mode == "tracepoint" else None
     serve.stop()
     print(f"serve RSS under load over {minutes:g} min (uffd-stress anon 16 MiB x 4 in a loop): "
-          f"{counts['lifecycles']:,.0f} faults, {counts['lost']:,.0f} records lost")
+          f"{counts['lifecycles']:,.0f} faults, {counts['lost']:,.0f} records lost, {runs} processes"
+          + ("" if kept is None else f", {kept} keys left in the kernel's sums (exited processes' deleted)"))
     print("  " + "  ".join(f"{t / 60:.1f}m {mib:.0f}" for t, mib in samples) + " MiB")
+
+
+def kernel_sum_keys() -> int | None:
+    """Entries in serve's map of summed clean faults (bpf/aggregate.h), by bpftool."""
+    if not shutil.which("bpftool"):
+        return None
+    done = subprocess.run(["bpftool", "-j", "map", "dump", "name", "clean_totals"], capture_output=True, text=True,
+                          check=False)
+    return len(json.loads(done.stdout)) if done.returncode == 0 else None
 
 
 def build_workload(name: str, scratch: Path) -> Path:
