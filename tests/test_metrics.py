@@ -159,3 +159,23 @@ def test_what_the_kernel_summed_is_counted_as_python_counts_it() -> None:
     replay(reader, kernel, reader.header.thresholds, raw_events=True)
     assert kernel.diverted >= 8  # wl-clean's, at least
     assert sorted(generate_latest(registry).decode().splitlines()) == sorted(python_side.splitlines())
+
+
+def test_a_read_that_matched_no_fault_is_counted_apart() -> None:
+    """A message read whose fault was never seen is not a message of any
+    fault (messages_read) and is not dropped either: unmatched_reads."""
+    from uffdtrace import session
+    from uffdtrace.analysis.rules import Thresholds
+
+    from .synthetic import PAGE, clean, read
+    from .test_capture_file import Scripted
+
+    events = [*clean("kprobe"), read(1.0, peer=4321, page=PAGE + 8 * 4096)]  # no fault of its page
+    src = Scripted([events])
+    src._lost = -1  # Scripted counts a loss per batch: none here
+    registry = CollectorRegistry()
+    summary = session.run(src, Metrics(registry), Thresholds(), raw_events=True)
+    text = generate_latest(registry).decode()
+    assert summary["unmatched_reads"] == 1 and summary["messages_read"] == 2, summary
+    assert value(text, "uffdtrace_unmatched_reads_total") == 1
+    assert value(text, 'uffdtrace_messages_read_total{comm="wl"}') == 1

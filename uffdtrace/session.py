@@ -31,7 +31,7 @@ def header(info: RunInfo, th: Thresholds) -> dict[str, Any]:
 def run(src: Source, sink: Sink, th: Thresholds, *, raw_events: bool) -> dict[str, Any]:
     """Trace until the source ends; returns the summary (also written)."""
     kinds: collections.Counter[Kind] = collections.Counter()
-    lost_seen = 0
+    lost_seen = unmatched_seen = 0
     try:
         src.start()
         sink.header(header(src.info, th))
@@ -57,7 +57,12 @@ def run(src: Source, sink: Sink, th: Thresholds, *, raw_events: bool) -> dict[st
             if lost > lost_seen:
                 lost_seen = lost
                 sink.lost(lost_seen)
+            if corr.counters.unmatched_reads > unmatched_seen:
+                unmatched_seen = corr.counters.unmatched_reads
+                sink.unmatched_reads(unmatched_seen)
         corr.finish(src.now())
+        if corr.counters.unmatched_reads > unmatched_seen:
+            sink.unmatched_reads(corr.counters.unmatched_reads)
     except BaseException:
         src.close()
         raise

@@ -34,6 +34,10 @@ class Sink(Protocol):
 
     def lost(self, count: int) -> None: ...
 
+    def unmatched_reads(self, count: int) -> None:
+        """Messages read so far that matched no fault (the correlator's count)."""
+        ...
+
     def summary(self, summary: dict[str, Any]) -> None: ...
 
     def flush(self) -> None:
@@ -68,6 +72,9 @@ class Ignoring:
         pass
 
     def lost(self, count: int) -> None:
+        pass
+
+    def unmatched_reads(self, count: int) -> None:
         pass
 
     def summary(self, summary: dict[str, Any]) -> None:
@@ -114,6 +121,10 @@ class Tee:
         for s in self.sinks:
             s.lost(count)
 
+    def unmatched_reads(self, count: int) -> None:
+        for s in self.sinks:
+            s.unmatched_reads(count)
+
     def summary(self, summary: dict[str, Any]) -> None:
         for s in self.sinks:
             s.summary(summary)
@@ -142,6 +153,9 @@ class Filter:
 
     def lost(self, count: int) -> None:
         self.inner.lost(count)
+
+    def unmatched_reads(self, count: int) -> None:
+        self.inner.unmatched_reads(count)
 
     def holders(self, uffd: int, holders: list[Holder], ts_ns: int) -> None:
         self.inner.holders(uffd, holders, ts_ns)

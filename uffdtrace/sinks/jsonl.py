@@ -44,6 +44,9 @@ class JsonLines:
         self.write({"type": "lost", "count": count})
         self.out.flush()
 
+    def unmatched_reads(self, count: int) -> None:
+        pass  # the summary says how many (a trace's reader compares it with messages_read)
+
     def summary(self, summary: dict[str, Any]) -> None:
         self.write({"type": "summary", **summary})
         self.out.flush()

@@ -107,6 +107,9 @@ class Metrics(Ignoring):
         self.anon_vma_retries = counter("anon_vma_retries", "folio_lock_anon_vma_read rechecks that failed (a "
                                         "UFFDIO_MOVE changed the folio's anon_vma under an rmap walk)", ("comm",))
         self.lost_records = counter("lost_records", "Records the kernel could not deliver")
+        self.unmatched = counter("unmatched_reads", "Page-fault messages read that matched no fault seen (not in "
+                                 "messages_read: the fault began before tracing, its records were lost, or the "
+                                 "tracer could not tell it)")
         self.events = counter("events", "Records received, by kind", ("kind",))
         self.in_flight = gauge("faults_in_flight", "Faults whose thread waits now", ("comm",))
         self.oldest = gauge("oldest_blocked_seconds", "How long the longest-waiting thread has waited")
@@ -124,7 +127,7 @@ class Metrics(Ignoring):
                                         (), registry)
         self.info = Info("uffdtrace", "The tracer: version, mode, kernel, transport, what it cannot see",
                          registry=registry)
-        self._lost_seen = 0
+        self._lost_seen = self._unmatched_seen = 0
         self._seen: dict[tuple[int, int], int] = {}  # (tgid, uffd) -> last seen (trace clock)
         self._aggregates = aggregates
         self._kernel_read_at = 0.0
@@ -173,6 +176,11 @@ class Metrics(Ignoring):
         if count > self._lost_seen:
             self.lost_records.inc(count - self._lost_seen)
             self._lost_seen = count
+
+    def unmatched_reads(self, count: int) -> None:
+        if count > self._unmatched_seen:
+            self.unmatched.inc(count - self._unmatched_seen)
+            self._unmatched_seen = count
 
     def _add_kernel_totals(self) -> None:
         """What the kernel summed since the last call, counted as lifecycle()

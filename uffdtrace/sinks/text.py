@@ -153,6 +153,9 @@ class Text:
         self.out.write(f"# LOST {count} records so far (the summary says why)\n")
         self.out.flush()
 
+    def unmatched_reads(self, count: int) -> None:
+        pass  # the summary says how many (a trace's reader compares it with messages_read)
+
     def summary(self, summary: dict[str, Any]) -> None:
         kinds = " ".join(f"{k}={v}" for k, v in sorted(summary["by_kind"].items()))
         flags = " ".join(f"{k}={v}" for k, v in sorted(summary["flags"].items())) or "none"
