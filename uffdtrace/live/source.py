@@ -54,6 +54,10 @@ TICK_S = 0.05  # how often the main thread correlates what was drained, and chec
 # The drain thread reads the ring this often: a few large copies instead of
 # many small ones (16 MiB hold ~150k records, a few 100 ms at the worst rate seen).
 DRAIN_PAUSE_S = 0.005
+# While reads find nothing the pause doubles up to this, so that an idle
+# host-wide session costs little; the first records of a burst bring it back
+# to DRAIN_PAUSE_S (a burst fills at most this long's worth of the ring first).
+DRAIN_IDLE_PAUSE_S = 0.04
 DEFAULT_BUFFER_KB = 16384
 # Records drained but not correlated yet are kept up to this many kernel
 # buffers' worth (then the kernel's buffer fills and counts what it loses);
@@ -340,10 +344,10 @@ class LiveSource:
         self._drained += len(records) * RECORD_SIZE
 
     # -- running -------------------------------------------------------------
-    def _poll(self, timeout_ms: int) -> None:
+    def _poll(self, timeout_ms: int, pause_s: float = DRAIN_PAUSE_S) -> None:
         """Move what the kernel buffers hold to ``_pending``. With a
         ``timeout_ms``, then wait: the perf buffer up to that long for a
-        record, the ring (whose producers send no wake-up) DRAIN_PAUSE_S."""
+        record, the ring (whose producers send no wake-up) ``pause_s``."""
         started = time.monotonic_ns()
         if self._drained - self._taken >= self._backlog_cap:
             # The correlator is behind: the records stay in the kernel's
@@ -362,7 +366,7 @@ class LiveSource:
                 self._pending.append((self._ring_layout, span))
                 self._drained += len(span)
             if timeout_ms:
-                time.sleep(DRAIN_PAUSE_S)
+                time.sleep(pause_s)
             if stalled:
                 self._stalled(started)
                 return
@@ -400,8 +404,11 @@ class LiveSource:
         """The drain thread: keeps the kernel buffer empty while the main
         thread correlates and prints (a pause there must not cost records).
         The poll waits without the GIL; callbacks only copy bytes."""
+        pause = DRAIN_PAUSE_S
         while not self._drain_stop.is_set():
-            self._poll(POLL_MS)
+            drained = self._drained
+            self._poll(POLL_MS, pause)
+            pause = DRAIN_PAUSE_S if self._drained != drained else min(2 * pause, DRAIN_IDLE_PAUSE_S)
 
     def _take(self, limit: int | None) -> tuple[list[Event], int | None]:
         """Decode what was drained, up to about ``limit`` bytes of records;
