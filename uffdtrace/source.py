@@ -111,6 +111,10 @@ class CleanTotals:
                                    service=self.service.since(before.service), fault=self.fault.since(before.fault))
 
 
+# How often serve's and top's sinks take what the kernel summed (a read of the whole map).
+KERNEL_READ_S = 1.0
+
+
 class Aggregates(Protocol):
     """What the kernel summed instead of sending (a LiveSource for serve and top)."""
 

@@ -28,14 +28,13 @@ from prometheus_client.utils import floatToGoString
 
 from ..analysis.model import EventLifecycle, Flag, Lifecycle
 from ..events import HIST_BOUNDS, Event, Kind, bucket_of
-from ..source import Aggregates, LatencySum
+from ..source import KERNEL_READ_S, Aggregates, LatencySum
 from . import Ignoring
 from .report import result_name, total_ns
 
 # Bucket i's upper bound: 2**i µs (1 µs to 67 s, exp2 as bcc's histograms), in seconds.
 BOUNDS = (*(floatToGoString(2**i / 1e6) for i in range(HIST_BOUNDS)), "+Inf")  # type: ignore[no-untyped-call]
 UFFD_IDLE_S = 600
-KERNEL_READ_S = 1.0
 NS = 1e9
 
 

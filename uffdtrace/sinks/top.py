@@ -25,13 +25,12 @@ from rich.text import Text
 from ..analysis.model import EventLifecycle, Flag, Lifecycle
 from ..escape import printable
 from ..events import HIST_BOUNDS, Event, bucket_of
-from ..source import Aggregates
+from ..source import KERNEL_READ_S, Aggregates
 from . import Ignoring
 from .report import result_name
 from .text import duration
 
 WINDOW_S = 10  # faults/s and percentiles over this long, a second at a time
-KERNEL_READ_S = 1.0  # how often what the kernel summed is added
 PHASES = ("pickup", "service", "wake")
 SORTS = ("faults/s", "in flight", "oldest", "flags", "pid")
 WIDE = 132  # from this width: uffd, p50s, resolutions, errors
