@@ -19,11 +19,15 @@ BPF_HASH(poll_iocbs, u64, u8, 65536);
 
 struct wake_entry { u64 ts; u64 uffd; u64 addr; u64 start; u64 len; u32 pid; u32 tgid; };
 struct aio_entry { u64 uffd; u64 obj; u64 data; u32 mask; u32 events; u8 scheduled; };
+struct aio_work_entry { u64 ts; u64 iocb; u64 uffd; u64 obj; u64 data; u8 on_queue; };
 struct anon_vma_read_entry { u64 ts; u64 folio; u32 trylocks; };
+#define MAPPING_FLAGS 0x3  /* PAGE_MAPPING_ANON | PAGE_MAPPING_MOVABLE */
+#define MAPPING_ANON 0x1
 
 BPF_HASH(ioctl_fd, u32, u64, 65536);
 BPF_HASH(waking, u32, struct wake_entry, 4096);
 BPF_HASH(aio_waking, u32, struct aio_entry, 4096);
+BPF_HASH(aio_working, u32, struct aio_work_entry, 4096);
 BPF_HASH(locking, u32, struct anon_vma_read_entry, 65536);
 
 /* ---- handle_userfault: raised / returned ---------------------------- */
@@ -385,16 +389,48 @@ int kr_aio_poll_wake(struct pt_regs *ctx)
 	return 0;
 }
 
-/* aio_poll_complete_work(work) */
+/* aio_poll_complete_work(work): whether the request is on the uffd's
+ * waitqueue as its work begins. Since 363bee27e258 (v5.16) it stays there
+ * until completed; before, the wake-up took it off and the work put it back
+ * after polling, and a fault queued in between woke nothing. */
 int kp_aio_poll_complete_work(struct pt_regs *ctx)
 {
-	struct uffdtrace_event e = {};
+	struct aio_work_entry we = {};
 	u64 iocb = iocb_of_poll(PT_REGS_PARM1(ctx) - OFF_POLL_WORK);
+	u64 entry = iocb + OFF_KIOCB_POLL + OFF_POLL_WAIT + OFF_WQE_ENTRY;
+	u32 tid = current_tid();
 
 	if (!poll_iocbs.lookup(&iocb))
 		return 0;
+	we.ts = bpf_ktime_get_ns();
+	we.iocb = iocb;
+	we.uffd = uffd_of_poll(iocb + OFF_KIOCB_POLL);
+	we.obj = read_u64(iocb + OFF_KIOCB_RES_OBJ);
+	we.data = read_u64(iocb + OFF_KIOCB_RES_DATA);
+	we.on_queue = read_u64(entry) != entry;  /* list_empty(&req->wait.entry) */
+	aio_working.update(&tid, &we);
+	return 0;
+}
+
+/* Recorded as the work returns: len its time inside, flags whether the
+ * request was queued as it began, ret whether it completed the request
+ * (aio_complete ran inside it and forgot the iocb). */
+int kr_aio_poll_complete_work(struct pt_regs *ctx)
+{
+	struct uffdtrace_event e = {};
+	u32 tid = current_tid();
+	struct aio_work_entry *we = aio_working.lookup(&tid);
+
+	if (!we)
+		return 0;
 	init_event(&e, UT_AIO_POLL_WORK);
-	fill_aio(&e, iocb);
+	e.ctx = we->uffd;
+	e.addr = we->obj;
+	e.aux = we->data;
+	e.len = e.ts_ns - we->ts;
+	e.flags = we->on_queue;
+	e.ret = !poll_iocbs.lookup(&we->iocb);
+	aio_working.delete(&tid);
 	emit(ctx, &e);
 	return 0;
 }
@@ -461,14 +497,25 @@ int kr_anon_vma_read(struct pt_regs *ctx)
 	e.len = e.ts_ns - fl->ts;
 	e.flags = fl->trylocks;
 	e.aux = retries;
-	e.ret = PT_REGS_RC(ctx) != 0;
+	e.addr = PT_REGS_RC(ctx);
+	e.ret = e.addr != 0;
+	if (e.ret) {
+		/* Locked an anon_vma that is not the folio's now: a UFFDIO_MOVE
+		 * moved the folio between the walk's read of folio->mapping and
+		 * the lock, and nothing looked again (the re-check 880a99b60d46
+		 * added in v6.8). With the re-check the folio cannot move while
+		 * the lock is held, so on a fixed kernel this never holds. */
+		u64 mapping = read_u64(fl->folio + OFF_PAGE_MAPPING);
+
+		e.mode = (mapping & MAPPING_FLAGS) == MAPPING_ANON && mapping - MAPPING_ANON != e.addr;
+	}
 	locking.delete(&tid);
 #ifdef FILTER
 	wanted = follow.lookup(&e.tgid);
 #else
 	wanted = uffd_users.lookup(&e.tgid);
 #endif
-	if (retries || wanted)
+	if (retries || e.mode || wanted)
 		emit(ctx, &e);
 	return 0;
 }

@@ -18,6 +18,11 @@ forth while another thread marks the same folios idle through page_idle,
 whose rmap walk takes no folio lock) and tests/workloads/aio_poll (an
 IOCB_CMD_POLL on the uffd); both run on every variant, in kprobe mode.
 
+The aio poll race's workload is tests/workloads/aio_drain: an event loop
+that arms an IOCB_CMD_POLL on the uffd, drains every queued message, then
+waits in io_getevents, while two threads fault page after page; in each
+mode, on every variant.
+
 `why`: the races' workload once more, untraced, while `uffdtrace why -j` is
 asked again and again (tests/why_driver.py): a thread it finds asleep for 3 s
 or more hangs; on `refile` its verdict is
@@ -28,7 +33,9 @@ uffdtrace says so while it hangs: missed_wakeup (a resolution covered the
 page, without DONTWAKE, while the thread waited, and no wake-up reached it),
 then never_woken; for `refile`, the evidence names the read() during which
 the copy's wake-up ran; `windows`: anon_vma_retry naming the UFFDIO_MOVE,
-and the slow aio poll wake-ups completed, not flagged.
+and the slow aio poll wake-ups completed, not flagged; `aiopoll`: the
+event loop hangs, and aio_poll_stuck names the unread fault beside the
+pending poll (kprobe mode: queued while the request was off the waitqueue).
 
 Prints a table per variant and mode: runs, faults, lifecycles, flags by
 name, seconds to the first flag, and the first flag's evidence as printed.
@@ -57,12 +64,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv" / "bin"
 GUEST_RUN = ROOT / "tests" / "vm" / "guest_run.sh"
-WORKLOADS = ("postcopy_shape", "move_idle", "aio_poll")
-VARIANTS = ("stock", "refile", "mustwait", "windows")
+WORKLOADS = ("postcopy_shape", "move_idle", "aio_poll", "aio_drain")
+VARIANTS = ("stock", "refile", "mustwait", "windows", "aiopoll", "moverecheck")
 MODES = ("kprobe", "tracepoint")
 # pages, rounds, faulting threads: a few seconds a run on stock under TCG.
 SHAPE = (256, 40, 2)
 MOVE_IDLE = "64 300"  # pages, rounds (two UFFDIO_MOVEs each)
+AIO_DRAIN = "2048 2 300"  # pages, faulting threads, microseconds between arming the poll and draining
 BOOT_TIMEOUT_S = 1800
 # The why run's deadline: one `why` compiles its walk for about 20 s under TCG,
 # and must find the hung thread before the workload is killed.
@@ -102,6 +110,9 @@ def scenarios(out: Path, wl: Path, args: argparse.Namespace) -> dict[str, tuple[
     runs = {f"postcopy_{mode}": (mode, trace(f"postcopy_{mode}",
                                              f"-- timeout -s KILL {args.seconds} {wl}/postcopy_shape {shape}"))
             for mode in args.mode}
+    for mode in args.mode:
+        runs[f"aio_drain_{mode}"] = (mode, trace(f"aio_drain_{mode}", f"-- timeout -s KILL {args.seconds} "
+                                                                       f"{wl}/aio_drain {AIO_DRAIN}"))
     runs["move_idle"] = ("kprobe", trace("move_idle", f"-- {wl}/move_idle {MOVE_IDLE}"))
     # `why`, with nothing traced: the races' workload alone, `why -j` asked while it runs.
     runs["why"] = ("run", f"{VENV / 'python'} {ROOT / 'tests' / 'why_driver.py'} hang {out}/why.json "
@@ -120,7 +131,9 @@ def headers() -> set[str]:
 def boot(bzimage: str, out: Path, lines: list[str]) -> None:
     """One guest, every mode's run in it (tests/vm/guest_run.sh drives uffdtrace)."""
     (out / "scenarios").write_text("".join(f"{x}\n" for x in lines))
-    cmd = [str(VENV / "vng"), "--run", bzimage, "--disable-kvm", "--force-9p", "--cpus", "2", "--memory", "2G",
+    # --verbose: the guest's console goes to vm.log (a guest that dies says why there).
+    cmd = [str(VENV / "vng"), "--verbose", "--run", bzimage, "--disable-kvm", "--force-9p", "--cpus", "2",
+           "--memory", "2G",
            *(f"--rodir={tree}" for tree in headers()), "--rwdir", str(out),
            "--exec", f"{GUEST_RUN} {out} {VENV / 'uffdtrace'}"]
     env = {**os.environ, "PATH": f"{VENV}:{os.environ['PATH']}"}

@@ -5,6 +5,8 @@
 #   refile    refile_seq's retry removed (a wake-up during read()'s refile is lost)
 #   mustwait  userfaultfd_must_wait()'s recheck removed (a copy racing the fault's queueing)
 #   windows   no fix reverted: delays in folio_lock_anon_vma_read() and aio_poll_wake()
+#   aiopoll   363bee27e258 undone: a poll request leaves the uffd's waitqueue on wake-up
+#   moverecheck  880a99b60d46's re-check undone: an rmap walk keeps the anon_vma a moved folio left
 # Configuration: virtme-ng's minimal one (vng --kconfig) plus
 # scripts/seed-patches/uffdtrace.config. One source tree, built in place, serves
 # every variant (a patch touches a file or two: after the first build,
@@ -22,7 +24,7 @@ PATCHES=$ROOT/scripts/seed-patches
 CACHE=${UFFDTRACE_KERNEL_CACHE:-/var/cache/uffdtrace/kernels}
 TARBALL=/usr/src/linux-source-6.12.tar.xz
 NEED_GIB=12
-ALL=(stock refile mustwait windows)
+ALL=(stock refile mustwait windows aiopoll moverecheck)
 
 die() { echo "seed_kernels.sh: $*" >&2; exit 1; }
 
@@ -34,7 +36,7 @@ while (($#)); do
 		--jobs) jobs=${2:?--jobs needs a number}; shift 2 ;;
 		--jobs=*) jobs=${1#--jobs=}; shift ;;
 		--cached) cached_only=1; shift ;;
-		-h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+		-h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 		-*) die "unknown option $1" ;;
 		*) variants+=("$1"); shift ;;
 	esac

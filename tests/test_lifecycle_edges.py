@@ -9,7 +9,7 @@ import pytest
 
 from uffdtrace.analysis.correlator import Correlator
 from uffdtrace.analysis.rules import Thresholds, counts_as_failure
-from uffdtrace.events import Kind, Op
+from uffdtrace.events import Event, Kind, Op
 from uffdtrace.source import BlockedThread
 
 from .synthetic import (
@@ -47,20 +47,69 @@ def test_sigbus_is_informational() -> None:
     assert [lc.state for lc in out.lifecycles] == ["sigbus"]
 
 
-def test_aio_poll_stuck_kprobe() -> None:
-    out, _ = correlate([aio_wake(0)], "kprobe", ticks=[500, 1500])
-    assert out.raised() == ["aio_poll_stuck"] and (out.flags[0].uffd, out.flags[0].addr) == (CTX, 0x5000)
-    out, _ = correlate([aio_wake(0), aio_complete(2)], "kprobe", ticks=[500, 1500])
+def aio_work(at: float, began: float, on_queue: bool, completed: bool = False) -> Event:
+    """kprobe mode's completion work, recorded as it returns."""
+    return ev(Kind.AIO_POLL_WORK, at, OTHER, ctx=CTX, addr=0x5000, aux=0x1234, len=int((at - began) * MS),
+              flags=int(on_queue), ret=int(completed))
+
+
+PAGE2 = PAGE + 0x1000
+
+
+def test_aio_poll_stuck_kprobe_names_the_fault_queued_while_the_request_was_off_the_queue() -> None:
+    """363bee27e258's race: a wake-up took the request off the uffd's queue,
+    its work found nothing (a drain had read the message) and put it back; a
+    fault queued in between woke nothing and waits unread beside the pending
+    poll. The flag is the fault's, and replaces unread/never_woken."""
+    lost = [aio_wake(0), aio_work(1.0, began=0.2, on_queue=False), fault(0.6, tid=OTHER, page=PAGE2)]
+    out, _ = correlate(lost, "kprobe", ticks=[500, 1700], tasks={OTHER: "uffd"})
+    assert out.raised() == ["aio_poll_stuck"], out.raised()
+    flag = out.flags[0]
+    assert (flag.tid, flag.addr, flag.verdict) == (OTHER, PAGE2, "not_read")
+    said = " | ".join(e.what for e in flag.evidence)
+    assert "queued while the poll request was off the uffd's waitqueue" in said and "363bee27e258" in said, said
+    assert "IOCB_CMD_POLL (aio_data 0x1234) on its uffd is not completed" in said, said
+
+
+def test_aio_poll_stuck_kprobe_only_beside_a_pending_poll_and_an_unread_fault() -> None:
+    # Completed: the fault waits unread for another reason.
+    out, _ = correlate([aio_wake(0), fault(0.6, tid=OTHER, page=PAGE2), aio_complete(0.8)], "kprobe",
+                       ticks=[500, 1700], tasks={OTHER: "uffd"})
+    assert "aio_poll_stuck" not in out.raised() and "unread" in out.raised()
+    # Woken, the work found nothing (a drain read the message) and nothing
+    # else was queued: the request rightly waits. (The rule before this one
+    # flagged every woken request that did not complete.)
+    drained = [fault(0), aio_wake(0.01), read(0.1), copy(0.2), woken(0.2),
+               aio_work(1.0, began=0.2, on_queue=False)]
+    out, _ = correlate(drained, "kprobe", ticks=[500, 1700, 3000])
     assert not out.flags
-    out, _ = correlate([aio_wake(0, ret=0)], "kprobe", ticks=[1500])
-    assert not out.flags  # a wake-up the request did not ask for
+    # The stock kernel keeps the request queued: a fault in the work's span is
+    # no lost wake-up; with the poll pending and the message unread past
+    # --stuck-ms, the flag still stands (the kernel should have completed it).
+    out, _ = correlate([aio_wake(0), aio_work(1.0, began=0.2, on_queue=True), fault(0.6, tid=OTHER, page=PAGE2)],
+                       "kprobe", ticks=[1700], tasks={OTHER: "uffd"})
+    assert out.raised() == ["aio_poll_stuck"]
+    assert not any("off the uffd's waitqueue" in e.what for e in out.flags[0].evidence)
+    # The kernel says the thread no longer waits: nobody is accused.
+    out, _ = correlate([aio_wake(0), fault(0.6, tid=OTHER, page=PAGE2)], "kprobe", ticks=[1700, 1800],
+                       tasks={OTHER: "other"})
+    assert "aio_poll_stuck" not in out.raised()
+    out, _ = correlate([aio_wake(0, ret=0), fault(0.6, tid=OTHER, page=PAGE2)], "kprobe", ticks=[1700],
+                       tasks={OTHER: "uffd"})
+    assert "aio_poll_stuck" not in out.raised()  # a wake-up the request did not ask for
 
 
-def test_aio_poll_stuck_tracepoint_when_the_uffd_became_readable() -> None:
+def test_aio_poll_stuck_tracepoint_while_the_submitter_sleeps_in_io_getevents() -> None:
     submit = ev(Kind.AIO_POLL_SUBMIT, 0, HANDLER, addr=0x5000, aux=0x1234, flags=1)
     done = ev(Kind.AIO_COMPLETE, 3, HANDLER, ctx=CTX, addr=0x5000, aux=0x1234, ret=1)
-    out, _ = correlate([submit, fault(1), block(1.01)], "tracepoint", ticks=[1500])
-    assert "aio_poll_stuck" in out.raised()
+    out, _ = correlate([submit, fault(1), block(1.01)], "tracepoint", ticks=[1500],
+                       tasks={FAULTER: "uffd", HANDLER: "aio"})
+    assert out.raised() == ["aio_poll_stuck"]
+    assert f"tid {HANDLER} sleeps in io_getevents" in out.flags[0].evidence[-1].what
+    # The handler is busy elsewhere: the poll may be completed and not yet collected.
+    out, _ = correlate([submit, fault(1), block(1.01)], "tracepoint", ticks=[1500],
+                       tasks={FAULTER: "uffd", HANDLER: "other"})
+    assert "aio_poll_stuck" not in out.raised() and "unread" in out.raised()
     out, _ = correlate([submit, fault(1), block(1.01), done, read(4), woken(5), copy(6)], "tracepoint",
                        ticks=[1500])
     assert not out.flags
@@ -68,15 +117,30 @@ def test_aio_poll_stuck_tracepoint_when_the_uffd_became_readable() -> None:
     assert not out.flags  # nothing to read: the poll rightly waits
 
 
+def test_a_walk_that_kept_the_anon_vma_its_folio_left_is_anon_vma_stale() -> None:
+    """880a99b60d46's re-check undone: the walk returned holding an anon_vma
+    that is no longer the folio's (kprobe mode reads folio->mapping as the
+    lock function returns); the flag names the UFFDIO_MOVE around it."""
+    move = ev(Kind.RESOLVE, 2, HANDLER, op=Op.MOVE, len=4096, aux=4096)
+    stale = ev(Kind.ANON_VMA_LOCK, 1, OTHER, ctx=3, ret=1, flags=1, aux=0, len=60_000, addr=0xA000, mode=1)
+    out, corr = correlate([stale, move], "kprobe")
+    assert out.raised() == ["anon_vma_stale"] and corr.rmap.counts()["stale"] == 1
+    said = [e.what for e in out.flags[0].evidence]
+    assert "holding anon_vma 0xa000" in said[0] and "880a99b60d46" in said[0], said
+    assert [(e.what, e.tid) for e in out.flags[0].evidence[1:]] == [("concurrent UFFDIO_MOVE returned", HANDLER)]
+    out, _ = correlate([ev(Kind.ANON_VMA_LOCK, 1, OTHER, ctx=3, ret=1, flags=1, addr=0xA000), move], "kprobe")
+    assert not out.flags  # the folio's own anon_vma
+
+
 def test_a_single_anon_vma_retry_is_counted_not_flagged() -> None:
     """One retry after a UFFDIO_MOVE is the v6.8 recheck doing its job."""
     move = ev(Kind.RESOLVE, 0, HANDLER, op=Op.MOVE, len=4096, aux=4096)
     out, corr = correlate([move, anon_lock(1, retries=1), anon_lock(30, retries=2)], "kprobe")
     assert not out.flags
-    assert corr.rmap.counts() == {"walks": 2, "retries": 3}
+    assert corr.rmap.counts() == {"walks": 2, "retries": 3, "stale": 0}
     contended = ev(Kind.ANON_VMA_LOCK, 1, OTHER, ctx=3, ret=-1)  # tracepoint mode: retries unknown
     out, corr = correlate([contended], "tracepoint")
-    assert not out.flags and corr.rmap.counts() == {"walks": 1, "retries": 0}
+    assert not out.flags and corr.rmap.counts() == {"walks": 1, "retries": 0, "stale": 0}
 
 
 def test_anon_vma_retry_loop_flagged_once_with_its_moves() -> None:

@@ -13,7 +13,8 @@ from typing import Any, Literal, Protocol
 from .events import Event
 
 # Where a thread is now: waiting in handle_userfault, elsewhere, or gone.
-TaskState = Literal["uffd", "event", "other", "gone"]  # "event": waits for its uffd event to be read
+# "event": waits for its uffd event to be read; "aio": sleeps in io_getevents.
+TaskState = Literal["uffd", "event", "aio", "other", "gone"]
 # Asks the system (live) where a thread (tgid, tid) is now; None when it cannot tell.
 TaskProbe = Callable[[int, int], TaskState | None]
 

@@ -58,7 +58,8 @@ def scenario(seeded: tuple[Path, list[dict[str, Any]]], r: dict[str, Any]) -> Sc
                           int((d / f"{name}.rc").read_text()), (d / f"{name}.err").read_text())
 
 
-@pytest.mark.parametrize("name", ["postcopy_kprobe", "postcopy_tracepoint", "aio", "move_idle"])
+@pytest.mark.parametrize("name", ["postcopy_kprobe", "postcopy_tracepoint", "aio", "move_idle", "aio_drain_kprobe",
+                                  "aio_drain_tracepoint"])
 def test_stock_flags_nothing(seeded: tuple[Path, list[dict[str, Any]]], name: str) -> None:
     """The kernel as shipped, the same loads: a flag here would be a false accusation."""
     for r in runs(seeded, "stock", name):
@@ -163,3 +164,50 @@ def test_windows_aio_poll_slow_wake_not_stuck(seeded: tuple[Path, list[dict[str,
     for r in runs(seeded, "windows", "aio"):
         assert r["flags"] == {}, r["first_flag"]
         check_aio_poll(scenario(seeded, r))
+
+
+@pytest.mark.parametrize("variant", ["stock", "windows"])
+@pytest.mark.parametrize("mode", ["kprobe", "tracepoint"])
+def test_aio_drain_served_and_not_flagged(seeded: tuple[Path, list[dict[str, Any]]], variant: str, mode: str) -> None:
+    """The event loop that arms an IOCB_CMD_POLL, drains, then waits: its
+    polls often find the message already read (drained), and the request
+    then rightly waits; nothing is flagged (windows: every wake-up slowed)."""
+    for r in runs(seeded, variant, f"aio_drain_{mode}"):
+        assert r["flags"] == {}, r["first_flag"]
+        w = r["workload"]
+        assert w is not None and w["served"] == w["pages"], w
+        assert r["summary"]["lost"] == 0 and r["rc"] == 0
+
+
+@pytest.mark.parametrize("mode", ["kprobe", "tracepoint"])
+def test_aiopoll_lost_wakeup_flagged_while_the_loop_hangs(seeded: tuple[Path, list[dict[str, Any]]],
+                                                          mode: str) -> None:
+    """363bee27e258 undone: a fault queued while the poll request was off the
+    uffd's waitqueue wakes nothing; the loop sleeps in io_getevents beside
+    its unread message. aio_poll_stuck on the fault, nothing else; kprobe
+    mode names the span the request was off the queue."""
+    for r in runs(seeded, "aiopoll", f"aio_drain_{mode}"):
+        assert r["mode"] == mode
+        assert r["workload"] is None, "the race did not hang the loop in its time"
+        assert set(r["flags"]) == {"aio_poll_stuck"}, r["flags"]
+        assert r["summary"]["lost"] == 0
+        evidence = r["first_flag"]["evidence"]
+        assert any("sleeps in io_getevents" in e for e in evidence) or mode == "kprobe", evidence
+        if mode == "kprobe":
+            assert any("queued while the poll request was off the uffd's waitqueue" in e for e in evidence), evidence
+
+
+def test_moverecheck_stale_walk_flagged_with_its_move(seeded: tuple[Path, list[dict[str, Any]]]) -> None:
+    """880a99b60d46's re-check undone: page_idle's walk goes on holding the
+    anon_vma a UFFDIO_MOVE just moved the folio out of: anon_vma_stale,
+    naming a move by the workload's mover thread; the stock kernel (same
+    load) never earns it (test_stock_flags_nothing)."""
+    for r in runs(seeded, "moverecheck", "move_idle"):
+        assert "anon_vma_stale" in r["flags"], r["flags"]
+        assert set(r["flags"]) <= {"anon_vma_stale"}, r["flags"]
+        assert r["summary"]["lost"] == 0 and r["summary"]["anon_vma"]["stale"] >= r["flags"]["anon_vma_stale"]
+        s = scenario(seeded, r)
+        for f in s.flags:
+            assert any(e["what"] == "concurrent UFFDIO_MOVE returned" and e["tid"] == s.workload["mover_tid"]
+                       for e in f["evidence"]), f
+

@@ -20,7 +20,8 @@ def run(*args: str, cache: Path | None = None) -> subprocess.CompletedProcess[st
 def test_unknown_variant_is_one_line() -> None:
     done = run("bogus")
     assert done.returncode == 1 and done.stdout == ""
-    assert done.stderr == "seed_kernels.sh: no variant bogus (known: stock refile mustwait windows)\n"
+    assert done.stderr == ("seed_kernels.sh: no variant bogus "
+                           "(known: stock refile mustwait windows aiopoll moverecheck)\n")
 
 
 def test_cached_with_nothing_built_says_what_is_missing(tmp_path: Path) -> None:

@@ -180,8 +180,9 @@ def boot(version: str, workloads: Path, uffd_stress: Path) -> VmRun:
     (out / "scenarios").write_text("".join(f"{x}\n" for x in scenarios(workloads, uffd_stress, out, version)))
     guest = [str(ROOT / "tests" / "vm" / "guest_run.sh"), str(out), str(ROOT / ".venv" / "bin" / "uffdtrace")]
     env = {**os.environ, "PATH": f"{vng.parent}:{os.environ['PATH']}"}
-    # /dev/kvm exists on these machines but hangs: always TCG.
-    cmd = [str(vng), "--run", str(kernel), "--disable-kvm", "--force-9p", "--cpus", "2", "--memory", "2G",
+    # /dev/kvm exists on these machines but hangs: always TCG. --verbose:
+    # the guest's console goes to the log (a guest that dies says why there).
+    cmd = [str(vng), "--verbose", "--run", str(kernel), "--disable-kvm", "--force-9p", "--cpus", "2", "--memory", "2G",
            "--rwdir", str(out), "--exec", " ".join(guest)]
     log = out.parent / f"vm-{version}.log"
     with log.open("w") as fh:

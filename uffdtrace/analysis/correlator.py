@@ -87,7 +87,7 @@ class Correlator:
         self.counters = Counters()
         self.flags = Flags(sink)
         self.folded = FoldedFaults(self, folded, on_take_over)
-        self.aio = AioPolls(self.flags.report)
+        self.aio = AioPolls(self._unread, self._raise, tasks, sees_returns=sees_returns)
         self.rmap = RmapWalks(self.flags.report, self.th)
         self.handlers = Handlers(tasks, holders, on_holders=sink.holders)
         self.events = EventWaits(sink, self.flags, tasks, on_read=self._event_read, handlers=self.handlers)
@@ -99,7 +99,8 @@ class Correlator:
             Kind.READ_MSG: self.on_read, Kind.RESOLVE: self._on_resolve, Kind.UFFD_REGISTER: self._on_register,
             Kind.WAKE_TASK: self.on_wake, Kind.UFFD_CLOSE: self._on_close,
             Kind.AIO_POLL_SUBMIT: self.aio.submitted, Kind.AIO_POLL_WAKE: self.aio.woken,
-            Kind.AIO_COMPLETE: self.aio.completed, Kind.ANON_VMA_LOCK: self.rmap.locked,
+            Kind.AIO_POLL_WORK: self.aio.worked, Kind.AIO_COMPLETE: self.aio.completed,
+            Kind.ANON_VMA_LOCK: self.rmap.locked,
             Kind.FAULT_STATE: self.folded.unfold, Kind.LIFECYCLE: self.folded.unfold,
             Kind.EVENT_WAIT: self.events.raised, Kind.EVENT_DONE: self.events.done,
         }
@@ -235,8 +236,6 @@ class Correlator:
     def on_fault(self, ev: Event) -> None:
         page = ev.addr & PAGE_MASK
         reason = self.reason(ev)
-        if self.aio.requests:
-            self.aio.fault_queued(ev)
         lc = self.open.get(ev.tid)
         if lc is not None and lc.page is None:
             lc = self._lifecycle_of(ev.tid, page, ev.ctx)
@@ -475,6 +474,11 @@ class Correlator:
     def _where(self, lc: Lifecycle) -> TaskState | None:
         return self.tasks(lc.tgid, lc.tid) if self.tasks is not None else None
 
+    def _unread(self, uffd: int) -> list[Lifecycle]:
+        """The uffd's faults that wait with their message unread."""
+        return [lc for lc in self.open.values()
+                if lc.uffd == uffd and lc.waiting and lc.round_reads == 0 and lc.start_known]
+
     def _quiet_ns(self, lc: Lifecycle) -> int:
         """How long a woken lifecycle stays open without a new round: one
         --wake-ms, or up to --stuck-ms while the ioctl record of its waker is due."""
@@ -484,6 +488,9 @@ class Correlator:
         self.folded.take_over(now)
         self.rmap.judge(now)
         self.folded.age_orphan_reads(now)
+        # Before the faults' own rules: a lost poll wake-up explains an unread fault.
+        if self.aio.requests:
+            self.aio.tick(now, self.th.stuck_ns)
         for lc in self.open.values():
             if lc.waiting:
                 self._check_waiting(lc, now)
@@ -492,7 +499,6 @@ class Correlator:
                 # its waker's ioctl record is due, that record may still open a
                 # new round in tracepoint mode.)
                 self._close(lc, lc.finished_state(), now)
-        self.aio.tick(now, self.th)
         self.events.tick(now, self.th)
 
     def _shows_waiting(self, lc: Lifecycle, now: int) -> bool:
@@ -529,14 +535,14 @@ class Correlator:
         # Every timed flag concludes from a missing event: confirm that the
         # thread still waits, for this page, before accusing anyone.
         where = self._where(lc)
-        if where in ("gone", "other"):
+        if where in ("gone", "other", "aio"):
             # The kernel says it no longer waits (or has exited), though no
             # record said so: a signal, a lost record, or its end still on
             # its way (the kernel answers for now; records are handled up to
             # an earlier horizon, and a slow host can be far behind).
             lc.other_since = lc.other_since or now
             if now - lc.other_since > self.th.wake_ns:
-                if where == "other":
+                if where != "gone":
                     lc.note("left handle_userfault unseen (signal, or a lost record)", now)
                 self._close(lc, "exited" if where == "gone" else "returned", now)
             return

@@ -229,10 +229,14 @@ class AioPoll:
 
     iocb: int
     tgid: int
-    tid: int
+    tid: int  # tracepoint mode: the submitter; kprobe mode: the first waker seen
     comm: str
     uffd: int
     data: int
-    t_ready: int | None = None
+    t_seen: int
+    submitted: bool = False  # seen at io_submit (tracepoint mode), not at a wake-up
+    last_wake: int | None = None
+    # (from, to): spans the request was off the uffd's waitqueue, from a
+    # wake-up to the end of the completion work that put it back (kprobe mode)
+    off_queue: list[tuple[int, int]] = field(default_factory=list)
     history: list[Evidence] = field(default_factory=list)
-    flagged: bool = False

@@ -4,7 +4,13 @@ the UFFDIO_MOVEs around them have returned. A retry is the recheck of
 anon_vma between the read of folio->mapping and the lock. Retries are
 counted (summary, report, metrics, --events); ``anon_vma_retry`` is raised
 only for a loop: more than --retry-threshold retries for one folio within
-MOVE_WINDOW_NS of each other, naming the moves around them."""
+MOVE_WINDOW_NS of each other, naming the moves around them.
+
+A walk that returns holding the lock of an anon_vma that is not the folio's
+(kprobe mode reads folio->mapping as the lock function returns) went on
+without that recheck: ``anon_vma_stale``, naming the moves around it. With
+the recheck the folio cannot move while the lock is held, so a fixed kernel
+never earns it."""
 
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ from typing import Any
 
 from ..events import Event
 from .model import Flag
-from .rules import MOVE_WINDOW_NS, Thresholds, anon_vma_retry
+from .rules import MOVE_WINDOW_NS, Thresholds, anon_vma_retry, anon_vma_stale
 
 MAX_FOLIOS = 4096  # folios retried within the window, remembered at once
 
@@ -25,6 +31,7 @@ class RmapWalks:
         self.th = th
         self.walks = 0  # folio_lock_anon_vma_read calls seen
         self.retries = 0  # their rechecks that failed (kprobe mode counts them)
+        self.stale = 0  # walks that went on under the lock of an anon_vma the folio had left
         self.recent_moves: collections.deque[tuple[int, int]] = collections.deque(maxlen=64)  # (time, tid)
         self._unjudged: collections.deque[Event] = collections.deque()
         # folio -> (its last retrying walk, the walks retrying it in this window): a loop spans walks.
@@ -46,6 +53,11 @@ class RmapWalks:
         """The walks whose window has passed (all of them when ``now`` is None)."""
         while self._unjudged and (now is None or self._unjudged[0].ts_ns + MOVE_WINDOW_NS <= now):
             ev = self._unjudged.popleft()
+            if ev.ret > 0 and ev.mode:
+                self.stale += 1
+                self.report(Flag(name="anon_vma_stale", ts_ns=ev.ts_ns, tgid=ev.tgid, tid=ev.tid, comm=ev.comm,
+                                 uffd=0, addr=None, blocked_ns=None, state="returned",
+                                 evidence=anon_vma_stale(ev, self.recent_moves)))
             if ev.ret < 0 or ev.aux < 1:
                 continue  # no retry (tracepoint mode cannot count them)
             last, walks = self._retrying.pop(ev.ctx, (0, []))
@@ -62,4 +74,4 @@ class RmapWalks:
                                  evidence=anon_vma_retry(walks, self.recent_moves)))
 
     def counts(self) -> dict[str, Any]:
-        return {"walks": self.walks, "retries": self.retries}
+        return {"walks": self.walks, "retries": self.retries, "stale": self.stale}

@@ -30,7 +30,7 @@ from ..events import (
 )
 from ..source import Holder
 from .handlers import Readers
-from .model import MS, AioPoll, Attempt, Evidence, Lifecycle
+from .model import MS, Attempt, Evidence, Lifecycle
 
 EEXIST = 17
 EAGAIN = 11
@@ -52,17 +52,17 @@ def counts_as_failure(name: str) -> bool:
     """Whether --fail-on-flags counts this flag."""
     return name not in INFORMATIONAL
 # Flags about a thread that is still blocked: re-reported with the final numbers when it ends.
-WHILE_BLOCKED = frozenset({"never_woken", "unread", "no_reader", "eagain_unretried"})
+WHILE_BLOCKED = frozenset({"never_woken", "unread", "no_reader", "eagain_unretried", "aio_poll_stuck"})
 # Flags that name why a fault still waits (its handlers are dead; its handler
-# gave up on EAGAIN), and the flags that only say that it waits: these are
-# not raised beside them.
-EXPLAINS_THE_WAIT = frozenset({"no_reader", "eagain_unretried"})
+# gave up on EAGAIN; its handler's aio poll lost the wake-up), and the flags
+# that only say that it waits: these are not raised beside them.
+EXPLAINS_THE_WAIT = frozenset({"no_reader", "eagain_unretried", "aio_poll_stuck"})
 ONLY_SAY_IT_WAITS = frozenset({"never_woken", "unread"})
 # Flags concluded from an event that did not come: raised only once the kernel
 # confirms that the thread still waits for the page, and they say when
 # records were lost while it waited.
 FROM_ABSENCE = frozenset({"never_woken", "missed_wakeup", "dontwake_without_wake", "eexist_without_wake", "unread",
-                          "no_reader", "eagain_unretried", "event_unread"})
+                          "no_reader", "eagain_unretried", "event_unread", "aio_poll_stuck"})
 
 
 REASONS = {VM_UFFD_MISSING: "missing", VM_UFFD_WP: "wp"}  # anything else is VM_UFFD_MINOR
@@ -231,8 +231,13 @@ def anon_vma_retry(walks: list[Event], recent_moves: Iterable[tuple[int, int]]) 
               if start - MOVE_WINDOW_NS <= ts <= end + MOVE_WINDOW_NS)]
 
 
-def aio_poll_stuck(req: AioPoll, now: int, th: Thresholds) -> Evidence | None:
-    if req.t_ready is None or now - req.t_ready <= th.stuck_ns:
-        return None
-    return Evidence(f"IOCB_CMD_POLL (aio_data {req.data:#x}) not completed "
-                    f"{(now - req.t_ready) / MS:.0f} ms after the uffd was ready")
+def anon_vma_stale(walk: Event, recent_moves: Iterable[tuple[int, int]]) -> list[Evidence]:
+    """A walk that locked the anon_vma its folio had left, and the moves around it."""
+    start = walk.ts_ns - walk.len
+    return [Evidence(f"folio_lock_anon_vma_read returned holding anon_vma {walk.addr:#x} after {walk.flags} "
+                     f"trylock(s) over {walk.len / 1000:.1f} us, and folio {walk.ctx:#x} no longer belongs to it: "
+                     "the folio moved between the read of folio->mapping and the lock, and the walk goes on under "
+                     "the lock of the anon_vma it left (the re-check 880a99b60d46 added in v6.8 walks again)",
+                     walk.ts_ns, walk.tid),
+            *(Evidence("concurrent UFFDIO_MOVE returned", ts, tid) for ts, tid in recent_moves
+              if start - MOVE_WINDOW_NS <= ts <= walk.ts_ns + MOVE_WINDOW_NS)]

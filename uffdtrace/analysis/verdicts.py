@@ -33,7 +33,7 @@ READER_GONE = ("its message was read, and only its own process holds the uffd, w
 
 # The flags about a thread that still waits, and the step each says is missing.
 RESOLVED_FLAGS = frozenset({"missed_wakeup", "dontwake_without_wake", "eexist_without_wake"})
-WAITING_FLAGS = frozenset({"never_woken", "unread", "eagain_unretried", *RESOLVED_FLAGS})
+WAITING_FLAGS = frozenset({"never_woken", "unread", "eagain_unretried", "aio_poll_stuck", *RESOLVED_FLAGS})
 
 
 def of_flag(name: str, read: bool, present: bool) -> str | None:

@@ -54,4 +54,4 @@ class Cap(enum.IntEnum):
 FOLLOWERS: dict[int, int] = {Cap.FOLDED: Kind.FAULT_STATE, Cap.BLOCKED: Cap.BLOCKED_THREAD, Cap.HOLDERS: Cap.HOLDER}
 
 # thread_state answers, by index (appended to: older captures keep theirs)
-TASK_STATES: tuple[TaskState | None, ...] = ("uffd", "other", "gone", None, "event")
+TASK_STATES: tuple[TaskState | None, ...] = ("uffd", "other", "gone", None, "event", "aio")

@@ -59,11 +59,12 @@ PROBES: tuple[ProbeSpec, ...] = (
     ProbeSpec("aio_poll_wake", (Candidate("aio_poll_wake", "kp_aio_poll_wake", _AIO_MEMBERS),),
               "kr_aio_poll_wake"),
     ProbeSpec("aio_poll_work", (Candidate("aio_poll_complete_work", "kp_aio_poll_complete_work",
-                                          _AIO_MEMBERS),)),
+                                          (*_AIO_MEMBERS, "OFF_WQE_ENTRY")),), "kr_aio_poll_complete_work"),
     ProbeSpec("aio_complete", (Candidate("aio_complete", "kp_aio_complete", _AIO_MEMBERS),)),
     ProbeSpec("anon_vma_lock", (
-        Candidate("folio_lock_anon_vma_read", "kp_anon_vma_read", why="folio API, 5.18+"),
-        Candidate("page_lock_anon_vma_read", "kp_anon_vma_read", why="before the folio conversion"),
+        Candidate("folio_lock_anon_vma_read", "kp_anon_vma_read", ("OFF_PAGE_MAPPING",), why="folio API, 5.18+"),
+        Candidate("page_lock_anon_vma_read", "kp_anon_vma_read", ("OFF_PAGE_MAPPING",),
+                  why="before the folio conversion"),
     ), "kr_anon_vma_read"),
     # Static in fs/userfaultfd.c and called from four places; present
     # (not inlined) in Debian's 6.1 and 6.12 builds. Without it no event

@@ -45,6 +45,9 @@ MEMBERS: dict[str, str] = {
     "OFF_KIOCB_RES_DATA": "aio_kiocb.ki_res.data",
     "OFF_KIOCB_RES_OBJ": "aio_kiocb.ki_res.obj",
     "OFF_KIOCB_RES_RES": "aio_kiocb.ki_res.res",
+    # folio_lock_anon_vma_read's folio (page_lock_anon_vma_read's page): a
+    # folio overlays its head page, so page.mapping is folio.mapping.
+    "OFF_PAGE_MAPPING": "page.mapping",
     # Tracepoint mode: a descriptor to its uffd (bpf/uffd_id.h).
     "OFF_TASK_FILES": "task_struct.files",
     "OFF_FILES_FDT": "files_struct.fdt",

@@ -23,6 +23,8 @@ UFFD_LINK = "anon_inode:[userfaultfd]"
 UFFD_VMFLAGS = {"um", "uw", "ui"}
 WCHAN = "handle_userfault"  # where a thread waiting for its fault sleeps
 EVENT_WCHAN = "userfaultfd_event_wait_completion"  # where a caller waits for its event to be read
+AIO_WCHAN = "read_events"  # where io_getevents/io_pgetevents sleep (fs/aio.c)
+THREAD_STATES: dict[str, TaskState] = {WCHAN: "uffd", EVENT_WCHAN: "event", AIO_WCHAN: "aio"}
 MAPS_LINE = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) ")
 
 
@@ -103,10 +105,13 @@ def wchan(task: Path) -> str | None:
 
 def thread_state(pid: int, tid: int) -> TaskState:
     """``uffd`` when the thread waits in handle_userfault, ``event`` when it
-    waits for its uffd event to be read, ``gone`` when it no longer exists
-    (or is a zombie), ``other`` otherwise."""
+    waits for its uffd event to be read, ``aio`` when it sleeps in
+    io_getevents, ``gone`` when it no longer exists (or is a zombie),
+    ``other`` otherwise."""
     where = wchan(PROC / str(pid) / "task" / str(tid))
-    return "gone" if where is None else "uffd" if where == WCHAN else "event" if where == EVENT_WCHAN else "other"
+    if where is None:
+        return "gone"
+    return THREAD_STATES.get(where, "other")
 
 
 def _exec_start_ns(task: Path) -> int | None:

@@ -230,7 +230,9 @@ class Report(Ignoring):
         if "anon_vma" in summ:
             rmap = summ["anon_vma"]
             out.write(f"Rmap walks locking an anon_vma: {rmap['walks']}, retried {rmap['retries']} times (the v6.8 "
-                      f"recheck after a UFFDIO_MOVE; flagged only past --retry-threshold for one folio)\n")
+                      f"recheck after a UFFDIO_MOVE; flagged only past --retry-threshold for one folio)"
+                      + (f"; {rmap['stale']} went on holding an anon_vma their folio had left (anon_vma_stale)"
+                         if rmap.get("stale") else "") + "\n")
 
         out.write("\nPer process and uffd\n")
         rows = [[r["pid"], printable(r["comm"]), r["uffd"] or "?", r["faults"], r["reads"], r["extra_rounds"],

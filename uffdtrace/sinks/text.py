@@ -164,7 +164,10 @@ class Text:
         if summary["evicted"]:
             line += f", {summary['evicted']} open lifecycles evicted (table full)"
         if "anon_vma" in summary:
-            line += f", {summary['anon_vma']['retries']} anon_vma retries in {summary['anon_vma']['walks']} rmap walks"
+            rmap = summary["anon_vma"]
+            line += f", {rmap['retries']} anon_vma retries in {rmap['walks']} rmap walks"
+            if rmap.get("stale"):
+                line += f" ({rmap['stale']} holding a stale anon_vma)"
         if summary.get("command_status") is not None:
             line += f", command exited with status {summary['command_status']}"
         self.out.write(f"{line}\n# by kind: {kinds}\n")
