@@ -414,6 +414,19 @@ HANDLER_SERVE = ("serve", "4096", "4")  # handler_process: pages, faulting threa
 HANDLER_KILLED = ("killed", "1500")  # handler_process: how long the fault waits after its handler died (ms)
 
 
+AIO_DRAIN = ("512", "2", "300")  # aio_drain: pages, faulting threads, microseconds from arming to draining
+
+
+def check_aio_drain(s: Scenario) -> None:
+    """tests/workloads/aio_drain: an event loop arms an IOCB_CMD_POLL on the
+    uffd, serves its other sources, drains, then waits for the poll. Many of
+    its polls are woken for a message a drain has already read and rightly
+    wait on: nothing flagged, every page served and every read matched."""
+    w = s.workload
+    reads = check_reads_match_lifecycles(s)
+    assert w["served"] == w["pages"] == reads, (w, s.summary)
+
+
 def check_handler_process_serve(s: Scenario) -> None:
     """Firecracker's layout: the handler is another process, holding the
     only descriptor (passed with SCM_RIGHTS). Every read it made is matched

@@ -18,6 +18,7 @@ import pytest
 
 from ..conftest import ROOT, require
 from ..scenarios import (
+    AIO_DRAIN,
     BALLOON_STALL_MS,
     CLEAN_PAGES,
     DONTWAKE_STALL_S,
@@ -30,6 +31,7 @@ from ..scenarios import (
     Scenario,
     assert_clean_run,
     assert_replays_the_same,
+    check_aio_drain,
     check_aio_poll,
     check_balloon_defer,
     check_balloon_retry,
@@ -188,6 +190,10 @@ def test_refault(workloads: Path, output: list[str]) -> None:
 
 def test_aio_poll(workloads: Path) -> None:
     check_aio_poll(trace("--", str(workloads / "aio_poll")))
+
+
+def test_an_aio_event_loop_that_drains_is_not_flagged(workloads: Path) -> None:
+    check_aio_drain(trace("--fail-on-flags", "--", str(workloads / "aio_drain"), *AIO_DRAIN, events=False))
 
 
 def trace_running_workload(workloads: Path, *args: str) -> tuple[Scenario, list[int]]:

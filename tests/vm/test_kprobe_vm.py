@@ -21,6 +21,7 @@ import pytest
 from ..conftest import BUILD, ROOT, require
 from ..labs import check_criu_lab, check_postcopy_lab, lab_command
 from ..scenarios import (
+    AIO_DRAIN,
     BALLOON_STALL_MS,
     CLEAN_PAGES,
     DONTWAKE_STALL_S,
@@ -33,6 +34,7 @@ from ..scenarios import (
     Scenario,
     assert_clean_run,
     assert_replays_the_same,
+    check_aio_drain,
     check_aio_poll,
     check_balloon_defer,
     check_balloon_retry,
@@ -63,6 +65,7 @@ LAB_DELAY_MS = 5
 QEMU_LAB_KERNEL = "6.1"
 MOVE_PAGES = 64
 SERVE_SCENARIOS = {"serve": "kprobe", "tp_serve": "tracepoint"}
+AIO_DRAIN_SCENARIOS = {"aio_drain": "kprobe", "tp_aio_drain": "tracepoint"}
 # The kernel's events tests, started by the tracer (only their processes followed).
 UNIT_EVENTS_SCENARIOS = {"unit_events": "kprobe", "tp_unit_events": "tracepoint"}
 PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -88,6 +91,8 @@ def scenarios(wl: Path, stress: Path, out: Path, version: str) -> list[str]:
         "clean": ("kprobe", trace("clean", f"{events} {wl}/clean_faults {CLEAN_PAGES}")),
         "dontwake": ("kprobe", trace("dontwake", f"{events} {wl}/dontwake {DONTWAKE_STALL_S}")),
         "aio": ("kprobe", trace("aio", f"{events} {wl}/aio_poll")),
+        **{name: (mode, trace(name, f"-j --fail-on-flags -- {wl}/aio_drain {' '.join(AIO_DRAIN)}"))
+           for name, mode in AIO_DRAIN_SCENARIOS.items()},
         "refault": ("kprobe", trace("refault", f"-j -- {wl}/refault {refault}")),
         # A handler in another process (Firecracker's layout): serving, and killed after a read.
         "tp_handler_serve": ("tracepoint", trace("tp_handler_serve",
@@ -256,6 +261,13 @@ def test_demo(vm: VmRun) -> None:
 
 def test_aio_poll_on_the_uffd_woken_and_completed(vm: VmRun) -> None:
     check_aio_poll(vm.scenario("aio"))
+
+
+@pytest.mark.parametrize("name", sorted(AIO_DRAIN_SCENARIOS))
+def test_an_aio_event_loop_that_drains_is_not_flagged(vm: VmRun, name: str) -> None:
+    s = vm.scenario(name)
+    assert s.mode == AIO_DRAIN_SCENARIOS[name]
+    check_aio_drain(s)
 
 
 def test_refault_each_wait_seen(vm: VmRun) -> None:
