@@ -130,6 +130,11 @@ def test_a_walk_that_kept_the_anon_vma_its_folio_left_is_anon_vma_stale() -> Non
     assert [(e.what, e.tid) for e in out.flags[0].evidence[1:]] == [("concurrent UFFDIO_MOVE returned", HANDLER)]
     out, _ = correlate([ev(Kind.ANON_VMA_LOCK, 1, OTHER, ctx=3, ret=1, flags=1, addr=0xA000), move], "kprobe")
     assert not out.flags  # the folio's own anon_vma
+    # A mover returns hundreds of moves before the walk is judged: the ones around it are still named.
+    moves = [ev(Kind.RESOLVE, 0.5 + i * 0.05, HANDLER, op=Op.MOVE, len=4096, aux=4096) for i in range(400)]
+    out, _ = correlate([*moves[:20], stale, *moves[20:]], "kprobe", ticks=[30])
+    named = [e for e in out.flags[0].evidence if e.what == "concurrent UFFDIO_MOVE returned"]
+    assert len(named) == sum(1 for m in moves if m.ts_ns - T0 <= 11 * MS), len(named)
 
 
 def test_a_single_anon_vma_retry_is_counted_not_flagged() -> None:

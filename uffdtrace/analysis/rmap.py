@@ -23,6 +23,8 @@ from .model import Flag
 from .rules import MOVE_WINDOW_NS, Thresholds, anon_vma_retry, anon_vma_stale
 
 MAX_FOLIOS = 4096  # folios retried within the window, remembered at once
+SECOND_NS = 1_000_000_000
+MAX_MOVES = 65536  # UFFDIO_MOVEs remembered while walks around them wait to be judged
 
 
 class RmapWalks:
@@ -32,7 +34,9 @@ class RmapWalks:
         self.walks = 0  # folio_lock_anon_vma_read calls seen
         self.retries = 0  # their rechecks that failed (kprobe mode counts them)
         self.stale = 0  # walks that went on under the lock of an anon_vma the folio had left
-        self.recent_moves: collections.deque[tuple[int, int]] = collections.deque(maxlen=64)  # (time, tid)
+        # (time, tid), kept while a walk they may be named for waits to be
+        # judged (a count would not do: a mover returns thousands a second).
+        self.recent_moves: collections.deque[tuple[int, int]] = collections.deque(maxlen=MAX_MOVES)
         self._unjudged: collections.deque[Event] = collections.deque()
         # folio -> (its last retrying walk, the walks retrying it in this window): a loop spans walks.
         self._retrying: dict[int, tuple[int, list[Event]]] = {}
@@ -72,6 +76,12 @@ class RmapWalks:
                 self.report(Flag(name="anon_vma_retry", ts_ns=ev.ts_ns, tgid=ev.tgid, tid=ev.tid, comm=ev.comm,
                                  uffd=0, addr=None, blocked_ns=None, state="returned",
                                  evidence=anon_vma_retry(walks, self.recent_moves)))
+        # Moves no walk judged from now on can be named for (a walk still to
+        # come began at most a second ago).
+        if self._unjudged or now is not None:
+            oldest = self._unjudged[0].ts_ns - self._unjudged[0].len if self._unjudged else now - SECOND_NS
+            while self.recent_moves and self.recent_moves[0][0] < oldest - MOVE_WINDOW_NS:
+                self.recent_moves.popleft()
 
     def counts(self) -> dict[str, Any]:
         return {"walks": self.walks, "retries": self.retries, "stale": self.stale}

@@ -235,9 +235,9 @@ def anon_vma_stale(walk: Event, recent_moves: Iterable[tuple[int, int]]) -> list
     """A walk that locked the anon_vma its folio had left, and the moves around it."""
     start = walk.ts_ns - walk.len
     return [Evidence(f"folio_lock_anon_vma_read returned holding anon_vma {walk.addr:#x} after {walk.flags} "
-                     f"trylock(s) over {walk.len / 1000:.1f} us, and folio {walk.ctx:#x} no longer belongs to it: "
-                     "the folio moved between the read of folio->mapping and the lock, and the walk goes on under "
-                     "the lock of the anon_vma it left (the re-check 880a99b60d46 added in v6.8 walks again)",
+                     f"trylock(s) over {walk.len / 1000:.1f} us, and its folio (id {walk.ctx}) no longer belongs "
+                     "to it: the folio moved between the read of folio->mapping and the lock, and the walk goes on "
+                     "under the lock of the anon_vma it left (the re-check 880a99b60d46 added in v6.8 walks again)",
                      walk.ts_ns, walk.tid),
             *(Evidence("concurrent UFFDIO_MOVE returned", ts, tid) for ts, tid in recent_moves
               if start - MOVE_WINDOW_NS <= ts <= walk.ts_ns + MOVE_WINDOW_NS)]
