@@ -78,10 +78,14 @@ class RmapWalks:
                                  evidence=anon_vma_retry(walks, self.recent_moves)))
         # Moves no walk judged from now on can be named for (a walk still to
         # come began at most a second ago).
-        if self._unjudged or now is not None:
-            oldest = self._unjudged[0].ts_ns - self._unjudged[0].len if self._unjudged else now - SECOND_NS
-            while self.recent_moves and self.recent_moves[0][0] < oldest - MOVE_WINDOW_NS:
-                self.recent_moves.popleft()
+        if self._unjudged:
+            oldest = self._unjudged[0].ts_ns - self._unjudged[0].len
+        elif now is not None:
+            oldest = now - SECOND_NS
+        else:
+            return
+        while self.recent_moves and self.recent_moves[0][0] < oldest - MOVE_WINDOW_NS:
+            self.recent_moves.popleft()
 
     def counts(self) -> dict[str, Any]:
         return {"walks": self.walks, "retries": self.retries, "stale": self.stale}

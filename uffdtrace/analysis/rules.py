@@ -227,8 +227,26 @@ def anon_vma_retry(walks: list[Event], recent_moves: Iterable[tuple[int, int]]) 
                        f"{'locked' if w.ret else 'returned NULL'}", w.ts_ns, w.tid) for w in walks),
             Evidence(f"{retries} retries for one folio in {len(walks)} walk(s) within "
                      f"{(end - start) / 1000:.1f} us: the anon_vma kept changing under the walk", end, walks[-1].tid),
-            *(Evidence("concurrent UFFDIO_MOVE returned", ts, tid) for ts, tid in recent_moves
-              if start - MOVE_WINDOW_NS <= ts <= end + MOVE_WINDOW_NS)]
+            *moves_around(start, end, recent_moves)]
+
+
+def moves_around(start: int, end: int, recent_moves: Iterable[tuple[int, int]]) -> list[Evidence]:
+    """The UFFDIO_MOVEs (time, tid) that returned within MOVE_WINDOW_NS of
+    [start, end]: one line per mover, at its move nearest the walk."""
+    by_tid: dict[int, list[int]] = {}
+    for ts, tid in recent_moves:
+        if start - MOVE_WINDOW_NS <= ts <= end + MOVE_WINDOW_NS:
+            by_tid.setdefault(tid, []).append(ts)
+    out = []
+    for tid, times in by_tid.items():
+        nearest = min(times, key=lambda ts: 0 if start <= ts <= end else min(abs(ts - start), abs(ts - end)))
+        where = ("during the walk" if start <= nearest <= end else
+                 f"{(start - nearest) / 1000:.0f} us before it" if nearest < start else
+                 f"{(nearest - end) / 1000:.0f} us after it")
+        count = f"{len(times)} UFFDIO_MOVEs" if len(times) > 1 else "a UFFDIO_MOVE"
+        out.append(Evidence(f"concurrent UFFDIO_MOVE: {count} by tid {tid} returned within "
+                            f"{MOVE_WINDOW_NS // MS} ms of the walk, the nearest {where}", nearest, tid))
+    return out
 
 
 def anon_vma_stale(walk: Event, recent_moves: Iterable[tuple[int, int]]) -> list[Evidence]:
@@ -239,5 +257,4 @@ def anon_vma_stale(walk: Event, recent_moves: Iterable[tuple[int, int]]) -> list
                      "to it: the folio moved between the read of folio->mapping and the lock, and the walk goes on "
                      "under the lock of the anon_vma it left (the re-check 880a99b60d46 added in v6.8 walks again)",
                      walk.ts_ns, walk.tid),
-            *(Evidence("concurrent UFFDIO_MOVE returned", ts, tid) for ts, tid in recent_moves
-              if start - MOVE_WINDOW_NS <= ts <= walk.ts_ns + MOVE_WINDOW_NS)]
+            *moves_around(start, walk.ts_ns, recent_moves)]
