@@ -74,8 +74,9 @@ PYTHON = ROOT / ".venv" / "bin" / "python"
 # back from int3 (a tracepoint's or kprobe's site, toggled as the tracer
 # attaches or detaches): the guest dies of "Oops: int3" at that site (found
 # on 2026-12-04 once guests kept their console: in kernel_clone, while the
-# tracer started a thread; 2 of 13 seed-kernel boots, and the 6.12 guest of
-# one CI run). On hardware the patching's serializing IPIs rule it out, so
+# tracer started a thread; 1 of 14 seed-kernel boots, and likely another
+# and the 6.12 guest of one CI run, which died the same way before consoles
+# were kept). On hardware the patching's serializing IPIs rule it out, so
 # we take it for the emulator's: such a boot is kept and run once more.
 TCG_TEXT_POKE_OOPS = "Oops: int3"
 
