@@ -52,7 +52,7 @@ class AioPolls:
         del req.history[:-MAX_HISTORY]
 
     def submitted(self, ev: Event) -> None:
-        req = self._add(AioPoll(ev.addr, ev.tgid, ev.tid, ev.comm, ev.ctx, ev.aux, ev.ts_ns, submitted=True))
+        req = self._add(AioPoll(ev.addr, ev.tgid, ev.tid, ev.comm, ev.ctx, ev.aux, ev.ts_ns))
         self._note(req, f"IOCB_CMD_POLL (aio_data {ev.aux:#x}) submitted on the uffd", ev.ts_ns, ev.tid)
 
     def woken(self, ev: Event) -> None:

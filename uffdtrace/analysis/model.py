@@ -234,7 +234,6 @@ class AioPoll:
     uffd: int
     data: int
     t_seen: int
-    submitted: bool = False  # seen at io_submit (tracepoint mode), not at a wake-up
     last_wake: int | None = None
     # (from, to): spans the request was off the uffd's waitqueue, from a
     # wake-up to the end of the completion work that put it back (kprobe mode)
