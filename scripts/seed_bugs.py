@@ -62,6 +62,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.vm.tcg_guest import boot as boot_guest  # noqa: E402  (the VM tier's guest watch)
+
 VENV = ROOT / ".venv" / "bin"
 GUEST_RUN = ROOT / "tests" / "vm" / "guest_run.sh"
 WORKLOADS = ("postcopy_shape", "move_idle", "aio_poll", "aio_drain")
@@ -138,13 +141,10 @@ def boot(bzimage: str, out: Path, lines: list[str]) -> None:
            "--exec", f"{GUEST_RUN} {out} {VENV / 'uffdtrace'}"]
     env = {**os.environ, "PATH": f"{VENV}:{os.environ['PATH']}"}
     started = time.monotonic()
-    with (out / "vm.log").open("w") as log:
-        done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                              check=False, timeout=BOOT_TIMEOUT_S)
-    if not (out / "finished").exists():
+    if not boot_guest(cmd, env, out, out / "vm.log", BOOT_TIMEOUT_S):
         tail = (out / "vm.log").read_text(errors="replace").strip().splitlines()[-3:]
-        raise SeedError(f"the guest did not finish ({out / 'vm.log'}; vng exited {done.returncode} after "
-                        f"{time.monotonic() - started:.0f} s): {' | '.join(tail)}")
+        raise SeedError(f"the guest did not finish ({out / 'vm.log'}, after {time.monotonic() - started:.0f} s): "
+                        f"{' | '.join(tail)}")
 
 
 def parse_why(out: Path) -> dict[str, Any]:

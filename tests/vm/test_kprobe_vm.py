@@ -11,8 +11,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +54,7 @@ from ..scenarios import (
 )
 from ..serve_driver import check_clean_served
 from ..why_scenarios import CASES, WhyCase, check
+from .tcg_guest import boot as boot_guest
 
 VM_TIMEOUT_S = 2400
 BALLOON_MODES = {"defer": check_balloon_defer, "retry": check_balloon_retry, "unread": check_balloon_unread}
@@ -70,15 +69,6 @@ AIO_DRAIN_SCENARIOS = {"aio_drain": "kprobe", "tp_aio_drain": "tracepoint"}
 # The kernel's events tests, started by the tracer (only their processes followed).
 UNIT_EVENTS_SCENARIOS = {"unit_events": "kprobe", "tp_unit_events": "tracepoint"}
 PYTHON = ROOT / ".venv" / "bin" / "python"
-# Under TCG a vCPU can run a kernel text byte another vCPU has just patched
-# back from int3 (a tracepoint's or kprobe's site, toggled as the tracer
-# attaches or detaches): the guest dies of "Oops: int3" at that site (found
-# on 2026-12-04 once guests kept their console: in kernel_clone, while the
-# tracer started a thread; 1 of 14 seed-kernel boots, and likely another
-# and the 6.12 guest of one CI run, which died the same way before consoles
-# were kept). On hardware the patching's serializing IPIs rule it out, so
-# we take it for the emulator's: such a boot is kept and run once more.
-TCG_TEXT_POKE_OOPS = "Oops: int3"
 
 
 def scenarios(wl: Path, stress: Path, out: Path, version: str) -> list[str]:
@@ -200,23 +190,9 @@ def boot(version: str, workloads: Path, uffd_stress: Path) -> VmRun:
     cmd = [str(vng), "--verbose", "--run", str(kernel), "--disable-kvm", "--force-9p", "--cpus", "2", "--memory", "2G",
            "--rwdir", str(out), "--exec", " ".join(guest)]
     log = out.parent / f"vm-{version}.log"
-    for attempt in range(2):
-        with log.open("w") as fh:
-            subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=VM_TIMEOUT_S,
-                           env=env, check=False)
-        console = log.read_text(errors="replace")
-        if (out / "finished").exists() or attempt or TCG_TEXT_POKE_OOPS not in console:
-            break
-        # Kept, and the guest booted once more (any other death fails now).
-        kept = out.parent / f"vm-{version}-text-poke-oops"
-        shutil.rmtree(kept, ignore_errors=True)
-        shutil.move(out, kept)
-        log.rename(kept / "vm.log")
-        print(f"\nvm-{version}: the guest died of an int3 Oops at a kernel site being patched (TCG); kept in "
-              f"{kept}, booting again", file=sys.stderr)
-        out.mkdir(parents=True)
-        (out / "scenarios").write_text((kept / "scenarios").read_text())
-    assert (out / "finished").exists(), f"guest did not finish; see {log}:\n{console[-3000:]}"
+    finished = boot_guest(cmd, env, out, log, VM_TIMEOUT_S)
+    console = log.read_text(errors="replace")
+    assert finished, f"guest did not finish; see {log}:\n{console[-3000:]}"
     _runs[version] = VmRun(out, version)
     return _runs[version]
 
