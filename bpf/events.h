@@ -110,6 +110,8 @@ enum uffdtrace_kernel_value {
 	UT_VM_UFFD_MISSING = 0x200,      /* handle_userfault's reason (kprobe FAULT mode) */
 	UT_VM_UFFD_WP = 0x1000,
 	UT_VM_FAULT_SIGBUS = 0x2,        /* handle_userfault's return (FAULT_RET ret) */
+	UT_VM_FAULT_RETRY = 0x400,       /* ... the kernel retries the fault (under mmap_lock after a per-VMA-lock pass) */
+	UT_FAULT_FLAG_USER = 0x40,       /* vm_fault.flags (kprobe FAULT flags): a user-mode fault */
 };
 
 /* RESOLVE / REGISTER ops: the ioctl number (_IOC_NR) of the request. */

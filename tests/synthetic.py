@@ -34,8 +34,9 @@ def ev(kind: Kind, at_ms: float, tid: int, **kw: Any) -> Event:
     return Event(**fields)
 
 
-def fault(at: float, tid: int = FAULTER, page: int = PAGE) -> Event:
-    return ev(Kind.FAULT, at, tid, addr=page, mode=0x200)
+def fault(at: float, tid: int = FAULTER, page: int = PAGE, flags: int = 0) -> Event:
+    """``flags``: vm_fault.flags in kprobe mode, the x86 error code in tracepoint mode."""
+    return ev(Kind.FAULT, at, tid, addr=page, mode=0x200, flags=flags)
 
 
 def fault_ret(at: float, tid: int = FAULTER, ret: int = RETRY, page: int = PAGE) -> Event:
@@ -94,12 +95,13 @@ class Out:
 def correlate(events: list[Event], mode: str, ticks: list[float] = (), end: float | None = None,
               tasks: dict[int, TaskState] | None = None, faults: dict[int, int] | None = None,
               lost: dict[float, int] | None = None, folded: list[Event] | None = None,
-              holders: dict[int, list[Holder]] | None = None, **th: Any) -> tuple[Out, Correlator]:
+              holders: dict[int, list[Holder]] | None = None, vma_lock_flag: int | None = None,
+              **th: Any) -> tuple[Out, Correlator]:
     """Feed the events (in the given delivery order), tick at ``ticks`` (ms),
     and finish at ``end`` (ms, default: 1 s after the last event). ``tasks``
     and ``faults`` stand for the kernel's view of each thread (wchan, and
     the page of its in-kernel fault state), ``holders`` for the processes
-    holding each uffd; ``lost`` the source's count of
+    holding each uffd, ``vma_lock_flag`` FAULT_FLAG_VMA_LOCK (RunInfo); ``lost`` the source's count of
     lost records as of a tick; ``folded`` the faults the kernel is folding
     (tracepoint mode), a list the caller may change between runs."""
     out = Out()
@@ -107,7 +109,7 @@ def correlate(events: list[Event], mode: str, ticks: list[float] = (), end: floa
                       tasks=(lambda _p, t: tasks.get(t)) if tasks is not None else None,
                       faults=faults.get if faults is not None else None,
                       folded=(lambda _handed: list(folded)) if folded is not None else None,
-                      holders=holders.get if holders is not None else None)
+                      holders=holders.get if holders is not None else None, vma_lock_flag=vma_lock_flag)
     corr.feed(list(events))
     for at in ticks:
         corr.advance(T0 + int(at * MS))

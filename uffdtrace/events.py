@@ -111,6 +111,10 @@ MODE_DONTWAKE = 0x1  # COPY, ZEROPAGE, CONTINUE, POISON, MOVE
 WP_MODE_WP, WP_MODE_DONTWAKE = 0x1, 0x2  # UFFDIO_WRITEPROTECT
 VM_UFFD_MISSING, VM_UFFD_WP = 0x200, 0x1000  # handle_userfault's reason (kprobe mode's FAULT mode)
 VM_FAULT_SIGBUS = 0x2  # handle_userfault's return (FAULT_RET ret)
+VM_FAULT_RETRY = 0x400  # ... the kernel retries the fault (under mmap_lock after a per-VMA-lock pass)
+# vm_fault.flags (kprobe mode's FAULT flags): a user-mode fault. FAULT_FLAG_VMA_LOCK
+# moves between kernels: its value comes from the traced kernel's BTF (RunInfo).
+FAULT_FLAG_USER = 0x40
 
 
 class Op(enum.IntEnum):

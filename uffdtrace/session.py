@@ -24,6 +24,7 @@ def header(info: RunInfo, th: Thresholds) -> dict[str, Any]:
         "probes": info.probes, "command": info.command, "command_pid": info.command_pid, "pids": info.pids,
         "degraded": info.degraded, "existing_uffd_pids": info.existing, "started_ns": info.started_ns,
         "output": info.output, **({"program": info.program} if info.program else {}),
+        "vma_lock_flag": info.vma_lock_flag,
         "stuck_ms": th.stuck_ms, "wake_ms": th.wake_ms, "retry_threshold": th.retry_threshold,
     }
 
@@ -38,7 +39,7 @@ def run(src: Source, sink: Sink, th: Thresholds, *, raw_events: bool) -> dict[st
         src.release_command()
         corr = Correlator(sink, th, sees_returns=src.info.sees_returns, tasks=src.thread_state,
                           faults=src.fault_page, folded=src.folded_faults, on_take_over=src.adopt,
-                          holders=src.uffd_holders)
+                          holders=src.uffd_holders, vma_lock_flag=src.info.vma_lock_flag)
         for t in src.blocked_before():
             corr.add_blocked(t)
         for batch, horizon in src.batches():

@@ -62,6 +62,9 @@ class RunInfo:
     existing: list[int] = field(default_factory=list)  # tracepoint mode: uffd users found in /proc
     degraded: list[str] = field(default_factory=list)  # what this session cannot see
     sees_returns: bool = True  # kprobe mode sees handle_userfault return (analysis/lifecycle.py)
+    # FAULT_FLAG_VMA_LOCK in the FAULT records' flags (0: no per-VMA locks, every
+    # fault under mmap_lock); None: the mode (or an older capture) cannot tell.
+    vma_lock_flag: int | None = None
     started_ns: int = 0  # CLOCK_MONOTONIC when the probes were live (before any command started)
     wall_offset_ns: int = 0  # CLOCK_REALTIME - CLOCK_MONOTONIC at start
     output: list[str] = field(default_factory=list)  # events, flagged, aggregated: what the kernel sent, printed

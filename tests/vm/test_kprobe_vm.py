@@ -254,6 +254,28 @@ def test_python_workload_lifecycles(vm: VmRun, name: str) -> None:
     PYTHON_SCENARIOS[name][1](s)
 
 
+# FAULT_FLAG_VMA_LOCK where the kernel has per-VMA locks (v6.4+; include/linux/mm_types.h).
+VMA_LOCK_FLAG = {"6.1": 0, "6.12": 1 << 12}
+
+
+@pytest.mark.parametrize("name", ["postcopy", "clean", "uffd_stress", "refault"])
+def test_each_fault_names_the_lock_it_ran_under(vm: VmRun, name: str) -> None:
+    """6.1 has no per-VMA locks: every fault under mmap_lock. On 6.12 a user
+    fault runs under the VMA lock first, and handle_userfault's
+    VM_FAULT_RETRY after its wait sends it to mmap_lock: one fallback each."""
+    s = vm.scenario(name)
+    assert s.header["vma_lock_flag"] == VMA_LOCK_FLAG[vm.version]
+    assert s.lifecycles and all(lc["lock"] in ("vma", "mmap") for lc in s.lifecycles)
+    if not VMA_LOCK_FLAG[vm.version]:
+        assert {lc["lock"] for lc in s.lifecycles} == {"mmap"} and not any(lc["fallbacks"] for lc in s.lifecycles)
+        return
+    under_vma = [lc for lc in s.lifecycles if lc["lock"] == "vma"]
+    assert under_vma
+    for lc in under_vma:
+        if lc["t_returned_ns"] is not None:
+            assert lc["fallbacks"].get("userfault_retry", 0) >= 1, lc
+
+
 def test_demo(vm: VmRun) -> None:
     check_demo(vm.text("demo.out"), int(vm.text("demo.rc")), vm.text("demo.err"))
 

@@ -25,6 +25,7 @@ from .aio import AioPolls
 from .flags import Flags
 from .folded import REFAULT_NOTE, FoldedFaults, FoldedProbe, TakeOverHook
 from .handlers import Handlers
+from .locks import FaultLocks
 from .model import MS, Attempt, Counters, EventLifecycle, Evidence, Flag, Lifecycle
 from .rmap import RmapWalks
 from .rules import (
@@ -73,7 +74,8 @@ class Correlator:
     def __init__(self, sink: Sink, thresholds: Thresholds | None = None, *, sees_returns: bool,
                  tasks: TaskProbe | None = None, faults: FaultProbe | None = None,
                  folded: FoldedProbe | None = None, on_take_over: TakeOverHook | None = None,
-                 holders: HolderProbe | None = None, max_open: int = 65536) -> None:
+                 holders: HolderProbe | None = None, max_open: int = 65536,
+                 vma_lock_flag: int | None = None) -> None:
         self.sink = sink
         self.th = thresholds or Thresholds()
         self.sees_returns = sees_returns
@@ -89,6 +91,7 @@ class Correlator:
         self.folded = FoldedFaults(self, folded, on_take_over)
         self.aio = AioPolls(self._unread, self._raise, tasks, sees_returns=sees_returns)
         self.rmap = RmapWalks(self.flags.report, self.th)
+        self.locks = FaultLocks(vma_lock_flag)
         self.handlers = Handlers(tasks, holders, on_holders=sink.holders)
         self.events = EventWaits(sink, self.flags, tasks, on_read=self._event_read, handlers=self.handlers)
         # Fed, not yet handled: sorted by time in advance() (a stable sort of
@@ -249,6 +252,7 @@ class Correlator:
             # Tracepoint mode: a round that a wake-up retry just opened is the
             # same one (this exception is the thread coming back after a signal).
             fresh = not self.sees_returns and lc.waiting and lc.round_reads == 0 and not lc.asleep
+            self.locks.entered(lc, ev)
             if not fresh:
                 self._new_round(lc, ev.ts_ns, "woken_unresolved" if lc.round_woken else "returned_unwoken")
             return
@@ -259,6 +263,7 @@ class Correlator:
         lc = Lifecycle(uffd=ev.ctx, tgid=ev.tgid, tid=ev.tid, comm=ev.comm, page=page, wait_since=ev.ts_ns,
                        last_ts=ev.ts_ns, t_raised=ev.ts_ns, asleep=self.sees_returns, reason=reason)
         lc.note(f"raised{' (' + reason + ')' if reason else ''} at {page:#x}", ev.ts_ns, ev.tid)
+        self.locks.entered(lc, ev)
         self._open(lc)
 
     def _on_fault_ret(self, ev: Event) -> None:
@@ -271,6 +276,7 @@ class Correlator:
         lc.waiting = False
         lc.round_end = ev.ts_ns
         lc.note(f"returned {ev.ret:#x}", ev.ts_ns, ev.tid)
+        self.locks.returned(lc, ev)
         if (conclusion := sigbus(ev.ret)) is not None:
             self._raise(lc, "sigbus", ev.ts_ns, conclusion)
             self._close(lc, "sigbus", ev.ts_ns)

@@ -145,6 +145,12 @@ class Lifecycle:
     history_dropped: int = 0
     flags: dict[str, Flag] = field(default_factory=dict)
     round_causes: dict[str, int] = field(default_factory=dict)  # rounds beyond the first, per cause
+    # Kprobe mode: the lock its first entry into handle_userfault ran under
+    # ("vma": the per-VMA lock, "mmap": mmap_lock; None: the session cannot
+    # tell), the current round's, and its fallbacks to mmap_lock per cause.
+    lock: str | None = None
+    round_lock: str | None = None
+    fallbacks: dict[str, int] = field(default_factory=dict)
 
     def note(self, what: str, ts: int | None, tid: int | None = None) -> None:
         """Kept in time order: a fact can arrive late (a sleep the kernel
@@ -204,7 +210,7 @@ class Lifecycle:
         res = self.resolve
         return {"type": "lifecycle", "tgid": self.tgid, "tid": self.tid, "comm": self.comm,
                 "uffd": self.uffd or None, "addr": self.page, "reason": self.reason,
-                "rounds": self.rounds, "reads": self.reads,
+                "rounds": self.rounds, "reads": self.reads, "lock": self.lock, "fallbacks": dict(self.fallbacks),
                 "resolve_op": res.op if res else None, "resolve_ret": res.ret if res else None,
                 "resolve_dontwake": res.dontwake if res else None,
                 "reader_tid": self.reader_tid, "resolver_tid": self.resolver_tid, "waker_tid": self.waker_tid,

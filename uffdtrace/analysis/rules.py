@@ -190,8 +190,10 @@ def during_read(lc: Lifecycle, a: Attempt) -> str:
 
 
 def retry_cause(lc: Lifecycle) -> str:
-    causes = ", ".join(f"{name} x{n}" for name, n in sorted(lc.round_causes.items()))
-    return causes or "unknown"
+    causes = ", ".join(f"{name} x{n}" for name, n in sorted(lc.round_causes.items())) or "unknown"
+    if lc.fallbacks:  # kprobe mode: VM_FAULT_RETRY passes from the per-VMA lock to mmap_lock (analysis/locks.py)
+        causes += "; fell back to mmap_lock: " + ", ".join(f"{name} x{n}" for name, n in sorted(lc.fallbacks.items()))
+    return causes
 
 
 def retry_loop(lc: Lifecycle, th: Thresholds) -> Evidence | None:

@@ -64,8 +64,10 @@ RUN_FIELDS: dict[str, Callable[[Any], bool]] = {
     "wall_offset_ns": _is_int,
     "output": lambda v: _is_str_list(v) and set(v) <= {"events", "flagged"},
     "program": lambda v: v in ("", "compiled", "cached"),
+    "vma_lock_flag": lambda v: v is None or (_is_int(v) and v >= 0),
 }
-RUN_DEFAULTS: dict[str, Any] = {"output": [], "program": ""}  # fields newer than the first captures of format 1
+# Fields newer than the first captures of format 1.
+RUN_DEFAULTS: dict[str, Any] = {"output": [], "program": "", "vma_lock_flag": None}
 THRESHOLD_FIELDS: dict[str, Callable[[Any], bool]] = {
     "stuck_ms": _is_number, "wake_ms": _is_number, "retry_threshold": lambda v: _is_int(v) and v >= 2,
 }

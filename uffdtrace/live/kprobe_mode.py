@@ -150,6 +150,10 @@ class KprobeBackend(Backend):
     def degraded(self, the_plan: Plan) -> list[str]:
         return [f"{s.name} ({s.detail})" for s in the_plan.status if s.symbol is None]
 
+    def vma_lock_flag(self, the_plan: Plan) -> int | None:
+        value = the_plan.defines.get("FAULT_FLAG_VMA_LOCK_VALUE")
+        return value if isinstance(value, int) else 0
+
     _inodes_distinct: bool | None = None
 
     def uffd_inode(self, bpf: Any, the_plan: Plan, uffd: int) -> int | None:

@@ -74,6 +74,10 @@ MEMBERS: dict[str, str] = {
 ENUMERATORS: dict[str, str] = {
     "ITER_UBUF_VALUE": "ITER_UBUF",
     "ITER_IOVEC_VALUE": "ITER_IOVEC",
+    # Per-VMA locks ("mm: add FAULT_FLAG_VMA_LOCK flag", v6.4): which lock each
+    # fault ran under, from vm_fault.flags (RunInfo.vma_lock_flag). Absent:
+    # every fault runs under mmap_lock.
+    "FAULT_FLAG_VMA_LOCK_VALUE": "FAULT_FLAG_VMA_LOCK",
 }
 
 def compute(btf: Btf) -> dict[str, int]:

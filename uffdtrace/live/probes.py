@@ -119,6 +119,12 @@ class Backend:
         header's ``degraded`` (``found``: /proc's uffds at start)."""
         return []
 
+    def vma_lock_flag(self, the_plan: Plan) -> int | None:
+        """FAULT_FLAG_VMA_LOCK's value where the FAULT records carry
+        vm_fault.flags (0: the kernel has no per-VMA locks); None when this
+        mode's records cannot tell which lock a fault ran under."""
+        return None
+
     def uffd_inode(self, bpf: Any, the_plan: Plan, uffd: int) -> int | None:
         """The inode /proc shows for the uffd the kernel side calls ``uffd``; None when unknown."""
         return None

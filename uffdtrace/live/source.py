@@ -230,6 +230,7 @@ class LiveSource:
             raise UffdtraceError("/proc/kallsyms shows no addresses (kptr_restrict): run as root")
         the_plan = self._plan = self.backend.plan(symbols, features)
         self.info.degraded = self.backend.degraded(the_plan)
+        self.info.vma_lock_flag = self.backend.vma_lock_flag(the_plan)
         self.info.transport = choose_transport(symbols, self.opts.transport)
         symbols.save()
         defines = the_plan.defines  # the session's knobs join the plan's: attach() reads them too

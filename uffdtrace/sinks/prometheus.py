@@ -100,6 +100,11 @@ class Metrics(Ignoring):
         self.wakeups = counter("wakeups", "Faults woken", ("comm",))
         self.rounds = counter("extra_rounds", "Rounds beyond the first (the fault entered handle_userfault again)",
                               ("comm",))
+        self.locks = counter("fault_locks", "Faults by the lock their first entry into handle_userfault ran under "
+                             "(vma: the per-VMA lock; mmap: mmap_lock; kprobe mode)", ("comm", "lock"))
+        self.fallbacks = counter("lock_fallbacks", "VM_FAULT_RETRY fallbacks from the per-VMA lock to mmap_lock, by "
+                                 "cause (userfault_retry: handle_userfault returned it; vma_lock_not_taken: the fault "
+                                 "came under mmap_lock without it; kprobe mode)", ("comm", "cause"))
         self.flags = counter("flags", "Flags raised", ("comm", "flag"))
         self.uffd_events = counter("uffd_events", "Non-cooperative events whose caller resumed (or was given up)",
                                    ("comm", "event"))
@@ -153,6 +158,10 @@ class Metrics(Ignoring):
             self.wakeups.labels(comm).inc()
         if lc.rounds > 1:
             self.rounds.labels(comm).inc(lc.rounds - 1)
+        if lc.lock is not None:
+            self.locks.labels(comm, lc.lock).inc()
+        for cause, n in lc.fallbacks.items():
+            self.fallbacks.labels(comm, cause).inc(n)
         for phase, ns in lc.latencies().items():
             if ns is not None:
                 self.phase.observe_ns(ns, phase)

@@ -54,6 +54,8 @@ class UffdStats:
     resolutions: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
     states: collections.Counter[str] = field(default_factory=collections.Counter)
     flagged: int = 0
+    locks: collections.Counter[str] = field(default_factory=collections.Counter)  # kprobe mode: vma | mmap
+    fallbacks: collections.Counter[str] = field(default_factory=collections.Counter)  # to mmap_lock, per cause
 
 
 def uffd_users(u: dict[str, Any]) -> tuple[str, str]:
@@ -124,6 +126,9 @@ class Report(Ignoring):
         s.faults += 1
         s.reads += lc.reads
         s.extra_rounds += lc.rounds - 1
+        if lc.lock is not None:
+            s.locks[lc.lock] += 1
+        s.fallbacks.update(lc.fallbacks)
         s.states[lc.state] += 1
         s.flagged += bool(lc.flags)
         if lc.resolve is not None:
@@ -170,7 +175,8 @@ class Report(Ignoring):
         return [{"pid": tgid, "comm": comm, "uffd": uffd, "faults": s.faults, "reads": s.reads,
                  "extra_rounds": s.extra_rounds, "flagged": s.flagged,
                  "resolutions": {f"{op} {res}": n for (op, res), n in sorted(s.resolutions.items())},
-                 "states": dict(sorted(s.states.items()))}
+                 "states": dict(sorted(s.states.items())), "locks": dict(sorted(s.locks.items())),
+                 "fallbacks": dict(sorted(s.fallbacks.items()))}
                 for (tgid, comm, uffd), s in sorted(self.uffds.items())]
 
     def _uffd_rows(self) -> list[dict[str, Any]]:
@@ -240,6 +246,16 @@ class Report(Ignoring):
                  ", ".join(f"{k} {v}" for k, v in r["states"].items())] for r in self._process_rows()]
         out.write(tabulate(rows, headers=["PID", "COMM", "UFFD", "FAULTS", "READS", "ROUNDS>1", "FLAGGED",
                                           "RESOLUTIONS (op result count)", "ENDED"]) + "\n")
+
+        locked = [r for r in self._process_rows() if r["locks"]]
+        if locked:
+            out.write("\nLocks the faults ran under (per-VMA lock or mmap_lock, as each entered handle_userfault) "
+                      "and their VM_FAULT_RETRY fallbacks to mmap_lock\n")
+            rows = [[r["pid"], printable(r["comm"]), r["uffd"] or "?", r["locks"].get("vma", 0),
+                     r["locks"].get("mmap", 0), ", ".join(f"{k} {v}" for k, v in r["fallbacks"].items()) or "-"]
+                    for r in locked]
+            out.write(tabulate(rows, headers=["PID", "COMM", "UFFD", "VMA LOCK", "MMAP_LOCK",
+                                              "FALLBACKS (cause count)"]) + "\n")
 
         uffds = self._uffd_rows()
         if uffds:

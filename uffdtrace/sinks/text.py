@@ -110,6 +110,10 @@ class Text:
                  lc.reason or "-",
                  f"rounds={lc.rounds}", f"reads={lc.reads}", resolved,
                  *(f"{k}={duration(v)}" for k, v in lat.items())]
+        if lc.lock is not None:  # kprobe mode: the lock, and each fallback to mmap_lock
+            parts.append(f"lock={lc.lock}")
+        if lc.fallbacks:
+            parts.append("fallbacks=" + ",".join(f"{k}:{n}" for k, n in sorted(lc.fallbacks.items())))
         if lc.flags:
             parts.append("FLAGS=" + ",".join(lc.flags))
         self.out.write(" ".join(parts) + "\n")  # flushed once per batch (flush)
