@@ -44,10 +44,9 @@ from .rules import (
     sigbus,
     timed_flags,
 )
-from .tables import PAGE_SIZE, EndedTable, OpenTable, in_range
+from .tables import PAGE_MASK, EndedTable, OpenTable, in_range
 from .uffd_events import EventWaits
 
-PAGE_MASK = ~(PAGE_SIZE - 1)
 MAX_ATTEMPTS = 16
 
 # Asks the kernel's per-thread fault state (a BPF map) which page thread tid

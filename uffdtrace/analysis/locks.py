@@ -21,11 +21,10 @@ from __future__ import annotations
 
 from ..events import FAULT_FLAG_USER, VM_FAULT_RETRY, Event
 from .model import Lifecycle
-from .tables import PAGE_SIZE
+from .tables import PAGE_MASK
 
 USERFAULT_RETRY = "userfault_retry"  # left handle_userfault with VM_FAULT_RETRY, holding the VMA lock
 VMA_LOCK_NOT_TAKEN = "vma_lock_not_taken"  # came to handle_userfault under mmap_lock, not after such a retry
-FALLBACK_CAUSES = (USERFAULT_RETRY, VMA_LOCK_NOT_TAKEN)
 
 
 class FaultLocks:
@@ -50,7 +49,7 @@ class FaultLocks:
         if lc.lock is None:
             lc.lock = lock
         lc.round_lock = lock
-        retried = self._retrying.pop(ev.tid, None) == ev.addr & ~(PAGE_SIZE - 1)
+        retried = self._retrying.pop(ev.tid, None) == ev.addr & PAGE_MASK
         # Kernel-mode faults (GUP) take mmap_lock by design: no fallback.
         if lock == "mmap" and self.vma_lock_flag and ev.flags & FAULT_FLAG_USER and not retried:
             fallback(lc, VMA_LOCK_NOT_TAKEN)
@@ -60,7 +59,7 @@ class FaultLocks:
         again under mmap_lock, a fallback when this round held the VMA lock."""
         if self.vma_lock_flag is None or not ev.ret & VM_FAULT_RETRY:
             return
-        self._retrying[ev.tid] = ev.addr & ~(PAGE_SIZE - 1)
+        self._retrying[ev.tid] = ev.addr & PAGE_MASK
         if len(self._retrying) > self.MAX_THREADS:
             del self._retrying[next(iter(self._retrying))]
         if lc.round_lock == "vma":

@@ -11,6 +11,7 @@ from typing import Any
 from .model import Lifecycle
 
 PAGE_SIZE = 0x1000
+PAGE_MASK = ~(PAGE_SIZE - 1)
 
 
 def in_range(lc: Lifecycle, uffd: int, start: int, length: int) -> bool:

@@ -241,13 +241,14 @@ class Report(Ignoring):
                          if rmap.get("stale") else "") + "\n")
 
         out.write("\nPer process and uffd\n")
+        processes = self._process_rows()
         rows = [[r["pid"], printable(r["comm"]), r["uffd"] or "?", r["faults"], r["reads"], r["extra_rounds"],
                  r["flagged"], ", ".join(f"{k} {v}" for k, v in r["resolutions"].items()) or "-",
-                 ", ".join(f"{k} {v}" for k, v in r["states"].items())] for r in self._process_rows()]
+                 ", ".join(f"{k} {v}" for k, v in r["states"].items())] for r in processes]
         out.write(tabulate(rows, headers=["PID", "COMM", "UFFD", "FAULTS", "READS", "ROUNDS>1", "FLAGGED",
                                           "RESOLUTIONS (op result count)", "ENDED"]) + "\n")
 
-        locked = [r for r in self._process_rows() if r["locks"]]
+        locked = [r for r in processes if r["locks"]]
         if locked:
             out.write("\nLocks the faults ran under (per-VMA lock or mmap_lock, as each entered handle_userfault) "
                       "and their VM_FAULT_RETRY fallbacks to mmap_lock\n")
