@@ -410,6 +410,19 @@ def check_postcopy_shape(s: Scenario) -> None:
         s.summary
 
 
+VMA_SPLIT = ("2048", "2")  # vma_split: pages, faulting threads
+
+
+def check_vma_split(s: Scenario) -> None:
+    """tests/workloads/vma_split: faults while another thread splits and
+    merges their VMA (on per-VMA-lock kernels some cannot take the VMA lock
+    and run under mmap_lock from the start). Each page faulted once, read
+    once, served once: nothing flagged, every read matched."""
+    w = s.workload
+    reads = check_reads_match_lifecycles(s)
+    assert w["copies"] == w["pages"] == reads and w["splits"] > 0, (w, s.summary)
+
+
 HANDLER_SERVE = ("serve", "4096", "4")  # handler_process: pages, faulting threads
 HANDLER_KILLED = ("killed", "1500")  # handler_process: how long the fault waits after its handler died (ms)
 

@@ -28,6 +28,7 @@ from ..scenarios import (
     PYTHON_SCENARIOS,
     REFAULT,
     UFFD_STRESS_HOST,
+    VMA_SPLIT,
     Scenario,
     assert_clean_run,
     assert_replays_the_same,
@@ -49,6 +50,7 @@ from ..scenarios import (
     check_uffd_stress,
     check_uffd_stress_flagged,
     check_uffd_unit_tests,
+    check_vma_split,
     uffd_unit_tests_command,
 )
 
@@ -186,6 +188,14 @@ def test_refault(workloads: Path, output: list[str]) -> None:
     s = trace(*output, "--", str(workloads / "refault"), *map(str, REFAULT), events=False)
     check_refault(s)
     assert len(s.lifecycles) == (1 if output == ["--flagged"] else REFAULT[0])
+
+
+def test_faults_while_their_vma_splits(workloads: Path) -> None:
+    """Tracepoint mode cannot tell which lock a fault ran under (kprobe mode
+    does: the VM tier); it must still match every fault of a VMA being split."""
+    s = trace("--fail-on-flags", "--", str(workloads / "vma_split"), *VMA_SPLIT, events=False)
+    check_vma_split(s)
+    assert s.header["vma_lock_flag"] is None and all(lc["lock"] is None for lc in s.lifecycles)
 
 
 def test_aio_poll(workloads: Path) -> None:

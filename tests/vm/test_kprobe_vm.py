@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from ..scenarios import (
     PYTHON_SCENARIOS,
     REFAULT,
     UFFD_STRESS_VM,
+    VMA_SPLIT,
     Scenario,
     assert_clean_run,
     assert_replays_the_same,
@@ -50,6 +52,7 @@ from ..scenarios import (
     check_refault,
     check_uffd_stress,
     check_uffd_unit_tests,
+    check_vma_split,
     uffd_unit_tests_command,
 )
 from ..serve_driver import check_clean_served
@@ -94,6 +97,7 @@ def scenarios(wl: Path, stress: Path, out: Path, version: str) -> list[str]:
         **{name: (mode, trace(name, f"-j --fail-on-flags -- {wl}/aio_drain {' '.join(AIO_DRAIN)}"))
            for name, mode in AIO_DRAIN_SCENARIOS.items()},
         "refault": ("kprobe", trace("refault", f"-j -- {wl}/refault {refault}")),
+        "vma_split": ("kprobe", trace("vma_split", f"-j --fail-on-flags -- {wl}/vma_split {' '.join(VMA_SPLIT)}")),
         # A handler in another process (Firecracker's layout): serving, and killed after a read.
         "tp_handler_serve": ("tracepoint", trace("tp_handler_serve",
                                                  f"-j --fail-on-flags -- {wl}/handler_process {serve}")),
@@ -258,7 +262,7 @@ def test_python_workload_lifecycles(vm: VmRun, name: str) -> None:
 VMA_LOCK_FLAG = {"6.1": 0, "6.12": 1 << 12}
 
 
-@pytest.mark.parametrize("name", ["postcopy", "clean", "uffd_stress", "refault"])
+@pytest.mark.parametrize("name", ["postcopy", "clean", "uffd_stress", "refault", "vma_split"])
 def test_each_fault_names_the_lock_it_ran_under(vm: VmRun, name: str) -> None:
     """6.1 has no per-VMA locks: every fault under mmap_lock. On 6.12 a user
     fault runs under the VMA lock first, and handle_userfault's
@@ -274,6 +278,19 @@ def test_each_fault_names_the_lock_it_ran_under(vm: VmRun, name: str) -> None:
     for lc in under_vma:
         if lc["t_returned_ns"] is not None:
             assert lc["fallbacks"].get("userfault_retry", 0) >= 1, lc
+
+
+def test_faults_while_their_vma_splits_fall_back_to_mmap_lock(vm: VmRun) -> None:
+    """mprotect write-locks the VMA: on 6.12 a user fault that comes then is
+    refused the VMA lock and runs under mmap_lock from its first pass
+    (vma_lock_not_taken); none of it is flagged. 6.1 has no VMA lock to refuse."""
+    s = vm.scenario("vma_split")
+    check_vma_split(s)
+    not_taken = sum(lc["fallbacks"].get("vma_lock_not_taken", 0) for lc in s.lifecycles)
+    if VMA_LOCK_FLAG[vm.version]:
+        assert not_taken > 0, (s.workload, Counter(lc["lock"] for lc in s.lifecycles))
+    else:
+        assert not_taken == 0
 
 
 def test_demo(vm: VmRun) -> None:
