@@ -11,7 +11,8 @@ detaches). Seen on these machines since guests kept their console:
   ends: without a watch the tier waited out its whole timeout.
 On hardware the patching's serializing IPIs rule both out, so we take them for
 the emulator's: the guest is killed at the first sign, kept, and the caller
-boots once more (a second death fails)."""
+boots once more (a second death fails). guest_run.sh patches fewer sites under
+load: the tracer's tracepoints stay enabled from before the first scenario."""
 
 from __future__ import annotations
 

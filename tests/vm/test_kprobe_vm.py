@@ -211,6 +211,14 @@ def test_captures_replay_what_was_printed(vm: VmRun) -> None:
                                 vm.text(f"{capture.stem}.trace"))
 
 
+def test_the_guest_keeps_the_tracers_tracepoints_enabled(vm: VmRun) -> None:
+    """guest_run.sh enables them once, before any scenario, so that no tracer
+    patches their static keys while another vCPU runs that text (TCG)."""
+    kept = set(vm.text("kept_tracepoints").split())
+    assert {"syscalls/sys_enter_read", "syscalls/sys_exit_ioctl", "sched/sched_process_fork",
+            "sched/sched_waking", "exceptions/page_fault_user"} <= kept, kept
+
+
 def test_doctor_says_kprobe_mode_works(vm: VmRun) -> None:
     assert int(vm.text("doctor.rc")) == 0, vm.text("doctor.txt")
     report = vm.text("doctor.txt")
