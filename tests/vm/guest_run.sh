@@ -12,8 +12,6 @@
 out=$1 uffdtrace=$2
 export UFFDTRACE_CACHE="$out/cache"
 uname -r > "$out/uname"
-"$uffdtrace" doctor > "$out/doctor.txt" 2>&1
-echo $? > "$out/doctor.rc"
 # Keep every tracepoint uffdtrace attaches enabled for the whole boot, in a
 # tracing instance that records nothing (tracing_on 0): each tracepoint's
 # static key is then patched once, here, and never again as a scenario's
@@ -21,16 +19,25 @@ echo $? > "$out/doctor.rc"
 # another vCPU has just patched (no serializing IPIs, as on hardware), and the
 # guests died of exactly that: a soft lockup on the syscall tracepoints' jump
 # label in syscall_trace_enter (6.1), an int3 Oops on sched_process_fork's in
-# kernel_clone (6.12). The events enabled are listed in OUTDIR/kept_tracepoints.
+# kernel_clone (6.12), and one on sched_switch's in __schedule as this very
+# loop enabled it with both vCPUs up. So the other CPUs go offline while it
+# runs: one vCPU patching its own text is safe. The events enabled are listed
+# in OUTDIR/kept_tracepoints.
 tracing=/sys/kernel/tracing
 [ -d "$tracing/instances" ] || mount -t tracefs tracefs "$tracing"
 keep=$tracing/instances/uffdtrace-keep
 mkdir -p "$keep" && echo 0 > "$keep/tracing_on"
+others=$(ls -d /sys/devices/system/cpu/cpu[1-9]*/online 2> /dev/null)
+for cpu in $others; do echo 0 > "$cpu"; done
 grep -ho 'TRACEPOINT_PROBE([a-z_]*, *[a-z_0-9]*)' "$(dirname "$0")"/../../bpf/* | sort -u |
 	sed 's/TRACEPOINT_PROBE(\([a-z_]*\), *\([a-z_0-9]*\))/\1\/\2/' |
 	while read -r event; do
 		echo 1 2> /dev/null > "$keep/events/$event/enable" && echo "$event"
 	done > "$out/kept_tracepoints"
+for cpu in $others; do echo 1 > "$cpu"; done
+nproc > "$out/cpus_online"
+"$uffdtrace" doctor > "$out/doctor.txt" 2>&1
+echo $? > "$out/doctor.rc"
 # One scenario that hangs fails alone (rc 124), not the whole boot, and
 # leaves what it was doing in OUTDIR/NAME.hang: every thread's kernel stack
 # and wait channel, Python's stacks (py-spy), and the kernel's view of all

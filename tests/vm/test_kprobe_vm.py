@@ -212,8 +212,10 @@ def test_captures_replay_what_was_printed(vm: VmRun) -> None:
 
 
 def test_the_guest_keeps_the_tracers_tracepoints_enabled(vm: VmRun) -> None:
-    """guest_run.sh enables them once, before any scenario, so that no tracer
-    patches their static keys while another vCPU runs that text (TCG)."""
+    """guest_run.sh enables them once, before any scenario and with one vCPU
+    online, so that no tracer patches their static keys while another vCPU
+    runs that text (TCG)."""
+    assert vm.text("cpus_online").strip() == "2"  # back online after the patching
     kept = set(vm.text("kept_tracepoints").split())
     assert {"syscalls/sys_enter_read", "syscalls/sys_exit_ioctl", "sched/sched_process_fork",
             "sched/sched_waking", "exceptions/page_fault_user"} <= kept, kept
