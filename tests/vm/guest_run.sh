@@ -12,28 +12,32 @@
 out=$1 uffdtrace=$2
 export UFFDTRACE_CACHE="$out/cache"
 uname -r > "$out/uname"
-# Keep every tracepoint uffdtrace attaches enabled for the whole boot, in a
-# tracing instance that records nothing (tracing_on 0): each tracepoint's
-# static key is then patched once, here, and never again as a scenario's
-# tracer attaches or detaches. Under TCG a vCPU can go on running kernel text
-# another vCPU has just patched (no serializing IPIs, as on hardware), and the
-# guests died of exactly that: a soft lockup on the syscall tracepoints' jump
-# label in syscall_trace_enter (6.1), an int3 Oops on sched_process_fork's in
-# kernel_clone (6.12), and one on sched_switch's in __schedule as this very
-# loop enabled it with both vCPUs up. So the other CPUs go offline while it
-# runs: one vCPU patching its own text is safe. The events enabled are listed
-# in OUTDIR/kept_tracepoints.
+# Keep every tracepoint uffdtrace attaches enabled for the whole boot, twice,
+# in two tracing instances that record nothing (tracing_on 0): the tracer's
+# attach and detach then patch no kernel text. A tracepoint's static key
+# stays on, and its static call stays on the iterator, which it leaves only
+# for a tracepoint with exactly one probe (kernel/tracepoint.c,
+# tracepoint_update_call; an unchanged call site is not rewritten). Under TCG
+# a vCPU can go on running kernel text another vCPU has just patched (no
+# serializing IPIs, as on hardware), and the guests died of exactly that: a
+# soft lockup on the syscall tracepoints' jump label in syscall_trace_enter
+# (6.1), int3 Oopses on sched_process_fork's site in kernel_clone and on
+# sys_enter's static call in syscall_trace_enter (6.12), and one on
+# sched_switch's site in __schedule as this very loop enabled it with both
+# vCPUs up. So the other CPUs are offline while it runs: one vCPU patching its
+# own text is safe. The events enabled are listed in OUTDIR/kept_tracepoints.
 tracing=/sys/kernel/tracing
 [ -d "$tracing/instances" ] || mount -t tracefs tracefs "$tracing"
-keep=$tracing/instances/uffdtrace-keep
-mkdir -p "$keep" && echo 0 > "$keep/tracing_on"
 others=$(ls -d /sys/devices/system/cpu/cpu[1-9]*/online 2> /dev/null)
 for cpu in $others; do echo 0 > "$cpu"; done
-grep -ho 'TRACEPOINT_PROBE([a-z_]*, *[a-z_0-9]*)' "$(dirname "$0")"/../../bpf/* | sort -u |
-	sed 's/TRACEPOINT_PROBE(\([a-z_]*\), *\([a-z_0-9]*\))/\1\/\2/' |
-	while read -r event; do
-		echo 1 2> /dev/null > "$keep/events/$event/enable" && echo "$event"
-	done > "$out/kept_tracepoints"
+for keep in "$tracing/instances/uffdtrace-keep1" "$tracing/instances/uffdtrace-keep2"; do
+	mkdir -p "$keep" && echo 0 > "$keep/tracing_on"
+	grep -ho 'TRACEPOINT_PROBE([a-z_]*, *[a-z_0-9]*)' "$(dirname "$0")"/../../bpf/* | sort -u |
+		sed 's/TRACEPOINT_PROBE(\([a-z_]*\), *\([a-z_0-9]*\))/\1\/\2/' |
+		while read -r event; do
+			echo 1 2> /dev/null > "$keep/events/$event/enable" && echo "$event"
+		done > "$out/kept_tracepoints"
+done
 for cpu in $others; do echo 1 > "$cpu"; done
 nproc > "$out/cpus_online"
 "$uffdtrace" doctor > "$out/doctor.txt" 2>&1
