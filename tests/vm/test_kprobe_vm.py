@@ -88,6 +88,10 @@ def scenarios(wl: Path, stress: Path, out: Path, version: str) -> list[str]:
     refault = " ".join(map(str, REFAULT))
     serve, killed = " ".join(HANDLER_SERVE), " ".join(HANDLER_KILLED)
     lines = {
+        # The kernel text at the tracepoint sites TCG guests died on, before, during and after
+        # a tracer in each mode: guest_run.sh's keeper leaves a tracer nothing to patch there.
+        "text_unpatched": ("run", f"{PYTHON} {ROOT / 'tests' / 'vm' / 'text_unpatched.py'} {out}/text_unpatched.json "
+                                  f"{ROOT / '.venv' / 'bin' / 'uffdtrace'}"),
         "uffd_stress": ("kprobe", trace("uffd_stress", f"--events -j --fail-on-flags -- {stress} {stress_args}")),
         "tp_uffd_stress": ("tracepoint", trace("tp_uffd_stress", f"-j --fail-on-flags -- {stress} {stress_args}")),
         "postcopy": ("kprobe", trace("postcopy", f"-j --fail-on-flags -- {wl}/postcopy_shape 512 10 4")),
@@ -219,6 +223,13 @@ def test_the_guest_keeps_the_tracers_tracepoints_enabled(vm: VmRun) -> None:
     kept = set(vm.text("kept_tracepoints").split())
     assert {"syscalls/sys_enter_read", "syscalls/sys_exit_ioctl", "sched/sched_process_fork",
             "sched/sched_waking", "exceptions/page_fault_user"} <= kept, kept
+
+
+def test_a_tracer_patches_no_kernel_text_the_keeper_holds(vm: VmRun) -> None:
+    for mode, run in json.loads(vm.text("text_unpatched.json")).items():
+        assert run["rc"] == 0 and run["header"], (mode, run["stderr"])
+        assert {"syscall_trace_enter", "__schedule", "kernel_clone"} <= set(run["idle"]), run["idle"]
+        assert run["idle"] == run["traced"] == run["after"], (mode, run)
 
 
 def test_doctor_says_kprobe_mode_works(vm: VmRun) -> None:
