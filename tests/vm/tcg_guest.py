@@ -11,8 +11,9 @@ detaches). Seen on these machines since guests kept their console:
   ends: without a watch the tier waited out its whole timeout.
 On hardware the patching's serializing IPIs rule both out, so we take them for
 the emulator's: the guest is killed at the first sign, kept, and the caller
-boots once more (a second death fails). guest_run.sh patches fewer sites under
-load: the tracer's tracepoints stay enabled from before the first scenario."""
+boots once more (a second death fails). guest_run.sh's keeper holds the
+tracer's tracepoints from before the first scenario, so that a tracer patches
+none of their sites; kprobe sites are still patched."""
 
 from __future__ import annotations
 
