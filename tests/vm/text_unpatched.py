@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -65,8 +66,11 @@ def main() -> int:
     result = {}
     for mode in MODES:
         idle = hashes(symbols)
+        # A cache of its own: the scenarios after it must compile their programs
+        # themselves (test_programs_compiled_once_then_loaded_from_the_cache).
+        env = {**os.environ, "UFFDTRACE_CACHE": f"{out}.cache"}
         tracer = subprocess.Popen([uffdtrace, "--mode", mode, "trace", "-j", "--", "sleep", str(TRACED_S)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         assert tracer.stdout is not None
         header = tracer.stdout.readline()  # printed once its probes are live
         traced = hashes(symbols)
