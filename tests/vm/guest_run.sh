@@ -30,13 +30,13 @@ tracing=/sys/kernel/tracing
 [ -d "$tracing/instances" ] || mount -t tracefs tracefs "$tracing"
 others=$(ls -d /sys/devices/system/cpu/cpu[1-9]*/online 2> /dev/null)
 for cpu in $others; do echo 0 > "$cpu"; done
+events=$(grep -ho 'TRACEPOINT_PROBE([a-z_]*, *[a-z_0-9]*)' "$(dirname "$0")"/../../bpf/* | sort -u |
+	sed 's/TRACEPOINT_PROBE(\([a-z_]*\), *\([a-z_0-9]*\))/\1\/\2/')
 for keep in "$tracing/instances/uffdtrace-keep1" "$tracing/instances/uffdtrace-keep2"; do
 	mkdir -p "$keep" && echo 0 > "$keep/tracing_on"
-	grep -ho 'TRACEPOINT_PROBE([a-z_]*, *[a-z_0-9]*)' "$(dirname "$0")"/../../bpf/* | sort -u |
-		sed 's/TRACEPOINT_PROBE(\([a-z_]*\), *\([a-z_0-9]*\))/\1\/\2/' |
-		while read -r event; do
-			echo 1 2> /dev/null > "$keep/events/$event/enable" && echo "$event"
-		done > "$out/kept_tracepoints"
+	for event in $events; do
+		echo 1 2> /dev/null > "$keep/events/$event/enable" && echo "$event"
+	done > "$out/kept_tracepoints"
 done
 for cpu in $others; do echo 1 > "$cpu"; done
 nproc > "$out/cpus_online"
