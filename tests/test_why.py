@@ -10,6 +10,7 @@ import os
 import select
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -119,6 +120,17 @@ def test_when_a_thread_last_ran_is_on_the_monotonic_clock() -> None:
     CLOCK_MONOTONIC (seconds apart on a VM): a running thread last ran now."""
     ran = procscan.last_ran_ns(procscan.PROC / "thread-self")
     assert ran is not None and abs(time.monotonic_ns() - ran) < 50_000_000, (time.monotonic_ns() - (ran or 0)) / 1e9
+
+
+def test_a_thread_moved_to_another_cpu_asleep_has_no_last_run(tmp_path: Path) -> None:
+    """exec_start 0 (zeroed when a sleeping thread was moved to another CPU)
+    says nothing of when it last ran: unknown, not a wait since boot."""
+    task = tmp_path / "1234"
+    task.mkdir()
+    (task / "sched").write_text("se.exec_start                                :             0.000000\n")
+    assert procscan.last_ran_ns(task) is None
+    (task / "sched").write_text("se.exec_start                                :          1234.500000\n")
+    assert procscan.exec_start_ns(task) == 1_234_500_000
 
 
 def test_a_process_gone_during_the_walk_is_no_traceback() -> None:

@@ -114,11 +114,15 @@ def thread_state(pid: int, tid: int) -> TaskState:
     return THREAD_STATES.get(where, "other")
 
 
-def _exec_start_ns(task: Path) -> int | None:
-    """se.exec_start from /proc/.../sched: milliseconds of the scheduler clock."""
+def exec_start_ns(task: Path) -> int | None:
+    """se.exec_start from /proc/.../sched: milliseconds of the scheduler
+    clock; None when the kernel does not say. 0 says nothing either: an
+    enqueue on another CPU zeroes it (enqueue_entity, ENQUEUE_MIGRATED), and
+    since v6.12's delayed dequeue a sleeping thread can be moved that way
+    without running again."""
     for line in (read_text(task / "sched") or "").splitlines():
         if line.startswith("se.exec_start"):
-            return int(float(line.split(":")[1]) * 1e6)
+            return int(float(line.split(":")[1]) * 1e6) or None
     return None
 
 
@@ -127,11 +131,11 @@ def last_ran_ns(task: Path) -> int | None:
     does not count like it (2.9 s behind on this project's VM): the reading
     thread's own exec_start, updated at least every tick while it runs, says
     by how much, so that a wait is never overstated by more than a tick."""
-    ran = _exec_start_ns(task)
+    ran = exec_start_ns(task)
     if ran is None:
         return None
     mono = time.monotonic_ns()
-    own = _exec_start_ns(PROC / "thread-self")
+    own = exec_start_ns(PROC / "thread-self")
     return ran if own is None else ran + mono - own
 
 
