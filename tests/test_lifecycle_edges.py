@@ -369,3 +369,22 @@ def test_a_copy_reaches_every_waiter_in_its_range_and_no_other(length: int, expe
     assert len(out.lifecycles) == len(pages) + 1
     assert {(lc.page - PAGE) // 4096 for lc in out.lifecycles if lc.resolve is not None and lc.uffd == CTX} == expected
     assert all(lc.resolve is None for lc in out.lifecycles if lc.uffd != CTX)
+
+
+def test_a_fault_the_unregister_did_not_wake_says_so() -> None:
+    """A fault raised while its range was unregistered, queued after the
+    unregister's wake-up, waits on: its lifecycle names the unregister; a
+    fault the unregister woke is closed by it; one outside the range is not
+    named."""
+    unregister = ev(Kind.UFFD_REGISTER, 0.5, HANDLER, op=Op.UNREGISTER, addr=PAGE, len=2 * 0x1000)
+    seq = [fault(0), block(0.01), fault(0.02, tid=OTHER, page=PAGE + 0x2000), block(0.03, tid=OTHER),
+           unregister, close(50), woken(50.1), woken(50.2, peer=OTHER, page=PAGE + 0x2000)]
+    out, _ = correlate(seq, "tracepoint", ticks=[40, 100, 200])
+    notes = {lc.tid: [n.what for n in lc.history] for lc in out.lifecycles}
+    assert f"its range was unregistered by tid {HANDLER}, which did not wake it" in notes[FAULTER], notes
+    assert not any("unregistered" in what for what in notes[OTHER]), notes
+    assert out.raised() == ["released_with_waiters", "released_with_waiters"]
+    # Woken by the unregister itself: closed as unregistered, nothing noted of a miss.
+    out, _ = correlate([fault(0), block(0.01), woken(0.4), unregister], "tracepoint", ticks=[40, 100])
+    [lc] = out.lifecycles
+    assert lc.state == "unregistered" and not any("did not wake" in n.what for n in lc.history)

@@ -439,6 +439,13 @@ class Correlator:
         for lc in self.open.woken_by(ev.tid):
             lc.note("range unregistered", ev.ts_ns, ev.tid)
             self._close(lc, "unregistered", ev.ts_ns)
+        # A fault of the range that still waits missed the unregister's wake-up: it was
+        # queued after it: since "mm: handle userfaults under VMA lock" (v6.6) a uffd fault
+        # holds only its VMA's lock, which the unregister's mmap_lock does not hold off
+        # before it wakes the range. Nothing wakes it now.
+        for lc in self.open.in_range(ev.ctx, ev.addr, ev.len):
+            if lc.waiting and lc.wait_since < ev.ts_ns:
+                lc.note(f"its range was unregistered by tid {ev.tid}, which did not wake it", ev.ts_ns, ev.tid)
 
     def on_wake(self, ev: Event) -> None:
         if ev.ret != 1:
