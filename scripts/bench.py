@@ -98,6 +98,7 @@ class Run:
     summary: dict[str, Any] = field(default_factory=dict)
     counted: int = 0  # uffd-stress's own count of userfaults it handled
     bpf_s: float | None = None  # the tracer's BPF programs' run time (with --bpf-time)
+    bpf_programs: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (run ns, runs)
 
 
 def proc_cpu_s(pid: int) -> float:
@@ -105,18 +106,36 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime of every thread
 
 
-def bpf_run_s(pid: int) -> float:
-    """How long the BPF programs process ``pid`` holds have run (their fdinfo;
-    0 unless kernel.bpf_stats_enabled)."""
-    total = 0
+def bpf_runs(pid: int) -> dict[int, tuple[int, int]]:
+    """Run time (ns) and run count of each BPF program ``pid`` holds, by
+    program id (their fdinfo; 0 unless kernel.bpf_stats_enabled)."""
+    out = {}
     for fdinfo in Path(f"/proc/{pid}/fdinfo").iterdir():
         try:
             text = fdinfo.read_text()
         except OSError:
             continue  # closed meanwhile
-        m = re.search(r"^run_time_ns:\s+(\d+)", text, re.M)
-        total += int(m[1]) if m else 0
-    return total / 1e9
+        fields = dict(re.findall(r"^(prog_id|run_time_ns|run_cnt):\s+(\d+)", text, re.M))
+        if "prog_id" in fields:
+            out[int(fields["prog_id"])] = (int(fields.get("run_time_ns", 0)), int(fields.get("run_cnt", 0)))
+    return out
+
+
+def bpf_by_program(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    """What each program ran between the two readings, by its name (bpftool's)."""
+    try:
+        shown = json.loads(subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True,
+                                          check=True).stdout)
+    except (OSError, subprocess.CalledProcessError, json.JSONDecodeError):
+        shown = []
+    names = {p["id"]: p.get("name", str(p["id"])) for p in shown}
+    out: dict[str, tuple[int, int]] = {}
+    for prog, (ns, cnt) in after.items():
+        ns0, cnt0 = before.get(prog, (0, 0))
+        name = names.get(prog, str(prog))
+        had = out.get(name, (0, 0))
+        out[name] = (had[0] + ns - ns0, had[1] + cnt - cnt0)
+    return out
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -245,18 +264,19 @@ def traced_run(tracer_cmd: list[str] | None, ready: str, workload: list[str]) ->
         wall, cpu, text = run_workload(workload)
         return Run(wall, cpu, counted=counted_faults(text))
     tracer = Tracer(tracer_cmd, ready)
-    before, bpf_before = proc_cpu_s(tracer.proc.pid), bpf_run_s(tracer.proc.pid)
+    before, bpf_before = proc_cpu_s(tracer.proc.pid), bpf_runs(tracer.proc.pid)
     wall, cpu, text = run_workload(workload)
     # The tracer's drain of the last records belongs to this run (and serve's
     # reading of what the kernel summed, once a second).
     time.sleep(1.2 if ready in (SERVE_READY, TOP_READY) else 0.2)
     tracer_cpu = proc_cpu_s(tracer.proc.pid) - before
-    bpf = bpf_run_s(tracer.proc.pid) - bpf_before
+    programs = bpf_by_program(bpf_before, bpf_runs(tracer.proc.pid))
     served = serve_summary() if ready == SERVE_READY else None
     rss, out = tracer.stop()
     summary: dict[str, Any] = served or (top_summary(out) if ready == TOP_READY else next(
         (json.loads(line) for line in out.splitlines() if line.startswith('{"type":"summary"')), {}))
-    return Run(wall, cpu + tracer_cpu, tracer_cpu, tracer.startup_s, rss, summary, counted_faults(text), bpf)
+    return Run(wall, cpu + tracer_cpu, tracer_cpu, tracer.startup_s, rss, summary, counted_faults(text),
+               sum(ns for ns, _ in programs.values()) / 1e9, programs)
 
 
 @contextlib.contextmanager
@@ -284,7 +304,8 @@ def reserve_hugepages() -> int | None:
     return old
 
 
-def bench_stress(mode: str, runs: int, configs: list[str]) -> None:
+def bench_stress(mode: str, runs: int, configs: list[str], only: list[str] | None = None) -> None:
+    """``only``: the variants to run (with the untraced baseline), by name."""
     if not UFFD_STRESS.exists():
         subprocess.run([str(ROOT / "scripts" / "build_uffd_stress.sh")], check=True)
     variants: dict[str, tuple[list[str] | None, str]] = {
@@ -302,6 +323,9 @@ def bench_stress(mode: str, runs: int, configs: list[str]) -> None:
         variants["bpftrace (peer)"] = (["bpftrace", "-e", BPFTRACE_SCRIPT], "Attaching")
     else:
         print("  (no bpftrace: apt-get install bpftrace for the peer column)")
+    if only:
+        variants = {name: v for name, v in variants.items()
+                    if name == "untraced" or name in only}
     for config in (tuple(c.split(":")) for c in configs):
         old_huge = reserve_hugepages() if config[0] == "hugetlb" else None
         if config[0] == "hugetlb" and old_huge is None:
@@ -353,6 +377,19 @@ def report(title: str, results: dict[str, list[Run]], runs: int) -> None:
                      if rs[0].summary and not top else "-")
         print(f"  {name:<20} {wall:>7.2f} {wall0 / wall:>10.2f} {cpu:>7.2f} {cpu0 / cpu:>9.2f} {tracer:>8.2f} "
               f"{per_lc:>6} {bpf:>8} {per_fault:>5} {start:>7} {rss:>8}  {detail}")
+        if any(r.bpf_s for r in rs):
+            print(f"  {'':<20} BPF per fault by program: {program_shares(rs)}")
+
+
+def program_shares(rs: list[Run], shown: int = 6) -> str:
+    """The programs that ran longest per fault uffd-stress counted (medians
+    over the runs), each with its runs per fault: where the BPF time goes."""
+    names = {name for r in rs for name in r.bpf_programs}
+    per = {name: (statistics.median(r.bpf_programs.get(name, (0, 0))[0] / max(1, r.counted) / 1e3 for r in rs),
+                  statistics.median(r.bpf_programs.get(name, (0, 0))[1] / max(1, r.counted) for r in rs))
+           for name in names}
+    top = sorted(per.items(), key=lambda kv: -kv[1][0])[:shown]
+    return ", ".join(f"{name} {us:.2f} µs ({runs:.1f} runs)" for name, (us, runs) in top)
 
 
 def bench_startup(mode: str, runs: int, scratch: Path) -> None:
@@ -537,6 +574,9 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=10, help="serve-rss: how long")
     ap.add_argument("--stress", action="append", metavar="TYPE:MIB:BOUNCES",
                     help=f"uffd-stress configuration (repeatable; default {' '.join(STRESS_CONFIGS)})")
+    ap.add_argument("--variant", action="append", metavar="NAME",
+                    help="stress: only this variant, by its row's name, e.g. 'uffdtrace --flagged' "
+                         "(repeatable; untraced always runs)")
     ap.add_argument("--bpf-time", action="store_true",
                     help="stress: also the tracers' BPF run time per fault (turns kernel.bpf_stats_enabled on)")
     args = ap.parse_args()
@@ -546,7 +586,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if args.only in (None, "stress"):
             with bpf_stats(args.bpf_time):
-                bench_stress(args.mode, args.runs, args.stress or list(STRESS_CONFIGS))
+                bench_stress(args.mode, args.runs, args.stress or list(STRESS_CONFIGS), args.variant)
         if args.only in (None, "startup"):
             bench_startup(args.mode, args.runs, Path(tmp))
         if args.only in (None, "serve-rss"):
