@@ -6,10 +6,11 @@ from __future__ import annotations
 from uffdtrace.analysis.correlator import Correlator
 from uffdtrace.analysis.folded import REFAULT_NOTE
 from uffdtrace.analysis.rules import Thresholds
-from uffdtrace.events import FoldBit, Kind
+from uffdtrace.events import FoldBit, Kind, Op
 
 from .synthetic import (
     FAULTER,
+    HANDLER,
     MS,
     PAGE,
     T0,
@@ -148,3 +149,19 @@ def test_a_fault_that_never_waited_is_no_lifecycle() -> None:
     read_only = [fault(0), read(0.1), fault(1, page=nxt)]  # its message was read: it waited
     out, _ = correlate(read_only, "tracepoint", tasks={FAULTER: "other"})
     assert PAGE in [lc.page for lc in out.lifecycles]
+
+
+def test_a_folded_fault_names_the_unregister_that_did_not_wake_it() -> None:
+    """Folded in the kernel while its range was unregistered, unfolded only
+    when the uffd's release woke it: its lifecycle names the unregister. One
+    the unregister woke (unfolded before the unregister's record) does not."""
+    unregister = ev(Kind.UFFD_REGISTER, 0.5, HANDLER, op=Op.UNREGISTER, addr=PAGE, len=0x1000)
+    seq = [unregister, close(50), folded(Kind.FAULT_STATE, 50.1, woken_at=50.1, bits=FoldBit.CLOSER)]
+    out, _ = correlate(seq, "tracepoint", ticks=[40, 100, 200])
+    assert out.raised() == ["released_with_waiters"]
+    [lc] = out.lifecycles
+    assert f"its range was unregistered by tid {HANDLER}, which did not wake it" in [n.what for n in lc.history]
+    woken = [folded(Kind.FAULT_STATE, 0.45, woken_at=0.45), unregister]
+    out, _ = correlate(woken, "tracepoint", ticks=[40, 100])
+    [lc] = out.lifecycles
+    assert not any("did not wake" in n.what for n in lc.history), lc.history

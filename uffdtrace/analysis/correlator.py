@@ -82,6 +82,9 @@ class Correlator:
         self.faults = faults
         self.lost = 0  # records the source lost so far
         self.register_modes: collections.defaultdict[int, int] = collections.defaultdict(int)  # per uffd
+        # The last UNREGISTERs (uffd, start, len, ts, tid), for faults folded in the kernel then:
+        # their lifecycles begin after the record (note_unregisters).
+        self.unregisters: collections.deque[tuple[int, int, int, int, int]] = collections.deque(maxlen=64)
         self.max_open = max_open
         self.open = OpenTable()
         self.ended = EndedTable()
@@ -439,13 +442,25 @@ class Correlator:
         for lc in self.open.woken_by(ev.tid):
             lc.note("range unregistered", ev.ts_ns, ev.tid)
             self._close(lc, "unregistered", ev.ts_ns)
-        # A fault of the range that still waits missed the unregister's wake-up: it was
-        # queued after it: since "mm: handle userfaults under VMA lock" (v6.6) a uffd fault
-        # holds only its VMA's lock, which the unregister's mmap_lock does not hold off
-        # before it wakes the range. Nothing wakes it now.
+        self.unregisters.append((ev.ctx, ev.addr, ev.len, ev.ts_ns, ev.tid))
         for lc in self.open.in_range(ev.ctx, ev.addr, ev.len):
-            if lc.waiting and lc.wait_since < ev.ts_ns:
-                lc.note(f"its range was unregistered by tid {ev.tid}, which did not wake it", ev.ts_ns, ev.tid)
+            self._missed_unregister(lc, ev.ts_ns, ev.tid, None)
+
+    def _missed_unregister(self, lc: Lifecycle, ts: int, tid: int, woken: int | None) -> None:
+        """A fault of the range that still waits (``woken``: when it was woken
+        later, for a fault folded in the kernel meanwhile) missed the
+        unregister's wake-up: it queued after it. Since "mm: handle userfaults
+        under VMA lock" (v6.6) a uffd fault holds only its VMA's lock, which the
+        unregister's mmap_lock does not hold off before it wakes the range."""
+        if lc.waiting and lc.wait_since < ts and (woken is None or woken > ts):
+            lc.note(f"its range was unregistered by tid {tid}, which did not wake it", ts, tid)
+
+    def note_unregisters(self, lc: Lifecycle, woken: int | None) -> None:
+        """A lifecycle that begins from a fault folded in the kernel until now
+        (``woken``: when, if it was): the UNREGISTERs of its page since it was raised."""
+        for uffd, start, length, ts, tid in self.unregisters:
+            if in_range(lc, uffd, start, length):
+                self._missed_unregister(lc, ts, tid, woken)
 
     def on_wake(self, ev: Event) -> None:
         if ev.ret != 1:
