@@ -423,6 +423,29 @@ def check_vma_split(s: Scenario) -> None:
     assert w["copies"] == w["pages"] == reads and w["splits"] > 0, (w, s.summary)
 
 
+UNREGISTER_RACE = ("4000", "1000", "2")  # unregister_race: rounds at most, ms a stranded fault waits, stranded at most
+UNREGISTER_RACE_STUCK_MS = "300"  # under UNREGISTER_RACE's wait: its stranded faults are flagged while they wait
+
+
+def check_unregister_race(s: Scenario) -> None:
+    """tests/workloads/unregister_race: faults racing the UNREGISTER of
+    their page. Every fault the unregister left waiting (the workload saw it
+    asleep in handle_userfault) is flagged never_woken while it waits, with
+    the unregister named; nothing else is flagged, nothing lost."""
+    w = s.workload
+    assert_clean_run(s)
+    assert s.summary["unmatched_reads"] == 0 and s.summary["evicted"] == 0, s.summary
+    # 2026-12-05, 6.18 host: 2 stranded within 10 to 229 traced rounds, every run.
+    assert w["stranded"] >= 1, f"no fault stranded in {w['rounds']} rounds: has the kernel closed the race? {w}"
+    raised = [f for f in s.flags if not f["update"]]
+    missed = f"its range was unregistered by tid {w['pid']} after it was raised, and that did not wake it"
+    assert {f["flag"] for f in s.flags} <= {"never_woken"}, s.flags[:3]
+    assert len(raised) == w["stranded"], (w, raised)
+    for f in raised:
+        assert f["tid"] == w["faulter_tid"] and f["addr"] in w["stranded_pages"], f
+        assert missed in [e["what"] for e in f["evidence"]] and f["state"] == "blocked", f
+
+
 HANDLER_SERVE = ("serve", "4096", "4")  # handler_process: pages, faulting threads
 HANDLER_KILLED = ("killed", "1500")  # handler_process: how long the fault waits after its handler died (ms)
 

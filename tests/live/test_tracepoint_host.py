@@ -28,6 +28,8 @@ from ..scenarios import (
     PYTHON_SCENARIOS,
     REFAULT,
     UFFD_STRESS_HOST,
+    UNREGISTER_RACE,
+    UNREGISTER_RACE_STUCK_MS,
     VMA_SPLIT,
     Scenario,
     assert_clean_run,
@@ -50,6 +52,7 @@ from ..scenarios import (
     check_uffd_stress,
     check_uffd_stress_flagged,
     check_uffd_unit_tests,
+    check_unregister_race,
     check_vma_split,
     uffd_unit_tests_command,
 )
@@ -196,6 +199,16 @@ def test_faults_while_their_vma_splits(workloads: Path) -> None:
     s = trace("--fail-on-flags", "--", str(workloads / "vma_split"), *VMA_SPLIT, events=False)
     check_vma_split(s)
     assert s.header["vma_lock_flag"] is None and all(lc["lock"] is None for lc in s.lifecycles)
+
+
+def test_a_fault_the_unregister_of_its_range_did_not_wake(workloads: Path) -> None:
+    """The kernel's UNREGISTER wakes the faults of the range so that none
+    hangs; a fault under the per-VMA lock can queue after that wake-up and
+    wait for good (seen on 6.12 and on this host's 6.18). Each such fault is
+    flagged, with the unregister named; faults the unregister woke are not."""
+    s = trace("--stuck-ms", UNREGISTER_RACE_STUCK_MS, "--", str(workloads / "unregister_race"), *UNREGISTER_RACE,
+              events=False)
+    check_unregister_race(s)
 
 
 def test_aio_poll(workloads: Path) -> None:

@@ -82,8 +82,8 @@ class Correlator:
         self.faults = faults
         self.lost = 0  # records the source lost so far
         self.register_modes: collections.defaultdict[int, int] = collections.defaultdict(int)  # per uffd
-        # The last UNREGISTERs (uffd, start, len, ts, tid), for faults folded in the kernel then:
-        # their lifecycles begin after the record (note_unregisters).
+        # The last UNREGISTERs (uffd, start, len, ts, tid): a fault still waiting
+        # after one of its range missed its wake-up (_note_missed_unregister).
         self.unregisters: collections.deque[tuple[int, int, int, int, int]] = collections.deque(maxlen=64)
         self.max_open = max_open
         self.open = OpenTable()
@@ -431,36 +431,40 @@ class Correlator:
             self._new_round(lc, lc.t_woken or ev.ts_ns, "woken_unresolved")
 
     def _on_register(self, ev: Event) -> None:
-        """UFFDIO_REGISTER: which faults the uffd takes. UFFDIO_UNREGISTER
-        wakes the waiters of the range: they fault again without the uffd."""
+        """UFFDIO_REGISTER: which faults the uffd takes; a fault of the range
+        after it is a new one (a woken lifecycle there is over, not given a
+        round). UFFDIO_UNREGISTER wakes the waiters of the range: they fault
+        again without the uffd."""
         if ev.ret != 0:
             return
         if ev.op == Op.REGISTER:
             self.register_modes[ev.ctx] |= ev.mode
             self.events.registered_by(ev.ctx, ev.tgid)
+            # Kprobe mode closes a lifecycle at its return. Tracepoint mode
+            # closes here one whose round shows no sign of waiting (not asleep,
+            # nothing read: woken, or a round only its unresolved wake-up opened).
+            for lc in () if self.sees_returns else self.open.in_range(ev.ctx, ev.addr, ev.len):
+                if not lc.waiting or (not lc.asleep and lc.round_reads == 0):
+                    self._close(lc, lc.finished_state(), ev.ts_ns)
             return
         for lc in self.open.woken_by(ev.tid):
             lc.note("range unregistered", ev.ts_ns, ev.tid)
             self._close(lc, "unregistered", ev.ts_ns)
         self.unregisters.append((ev.ctx, ev.addr, ev.len, ev.ts_ns, ev.tid))
-        for lc in self.open.in_range(ev.ctx, ev.addr, ev.len):
-            self._missed_unregister(lc, ev.ts_ns, ev.tid, None)
 
-    def _missed_unregister(self, lc: Lifecycle, ts: int, tid: int, woken: int | None) -> None:
-        """A fault of the range that still waits (``woken``: when it was woken
-        later, for a fault folded in the kernel meanwhile) missed the
-        unregister's wake-up: it queued after it. Since "mm: handle userfaults
-        under VMA lock" (v6.6) a uffd fault holds only its VMA's lock, which the
-        unregister's mmap_lock does not hold off before it wakes the range."""
-        if lc.waiting and lc.wait_since < ts and (woken is None or woken > ts):
-            lc.note(f"its range was unregistered by tid {tid}, which did not wake it", ts, tid)
-
-    def note_unregisters(self, lc: Lifecycle, woken: int | None) -> None:
-        """A lifecycle that begins from a fault folded in the kernel until now
-        (``woken``: when, if it was): the UNREGISTERs of its page since it was raised."""
+    def _note_missed_unregister(self, lc: Lifecycle) -> None:
+        """A fault flagged waiting (confirmed), or woken only by the uffd's
+        release, whose range was unregistered after this round began missed
+        the unregister's wake-up: it queued after it. Since
+        "mm: handle userfaults under VMA lock" (v6.6) a uffd fault holds only
+        its VMA's lock, which the unregister's mmap_lock does not hold off
+        before it wakes the range; nothing wakes the fault after that."""
         for uffd, start, length, ts, tid in self.unregisters:
-            if in_range(lc, uffd, start, length):
-                self._missed_unregister(lc, ts, tid, woken)
+            if ts > lc.wait_since and in_range(lc, uffd, start, length):
+                what = f"its range was unregistered by tid {tid} after it was raised, and that did not wake it"
+                if all(e.what != what for e in lc.history):
+                    lc.note(what, ts, tid)
+                return
 
     def on_wake(self, ev: Event) -> None:
         if ev.ret != 1:
@@ -476,6 +480,8 @@ class Correlator:
         lc.round_end = ev.ts_ns
         lc.note("woken", ev.ts_ns, ev.tid)
         if (conclusion := released_with_waiters(lc, waker=ev.tid)) is not None:
+            if self.unregisters:
+                self._note_missed_unregister(lc)
             self._raise(lc, "released_with_waiters", ev.ts_ns, conclusion)
         # Woken by the thread that closed the uffd: the close was its record.
         done = lc.present or lc.closer == ev.tid
@@ -590,5 +596,7 @@ class Correlator:
                           for n, e in earned]
         if EXPLAINS_THE_WAIT & ({n for n, _ in earned} | set(lc.flags)):
             earned = [(n, e) for n, e in earned if n not in ONLY_SAY_IT_WAITS]
+        if earned and self.unregisters:
+            self._note_missed_unregister(lc)
         for name, conclusion in earned:
             self._raise(lc, name, now, conclusion)

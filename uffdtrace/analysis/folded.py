@@ -50,8 +50,6 @@ class Steps(Protocol):
 
     def attach_read(self, lc: Lifecycle, ev: Event) -> None: ...
 
-    def note_unregisters(self, lc: Lifecycle, woken: int | None) -> None: ...
-
 
 class FoldedFaults:
     def __init__(self, steps: Steps, probe: FoldedProbe | None, on_take_over: TakeOverHook | None) -> None:
@@ -142,7 +140,6 @@ class FoldedFaults:
             lc.unfolded = f.raised_ns
             if f.refault:
                 lc.note(REFAULT_NOTE, f.raised_ns, ev.tid)
-            steps.note_unregisters(lc, f.woken_ns or None)  # what it missed while it was folded
             self.claim_orphan_reads(lc)
         if f.slept_ns:
             lc.note_slept(f.slept_ns)
