@@ -427,15 +427,19 @@ UNREGISTER_RACE = ("4000", "1000", "2")  # unregister_race: rounds at most, ms a
 UNREGISTER_RACE_STUCK_MS = "300"  # under UNREGISTER_RACE's wait: its stranded faults are flagged while they wait
 
 
-def check_unregister_race(s: Scenario) -> None:
+def check_unregister_race(s: Scenario, strands: bool = True) -> None:
     """tests/workloads/unregister_race: faults racing the UNREGISTER of
     their page. Every fault the unregister left waiting (the workload saw it
     asleep in handle_userfault) is flagged never_woken while it waits, with
-    the unregister named; nothing else is flagged, nothing lost."""
+    the unregister named; nothing else is flagged, nothing lost. ``strands``:
+    the kernel leaves faults waiting (per-VMA locks, v6.6+); without, none."""
     w = s.workload
     assert_clean_run(s)
     assert s.summary["unmatched_reads"] == 0 and s.summary["evicted"] == 0, s.summary
-    # 2026-12-05, 6.18 host: 2 stranded within 10 to 229 traced rounds, every run.
+    if not strands:
+        assert w["stranded"] == 0 and not s.flags, (w, s.flags[:3])
+        return
+    # 2026-12-05: 2 stranded within 10 to 229 traced rounds on the 6.18 host, within 2 in a 6.12 guest.
     assert w["stranded"] >= 1, f"no fault stranded in {w['rounds']} rounds: has the kernel closed the race? {w}"
     raised = [f for f in s.flags if not f["update"]]
     missed = f"its range was unregistered by tid {w['pid']} after it was raised, and that did not wake it"

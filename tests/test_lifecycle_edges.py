@@ -393,10 +393,10 @@ def test_a_fault_the_unregister_did_not_wake_says_so() -> None:
 
 
 def test_a_fault_after_its_range_is_registered_again_is_a_new_lifecycle() -> None:
-    """Tracepoint mode sees no return: the same thread faulting the same page
-    again is a new round of its woken lifecycle, unless the range was
-    registered anew in between (unmapped and mapped again at the same
-    address, say): then it is a fault of its own, not a retry."""
+    """The same thread faulting the same page again after an unresolved
+    wake-up is a new round of its lifecycle, unless the range was registered
+    anew in between (unmapped and mapped again at the same address, say):
+    then it is a fault of its own, not a retry."""
     register = ev(Kind.UFFD_REGISTER, 5, HANDLER, op=Op.REGISTER, addr=PAGE, len=0x1000, mode=0x1)
     def wake(at: float) -> Event:
         return ev(Kind.RESOLVE, at, HANDLER, op=Op.WAKE, addr=PAGE, len=0x1000)
@@ -407,3 +407,11 @@ def test_a_fault_after_its_range_is_registered_again_is_a_new_lifecycle() -> Non
     assert len(out.lifecycles) == 2 and not out.flags, out.flags
     out, _ = correlate([*first, *again], "tracepoint", ticks=[3, 100], end=100)
     assert len(out.lifecycles) == 1 and out.raised() == ["retry_loop"]
+    # Kprobe mode: a fault that returned (VM_FAULT_RETRY after an unresolved
+    # wake-up) comes back as a round, unless its range was registered anew.
+    first = [fault(0), read(0.1), woken(1.0), wake(1.1), fault_ret(1.2)]
+    again = [fault(6), read(6.1), woken(7), wake(7.1), fault_ret(7.2)]
+    out, _ = correlate([*first, register, *again], "kprobe", ticks=[3, 100], end=100)
+    assert [lc.rounds for lc in out.lifecycles] == [1, 1], [lc.history for lc in out.lifecycles]
+    out, _ = correlate([*first, *again], "kprobe", ticks=[3, 100], end=100)
+    assert [lc.rounds for lc in out.lifecycles] == [2]

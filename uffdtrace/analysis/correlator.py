@@ -440,11 +440,12 @@ class Correlator:
         if ev.op == Op.REGISTER:
             self.register_modes[ev.ctx] |= ev.mode
             self.events.registered_by(ev.ctx, ev.tgid)
-            # Kprobe mode closes a lifecycle at its return. Tracepoint mode
-            # closes here one whose round shows no sign of waiting (not asleep,
+            # Over: in kprobe mode one that returned (a retry it would have
+            # come back for finds the page without the uffd); in tracepoint
+            # mode one whose round shows no sign of waiting (not asleep,
             # nothing read: woken, or a round only its unresolved wake-up opened).
-            for lc in () if self.sees_returns else self.open.in_range(ev.ctx, ev.addr, ev.len):
-                if not lc.waiting or (not lc.asleep and lc.round_reads == 0):
+            for lc in self.open.in_range(ev.ctx, ev.addr, ev.len):
+                if lc.returned if self.sees_returns else not lc.waiting or (not lc.asleep and lc.round_reads == 0):
                     self._close(lc, lc.finished_state(), ev.ts_ns)
             return
         for lc in self.open.woken_by(ev.tid):
