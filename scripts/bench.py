@@ -122,13 +122,19 @@ def bpf_runs(pid: int) -> dict[int, tuple[int, int]]:
 
 
 def bpf_by_program(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]) -> dict[str, tuple[int, int]]:
-    """What each program ran between the two readings, by its name (bpftool's)."""
-    try:
-        shown = json.loads(subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True,
-                                          check=True).stdout)
-    except (OSError, subprocess.CalledProcessError, json.JSONDecodeError):
-        shown = []
-    names = {p["id"]: p.get("name", str(p["id"])) for p in shown}
+    """What each program ran between the two readings, by what it is attached
+    to (bpftool perf: the tracepoint or kprobe), else its name (truncated to
+    15 characters by the kernel)."""
+    names: dict[int, str] = {}
+    for what in (["prog", "show"], ["perf", "show"]):
+        try:
+            shown = json.loads(subprocess.run(["bpftool", *what, "-j"], capture_output=True, text=True,
+                                              check=True).stdout)
+        except (OSError, subprocess.CalledProcessError, json.JSONDecodeError):
+            continue
+        for p in shown:
+            prog = p.get("prog_id", p.get("id"))
+            names[prog] = p.get("tracepoint") or p.get("func") or p.get("name") or str(prog)
     out: dict[str, tuple[int, int]] = {}
     for prog, (ns, cnt) in after.items():
         ns0, cnt0 = before.get(prog, (0, 0))
