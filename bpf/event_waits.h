@@ -46,7 +46,7 @@ static __always_inline void event_call_sleeps(void *ctx, u32 tid)
 	struct uffdtrace_event e = {};
 	struct event_call *c = event_calls.lookup(&tid);
 
-	if (!c || c->waited || !(stack_has(ctx, EVENT_WAIT_START, EVENT_WAIT_END, 0, 0) & 1))
+	if (!c || c->waited || !(stack_has(ctx, EVENT_WAIT_START, EVENT_WAIT_END, 0, 0, 1) & 1))
 		return;
 	event_record(&e, UT_EVENT_WAIT, c);
 	c->waited = e.ts_ns;

@@ -294,7 +294,8 @@ TRACEPOINT_PROBE(sched, sched_switch)
 	fe = thread_fault.lookup(&tid);
 	if (!fe || fe->over)
 		return 0;
-	found = stack_has(args, HANDLE_USERFAULT_START, HANDLE_USERFAULT_END, PAGE_FAULT_START, PAGE_FAULT_END);
+	/* The page-fault frame matters only when handle_userfault's is not there. */
+	found = stack_has(args, HANDLE_USERFAULT_START, HANDLE_USERFAULT_END, PAGE_FAULT_START, PAGE_FAULT_END, 1);
 	if (!(found & 1)) {
 		/* Asleep outside any page fault: its fault is over, and this
 		 * thread's sleeps and wake-ups are not looked at again until its
@@ -352,7 +353,7 @@ TRACEPOINT_PROBE(sched, sched_waking)
 
 	if (!fe || fe->over)
 		return 0;   /* a thread outside any fault is not woken by a uffd */
-	found = stack_has(args, WAKE_FUNCTION_START, WAKE_FUNCTION_END, WAKE_UP_START, WAKE_UP_END);
+	found = stack_has(args, WAKE_FUNCTION_START, WAKE_FUNCTION_END, WAKE_UP_START, WAKE_UP_END, 3);
 	if (!(found & 1))
 		return 0;   /* not a uffd wake-up (a signal, an unrelated wait) */
 #ifdef FOLD
@@ -549,7 +550,7 @@ TRACEPOINT_PROBE(lock, contention_begin)
 	/* The anon_vma lock is an rwsem taken for read (LCB_F_READ, 0x2 in
 	 * include/trace/events/lock.h): spinlocks and writers are not it. */
 	if (!(args->flags & 0x2) || !tracked(current_tgid()) ||
-	    !(stack_has(args, ANON_VMA_READ_START, ANON_VMA_READ_END, 0, 0) & 1))
+	    !(stack_has(args, ANON_VMA_READ_START, ANON_VMA_READ_END, 0, 0, 1) & 1))
 		return 0;
 	init_event(&e, UT_ANON_VMA_LOCK);
 	e.ctx = (u64)args->lock_addr;
