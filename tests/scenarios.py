@@ -330,11 +330,16 @@ def check_stress(s: Scenario) -> None:
     assert {lc["addr"] for lc in resolved} == {w["base"] + i * w["page_size"] for i in range(w["pages"])}
 
 
+def assert_nothing_unmatched(s: Scenario) -> None:
+    """Nothing lost, every message read matched a fault, no lifecycle evicted."""
+    assert_clean_run(s)
+    assert s.summary["unmatched_reads"] == 0 and s.summary["evicted"] == 0, s.summary
+
+
 def assert_nothing_flagged_or_unmatched(s: Scenario) -> None:
     """No flag, nothing lost, every message read matched a fault."""
-    assert_clean_run(s)
+    assert_nothing_unmatched(s)
     assert not s.flags and not s.summary["flags"], s.flags[:3]
-    assert s.summary["unmatched_reads"] == 0 and s.summary["evicted"] == 0, s.summary
 
 
 def check_reads_match_lifecycles(s: Scenario) -> int:
@@ -442,8 +447,7 @@ def check_unregister_race(s: Scenario, strands: bool = True) -> None:
     the unregister named; nothing else is flagged, nothing lost. ``strands``:
     the kernel leaves faults waiting (per-VMA locks, v6.6+); without, none."""
     w = s.workload
-    assert_clean_run(s)
-    assert s.summary["unmatched_reads"] == 0 and s.summary["evicted"] == 0, s.summary
+    assert_nothing_unmatched(s)
     if not strands:
         assert w["stranded"] == 0 and not s.flags, (w, s.flags[:3])
         return
@@ -601,10 +605,9 @@ def check_uffd_unit_tests(s: Scenario) -> None:
                 and any(e["what"] == "copy failed (-2)" for e in f["evidence"])]
     raised = sum(not f["update"] for f in released)
     assert raised <= len(retried), (retried, released)
-    assert_clean_run(s)
+    assert_nothing_unmatched(s)
     assert [f for f in s.flags if f not in released] == [], s.flags[:3]
     assert s.summary["flags"] == ({"released_with_waiters": raised} if raised else {}), s.summary
-    assert s.summary["unmatched_reads"] == 0 and s.summary["evicted"] == 0, s.summary
     assert s.summary["lost"] == 0 and s.summary["messages_read"] > 0, s.summary
     assert {ev["event"] for ev in s.uffd_events} >= {"fork", "remap", "remove"}, s.uffd_events
     unread = [ev for ev in s.uffd_events if ev["state"] != "resumed" or ev["reader_tid"] is None]

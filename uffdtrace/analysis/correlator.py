@@ -440,18 +440,24 @@ class Correlator:
         if ev.op == Op.REGISTER:
             self.register_modes[ev.ctx] |= ev.mode
             self.events.registered_by(ev.ctx, ev.tgid)
-            # Over: in kprobe mode one that returned (a retry it would have
-            # come back for finds the page without the uffd); in tracepoint
-            # mode one whose round shows no sign of waiting (not asleep,
-            # nothing read: woken, or a round only its unresolved wake-up opened).
             for lc in self.open.in_range(ev.ctx, ev.addr, ev.len):
-                if lc.returned if self.sees_returns else not lc.waiting or (not lc.asleep and lc.round_reads == 0):
+                if self._over_at_register(lc):
                     self._close(lc, lc.finished_state(), ev.ts_ns)
             return
         for lc in self.open.woken_by(ev.tid):
             lc.note("range unregistered", ev.ts_ns, ev.tid)
             self._close(lc, "unregistered", ev.ts_ns)
         self.unregisters.append((ev.ctx, ev.addr, ev.len, ev.ts_ns, ev.tid))
+
+    def _over_at_register(self, lc: Lifecycle) -> bool:
+        """Whether a lifecycle whose range is registered anew is over: in
+        kprobe mode one that returned (the retry it would come back for finds
+        the page without the uffd); in tracepoint mode one whose round shows
+        no sign of waiting (not asleep, nothing read: woken, or a round only
+        its unresolved wake-up opened)."""
+        if self.sees_returns:
+            return lc.returned
+        return not lc.waiting or (not lc.asleep and lc.round_reads == 0)
 
     def _note_missed_unregister(self, lc: Lifecycle) -> None:
         """A fault flagged waiting (confirmed), or woken only by the uffd's
