@@ -46,6 +46,7 @@ from .rules import (
 )
 from .tables import PAGE_MASK, EndedTable, OpenTable, in_range
 from .uffd_events import EventWaits
+from .unregisters import Unregisters
 
 MAX_ATTEMPTS = 16
 
@@ -82,9 +83,7 @@ class Correlator:
         self.faults = faults
         self.lost = 0  # records the source lost so far
         self.register_modes: collections.defaultdict[int, int] = collections.defaultdict(int)  # per uffd
-        # The last UNREGISTERs (uffd, start, len, ts, tid): a fault still waiting
-        # after one of its range missed its wake-up (_note_missed_unregister).
-        self.unregisters: collections.deque[tuple[int, int, int, int, int]] = collections.deque(maxlen=64)
+        self.unregisters = Unregisters()
         self.max_open = max_open
         self.open = OpenTable()
         self.ended = EndedTable()
@@ -447,7 +446,7 @@ class Correlator:
         for lc in self.open.woken_by(ev.tid):
             lc.note("range unregistered", ev.ts_ns, ev.tid)
             self._close(lc, "unregistered", ev.ts_ns)
-        self.unregisters.append((ev.ctx, ev.addr, ev.len, ev.ts_ns, ev.tid))
+        self.unregisters.add(ev)
 
     def _over_at_register(self, lc: Lifecycle) -> bool:
         """Whether a lifecycle whose range is registered anew is over: in
@@ -458,20 +457,6 @@ class Correlator:
         if self.sees_returns:
             return lc.returned
         return not lc.waiting or (not lc.asleep and lc.round_reads == 0)
-
-    def _note_missed_unregister(self, lc: Lifecycle) -> None:
-        """A fault flagged waiting (confirmed), or woken only by the uffd's
-        release, whose range was unregistered after this round began missed
-        the unregister's wake-up: it queued after it. Since
-        "mm: handle userfaults under VMA lock" (v6.6) a uffd fault holds only
-        its VMA's lock, which the unregister's mmap_lock does not hold off
-        before it wakes the range; nothing wakes the fault after that."""
-        for uffd, start, length, ts, tid in self.unregisters:
-            if ts > lc.wait_since and in_range(lc, uffd, start, length):
-                what = f"its range was unregistered by tid {tid} after it was raised, and that did not wake it"
-                if all(e.what != what for e in lc.history):
-                    lc.note(what, ts, tid)
-                return
 
     def on_wake(self, ev: Event) -> None:
         if ev.ret != 1:
@@ -487,8 +472,7 @@ class Correlator:
         lc.round_end = ev.ts_ns
         lc.note("woken", ev.ts_ns, ev.tid)
         if (conclusion := released_with_waiters(lc, waker=ev.tid)) is not None:
-            if self.unregisters:
-                self._note_missed_unregister(lc)
+            self.unregisters.note_missed(lc)
             self._raise(lc, "released_with_waiters", ev.ts_ns, conclusion)
         # Woken by the thread that closed the uffd: the close was its record.
         done = lc.present or lc.closer == ev.tid
@@ -603,7 +587,7 @@ class Correlator:
                           for n, e in earned]
         if EXPLAINS_THE_WAIT & ({n for n, _ in earned} | set(lc.flags)):
             earned = [(n, e) for n, e in earned if n not in ONLY_SAY_IT_WAITS]
-        if earned and self.unregisters:
-            self._note_missed_unregister(lc)
+        if earned:
+            self.unregisters.note_missed(lc)
         for name, conclusion in earned:
             self._raise(lc, name, now, conclusion)
