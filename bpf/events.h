@@ -99,6 +99,7 @@ enum uffdtrace_kernel_value {
 	UT_UFFD_EVENT_REMAP = 0x14,
 	UT_UFFD_EVENT_REMOVE = 0x15,
 	UT_UFFD_EVENT_UNMAP = 0x16,
+	UT_PAGEFAULT_FLAG_WP = 0x2,      /* uffd_msg.arg.pagefault.flags (READ_MSG flags) */
 	UT_X86_PF_PROT = 0x1,            /* page-fault error code (tracepoint FAULT flags) */
 	UT_X86_PF_WRITE = 0x2,
 	UT_REGISTER_MODE_MISSING = 0x1,  /* UFFDIO_REGISTER modes (REGISTER mode) */

@@ -31,11 +31,20 @@ BPF_PERCPU_ARRAY(folded_buf, struct uffdtrace_event, 1);
 BPF_PERCPU_ARRAY(quiet, u64, UT_QUIET_COUNTERS);
 BPF_TABLE("lru_hash", u32, u64, adopted, 65536);
 /* A fault that ended in the kernel without a record (quietly with QUIET, or
- * dropped because it never waited), until its page faults again (-> its
- * tid): a reader whose hook runs after that end (it took the message before
- * the fault ended) counts its message quietly too, instead of sending a
- * message that no record would match. */
-BPF_TABLE("lru_hash", struct page_key, u32, quiet_pages, 65536);
+ * dropped because it never waited), until its page faults again: a reader
+ * whose hook runs after that end (it took the message before the fault
+ * ended) counts its message quietly too, instead of sending a message that
+ * no record would match. Only a read under way at the end can hold that
+ * fault's message: the kernel takes a fault's message off its queue before
+ * the fault leaves handle_userfault. A read begun later holds another
+ * wait's message, one this mode saw no fault for (get_user_pages, README
+ * "Modes"): it goes out, and does not pass for this fault's. */
+struct quiet_end {
+	u32 tid;
+	u32 pad;      /* named, so that an initializer zeroes it */
+	u64 ended;    /* ns, published before the fault is taken */
+};
+BPF_TABLE("lru_hash", struct page_key, struct quiet_end, quiet_pages, 65536);
 
 #if !defined(EVERY_RECORD) && !defined(NO_FOLD)
 #define FOLD 1
@@ -118,6 +127,13 @@ static __always_inline bool taken_over(struct fault_entry *fe, u32 tid)
 	return raised && *raised == fe->ts;
 }
 
+static __always_inline void publish_quiet_end(struct page_key *k, u32 tid, u64 now)
+{
+	struct quiet_end end = { .tid = tid, .ended = now };
+
+	quiet_pages.update(k, &end);
+}
+
 /* A folded fault that never slept in handle_userfault, whose message nobody
  * read, never waited: the kernel had the page without the handler (kprobe
  * mode sees no handle_userfault for it). It ends unreported (true), unless
@@ -133,8 +149,8 @@ static __always_inline bool drop_unwaited(void *ctx, struct fault_entry *fe, u32
 	/* Published first: a read that then finds the fault taken counts there. */
 	k.uffd = fe->uffd;
 	k.page = fe->addr;
-	quiet_pages.update(&k, &tid);
 	ts = bpf_ktime_get_ns();   /* before the take, as in unfold */
+	publish_quiet_end(&k, tid, ts);
 	if (!take(fe, UT_FE_FOLDING, UT_FE_RAW)) {
 		quiet_pages.delete(&k);
 		return false;
@@ -245,7 +261,7 @@ static __always_inline bool quietly_ended(struct fault_entry *hf, u32 tid, u32 o
 	if (!totals)
 		return false;
 #endif
-	quiet_pages.update(&k, &tid);   /* before the seal: whom it shuts out looks here */
+	publish_quiet_end(&k, tid, now);   /* before the seal: whom it shuts out looks here */
 	reads = seal_reads(hf);
 	/* Its message was counted: no reader is due. Only the entries a reader
 	 * may still look for stay (stale ones would fill the LRU map, whose
@@ -377,12 +393,25 @@ static __always_inline bool fold_wake(void *ctx, struct fault_entry *fe, u32 pid
 	return true;
 }
 
+/* Whether a message with these flags can be the fault's: a write to a
+ * present page (the error code's protection and write bits) queues only
+ * write-protect messages (uffdtrace/analysis/rules.py message_fits). */
+static __always_inline bool message_fits(struct fault_entry *fe, u64 msg_flags)
+{
+	u32 wp = UT_X86_PF_PROT | UT_X86_PF_WRITE;
+
+	return (fe->error_code & wp) != wp || (msg_flags & UT_PAGEFAULT_FLAG_WP);
+}
+
 /* A message of a folded fault is counted in its entry (true). The thread's
  * entry is tried first, also once handed (until its waker seals it), then the
- * handed copy, then a fault that ended in the kernel without a record. */
-static __always_inline bool fold_read(void *ctx, u64 uffd, u64 page, u32 ptid)
+ * handed copy, then a fault that ended in the kernel without a record before
+ * the read began (entered). */
+static __always_inline bool fold_read(void *ctx, struct uffdtrace_event *msg, u64 entered)
 {
 #ifdef FOLD
+	u64 uffd = msg->ctx, page = msg->addr & ~0xfffULL;
+	u32 ptid = msg->peer_tid;
 	struct page_key k = { .uffd = uffd, .page = page };
 	struct fault_entry *fe;
 	u32 owner = ptid;
@@ -397,21 +426,23 @@ static __always_inline bool fold_read(void *ctx, u64 uffd, u64 page, u32 ptid)
 	}
 	fe = owner ? thread_fault.lookup(&owner) : NULL;
 	if (fe && (fe->state == UT_FE_FOLDING || fe->state == UT_FE_HANDED) && fe->uffd == uffd && fe->addr == page &&
-	    count_read(fe))
+	    message_fits(fe, msg->flags) && count_read(fe))
 		return true;
 	key = handed_pages.lookup(&k);
 	if (key && (!ptid || (u32)*key == ptid)) {
 		fe = handed_faults.lookup(key);
-		if (fe && fe->uffd == uffd && fe->addr == page && count_read(fe))
+		if (fe && fe->uffd == uffd && fe->addr == page && message_fits(fe, msg->flags) && count_read(fe))
 			return true;
 	}
-	u32 *ended = quiet_pages.lookup(&k);
+	struct quiet_end *end = quiet_pages.lookup(&k);
 
-	if (ended && (!ptid || *ended == ptid)) {
+	if (end && (!ptid || end->tid == ptid) && entered < end->ended) {
+		u32 faulter = end->tid;
+
 		quiet_pages.delete(&k);   /* one message per fault */
 		count_quiet(UT_QUIET_READS, 1);
 #ifdef AGGREGATE
-		count_late_read(*ended);
+		count_late_read(faulter);
 #endif
 		return true;
 	}

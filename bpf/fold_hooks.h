@@ -7,7 +7,7 @@
 
 #ifndef UT_FOLD_HOOKS
 /* A message of a fault folded in the kernel is counted there (true): no record. */
-static __always_inline bool fold_read(void *ctx, u64 uffd, u64 page, u32 ptid)
+static __always_inline bool fold_read(void *ctx, struct uffdtrace_event *msg, u64 entered)
 {
 	return false;
 }

@@ -46,7 +46,7 @@ static __always_inline void emit_messages(void *ctx, struct read_entry *re, s64 
 		e.addr = msg[2];             /* arg.pagefault.address */
 		e.peer_tid = (u32)msg[3];    /* arg.pagefault.feat.ptid */
 		e.aux = i;
-		if (e.mode == UT_UFFD_EVENT_PAGEFAULT && fold_read(ctx, re->uffd, e.addr & ~0xfffULL, e.peer_tid))
+		if (e.mode == UT_UFFD_EVENT_PAGEFAULT && fold_read(ctx, &e, re->entered))
 			continue;
 		if (e.mode == UT_UFFD_EVENT_FORK) {
 			fork_message_read(re->uffd, (u32)e.flags);   /* arg.fork.ufd */

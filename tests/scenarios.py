@@ -380,15 +380,26 @@ def check_uffd_stress(s: Scenario) -> None:
         eexist = [e for e in s.of("resolve", op="copy", ret=-17) if e["tid"] in readers]
         assert reads == counted + len(eexist)
         return
-    # An open defect, not a race of the workload: now and then (1 shmem run in 12 on
-    # 2026-12-05; capture in /work/evidence/quiet_read_default_mode_2026-12-05/) the
-    # kernel ends a fault as never waited and its message is read after that. The
-    # read is counted (quiet_reads) but no lifecycle carries it. Counted, bounded,
-    # never silent; every other read must belong to a lifecycle.
-    assert_nothing_flagged_or_unmatched(s)
+    # Messages of faults tracepoint mode cannot see (get_user_pages: see
+    # check_uffd_stress_flagged) match nothing: a few are allowed, counted.
+    # Until 2026-12-05 one of them could pass for the message of a fault the
+    # kernel had just ended as never waited (quiet_reads; capture in
+    # /work/evidence/quiet_read_default_mode_2026-12-05/): a read begun after
+    # a fault ended is no longer counted for it.
+    assert_unflagged_but_unseen_faults(s)
     reads, quiet = sum(lc["reads"] for lc in s.lifecycles), s.summary["quiet_reads"]
-    assert quiet <= 2 and reads + quiet == s.summary["messages_read"], s.summary
-    assert reads + quiet >= counted
+    assert reads + quiet + s.summary["unmatched_reads"] == s.summary["messages_read"], s.summary
+    assert s.summary["messages_read"] >= counted, s.summary
+
+
+def assert_unflagged_but_unseen_faults(s: Scenario) -> None:
+    """No flag, nothing lost or evicted; in tracepoint mode a few of uffd-stress's
+    messages may match no fault: those of faults taken through get_user_pages
+    (check_uffd_stress_flagged)."""
+    assert_clean_run(s)
+    assert not s.flags and not s.summary["flags"], s.flags[:3]
+    allowed = 0 if s.mode == "kprobe" else 1 + s.summary["messages_read"] // 2000
+    assert s.summary["unmatched_reads"] <= allowed and s.summary["evicted"] == 0, s.summary
 
 
 def check_uffd_stress_flagged(s: Scenario) -> None:
@@ -404,10 +415,7 @@ def check_uffd_stress_flagged(s: Scenario) -> None:
     It happens more often the busier the CPUs (2 per 12,000 messages beside
     a VM at full speed; tests/captures/defects/ holds such a run), so a few
     are allowed here, in tracepoint mode only; never a flag."""
-    assert_clean_run(s)
-    assert not s.flags and not s.summary["flags"], s.flags[:3]
-    allowed = 0 if s.mode == "kprobe" else 1 + s.summary["messages_read"] // 2000
-    assert s.summary["unmatched_reads"] <= allowed and s.summary["evicted"] == 0, s.summary
+    assert_unflagged_but_unseen_faults(s)
     assert s.summary["messages_read"] >= uffd_stress_count(s), s.summary
     assert s.summary["quiet_lifecycles"] > 0 and s.summary["quiet_reads"] > 0, s.summary
 
@@ -421,6 +429,32 @@ def check_postcopy_shape(s: Scenario) -> None:
     resolves = s.summary["by_kind"]["resolve"]
     assert s.summary["filtered_resolves"] > 0 and resolves + s.summary["filtered_resolves"] >= w["msgs_read"], \
         s.summary
+
+
+GUP_FAULT_ROUNDS = "20"  # gup_fault: rounds, each a copy-on-write fault then a get_user_pages fault on the page
+
+
+def check_gup_fault(s: Scenario) -> None:
+    """tests/workloads/gup_fault: each round a copy-on-write fault that
+    needs no handler, then a fault on the same page taken through
+    get_user_pages, whose message the handler reads after the first fault
+    ended. Kprobe mode sees every such fault (handle_userfault), each read
+    once and woken. Tracepoint mode sees no page-fault exception for them:
+    their messages match nothing (counted), and never pass for the messages
+    of the copy-on-write faults before them (a false retry_loop, and a
+    missing message counted for a write fault on a present page, until
+    2026-12-05). Nothing flagged, nothing lost."""
+    w = s.workload
+    assert_clean_run(s)
+    assert not s.flags and not s.summary["flags"], s.flags[:3]
+    assert w["msgs_read"] == w["rounds"] == int(GUP_FAULT_ROUNDS) == s.summary["messages_read"], (w, s.summary)
+    if s.mode == "kprobe":
+        check_reads_match_lifecycles(s)
+        assert len(s.lifecycles) == w["rounds"], s.summary
+        assert all(lc["reads"] == 1 and lc["t_woken_ns"] and lc["reason"] == "missing" for lc in s.lifecycles)
+        return
+    assert s.summary["unmatched_reads"] == w["rounds"] and s.summary["quiet_reads"] == 0, s.summary
+    assert all(lc["reads"] == 0 for lc in s.lifecycles), s.lifecycles[:3]
 
 
 VMA_SPLIT = ("2048", "2")  # vma_split: pages, faulting threads

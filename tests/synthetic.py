@@ -47,8 +47,9 @@ def block(at: float, tid: int = FAULTER) -> Event:
     return ev(Kind.BLOCK, at, tid)
 
 
-def read(at: float, peer: int = FAULTER, tid: int = HANDLER, page: int = PAGE) -> Event:
-    return ev(Kind.READ_MSG, at, tid, addr=page, mode=0x12, peer_tid=peer, ret=32)
+def read(at: float, peer: int = FAULTER, tid: int = HANDLER, page: int = PAGE, flags: int = 0) -> Event:
+    """``flags``: the message's (PAGEFAULT_FLAG_WP for a write-protect fault's)."""
+    return ev(Kind.READ_MSG, at, tid, addr=page, mode=0x12, peer_tid=peer, ret=32, flags=flags)
 
 
 def copy(at: float, tid: int = HANDLER, ret: int = 0, dontwake: bool = False, page: int = PAGE) -> Event:

@@ -9,7 +9,7 @@ import pytest
 
 from uffdtrace.analysis.correlator import Correlator
 from uffdtrace.analysis.rules import Thresholds, counts_as_failure
-from uffdtrace.events import Event, Kind, Op
+from uffdtrace.events import PAGEFAULT_FLAG_WP, Event, Kind, Op
 from uffdtrace.source import BlockedThread
 
 from .synthetic import (
@@ -297,17 +297,32 @@ def test_write_protect_fault_is_lifted_by_writeprotect_only() -> None:
     """Tracepoint mode reads the reason from the x86 error code: a write to a
     present page is a write-protect fault; a copy over it brings nothing."""
     wp_fault = ev(Kind.FAULT, 0, FAULTER, flags=0x1 | 0x2 | 0x4)
-    seq = [wp_fault, block(0.01), read(0.1), copy(0.2, tid=OTHER, ret=EEXIST), writeprotect(0.3, HANDLER),
-           woken(0.31)]
+    seq = [wp_fault, block(0.01), read(0.1, flags=PAGEFAULT_FLAG_WP), copy(0.2, tid=OTHER, ret=EEXIST),
+           writeprotect(0.3, HANDLER), woken(0.31)]
     out, _ = correlate(seq, "tracepoint", ticks=[200])
     [lc] = out.lifecycles
-    assert not out.flags and lc.reason == "wp"
+    assert not out.flags and lc.reason == "wp" and lc.reads == 1
     assert lc.resolve is not None and lc.resolve.op == "writeprotect"
     assert [a.op for a in lc.attempts] == ["writeprotect"]
     # Protecting (MODE_WP) resolves nothing, whatever the fault.
     out, _ = correlate([wp_fault, block(0.01), read(0.1), writeprotect(0.3, HANDLER, protect=True)], "tracepoint",
                        ticks=[200], end=200)
     assert [lc.resolve for lc in out.lifecycles] == [None] and not out.flags
+
+
+@pytest.mark.parametrize("peer", [0, FAULTER], ids=["by_page", "thread_id"])
+def test_a_missing_message_is_not_a_write_fault_s_on_a_present_page(peer: int) -> None:
+    """tests/workloads/gup_fault: a copy-on-write fault (a write to a
+    present page: the error code says write-protect) needs no handler; the
+    thread then faults the page through get_user_pages, which tracepoint mode
+    does not see, and waits there. That message (missing) is not the write
+    fault's: counted unmatched, and the thread's next write fault on the
+    page is no second round of it (it made a false retry_loop)."""
+    cow = [ev(Kind.FAULT, at, FAULTER, flags=0x1 | 0x2 | 0x4) for at in (0, 10, 20)]
+    seq = [cow[0], read(5, peer=peer), copy(5.1), cow[1], read(15, peer=peer), copy(15.1), cow[2]]
+    out, corr = correlate(seq, "tracepoint", ticks=[1, 6, 12, 16, 300])
+    assert not out.flags and corr.counters.unmatched_reads == 2
+    assert all(lc.reads == 0 and lc.rounds == 1 for lc in out.lifecycles)
 
 
 def test_tracepoint_reason_minor_on_a_uffd_registered_for_minor_faults() -> None:

@@ -102,6 +102,7 @@ READS_COUNT = READS_SEALED - 1  # the count without it
 
 # Kernel and uapi values both sides interpret (enum uffdtrace_kernel_value).
 UFFD_EVENT_PAGEFAULT = 0x12  # uffd_msg.event of a page-fault message
+PAGEFAULT_FLAG_WP = 0x2  # uffd_msg.arg.pagefault.flags (READ_MSG flags): a write-protect fault's
 UFFD_EVENT_FORK, UFFD_EVENT_REMAP, UFFD_EVENT_REMOVE, UFFD_EVENT_UNMAP = 0x13, 0x14, 0x15, 0x16  # non-cooperative
 UFFD_EVENT_NAMES = {UFFD_EVENT_FORK: "fork", UFFD_EVENT_REMAP: "remap", UFFD_EVENT_REMOVE: "remove",
                     UFFD_EVENT_UNMAP: "unmap"}

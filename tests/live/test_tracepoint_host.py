@@ -22,6 +22,7 @@ from ..scenarios import (
     BALLOON_STALL_MS,
     CLEAN_PAGES,
     DONTWAKE_STALL_S,
+    GUP_FAULT_ROUNDS,
     HANDLER_DEAD,
     HANDLER_KILLED,
     HANDLER_SERVE,
@@ -44,6 +45,7 @@ from ..scenarios import (
     check_demo,
     check_dontwake,
     check_dontwake_lifecycle,
+    check_gup_fault,
     check_handler_process_dead,
     check_handler_process_killed,
     check_handler_process_serve,
@@ -191,6 +193,15 @@ def test_refault(workloads: Path, output: list[str]) -> None:
     s = trace(*output, "--", str(workloads / "refault"), *map(str, REFAULT), events=False)
     check_refault(s)
     assert len(s.lifecycles) == (1 if output == ["--flagged"] else REFAULT[0])
+
+
+@pytest.mark.parametrize("output", [["--events"], [], ["--flagged"]], ids=["events", "folded", "flagged"])
+def test_a_get_user_pages_fault_never_passes_for_the_fault_before_it(workloads: Path, output: list[str]) -> None:
+    """Faults taken through get_user_pages (KVM's vCPUs, O_DIRECT, futexes
+    on shared memory) have no page-fault exception: their messages match
+    nothing here, in every output, and are never counted for the
+    copy-on-write fault the thread took on the same page just before."""
+    check_gup_fault(trace(*output, "--", str(workloads / "gup_fault"), GUP_FAULT_ROUNDS, events=False))
 
 
 def test_faults_while_their_vma_splits(workloads: Path) -> None:

@@ -25,6 +25,7 @@ from ..scenarios import (
     BALLOON_STALL_MS,
     CLEAN_PAGES,
     DONTWAKE_STALL_S,
+    GUP_FAULT_ROUNDS,
     HANDLER_DEAD,
     HANDLER_KILLED,
     HANDLER_SERVE,
@@ -47,6 +48,7 @@ from ..scenarios import (
     check_demo,
     check_dontwake,
     check_dontwake_lifecycle,
+    check_gup_fault,
     check_handler_process_dead,
     check_handler_process_killed,
     check_handler_process_serve,
@@ -104,6 +106,7 @@ def scenarios(wl: Path, stress: Path, out: Path, version: str) -> list[str]:
         **{name: (mode, trace(name, f"-j --fail-on-flags -- {wl}/aio_drain {' '.join(AIO_DRAIN)}"))
            for name, mode in AIO_DRAIN_SCENARIOS.items()},
         "refault": ("kprobe", trace("refault", f"-j -- {wl}/refault {refault}")),
+        "gup_fault": ("kprobe", trace("gup_fault", f"-j -- {wl}/gup_fault {GUP_FAULT_ROUNDS}")),
         "vma_split": ("kprobe", trace("vma_split", f"-j --fail-on-flags -- {wl}/vma_split {' '.join(VMA_SPLIT)}")),
         "unregister_race": ("kprobe", trace("unregister_race", f"-j --stuck-ms {UNREGISTER_RACE_STUCK_MS} -- "
                                                                f"{wl}/unregister_race {' '.join(UNREGISTER_RACE_VM)}")),
@@ -357,6 +360,16 @@ def test_refault_each_wait_seen(vm: VmRun) -> None:
     s = vm.scenario("refault")
     assert s.mode == "kprobe"
     check_refault(s)
+
+
+def test_a_get_user_pages_fault_is_seen_under_mmap_lock(vm: VmRun) -> None:
+    """Kprobe mode sees the faults get_user_pages takes (tracepoint mode's
+    view of them: the host tier), each under mmap_lock: the kernel's own
+    faults take no VMA lock, and so make no fallback."""
+    s = vm.scenario("gup_fault")
+    assert s.mode == "kprobe"
+    check_gup_fault(s)
+    assert {lc["lock"] for lc in s.lifecycles} == {"mmap"} and not any(lc["fallbacks"] for lc in s.lifecycles)
 
 
 def test_tracepoint_mode_parity_with_kprobe_mode(vm: VmRun) -> None:

@@ -37,6 +37,7 @@ from .rules import (
     Thresholds,
     fault_reason,
     held_by_evidence,
+    message_fits,
     no_reader_evidence,
     released_with_waiters,
     resolves,
@@ -328,16 +329,16 @@ class Correlator:
         lc.note("message read", ev.ts_ns, ev.tid)
 
     def _reader_target(self, ev: Event, page: int) -> Lifecycle | None:
+        """The fault the message is of: its thread's (UFFD_FEATURE_THREAD_ID),
+        else the least-read waiter on this page of this uffd; open first, then
+        ended. None when none of them can have queued it (message_fits)."""
         if ev.peer_tid:
-            lc = self._lifecycle_of(ev.peer_tid, page, ev.ctx)
-            if lc is not None:
-                return lc
-            return self.ended.of_thread(ev.peer_tid, page)
-        # No UFFD_FEATURE_THREAD_ID: the least-read waiter on this page of this uffd.
-        candidates = self.open.on_page(ev.ctx, page)
-        if not candidates:
-            return self.ended.of_page(ev.ctx, page)
-        return min(candidates, key=lambda x: (x.reads - x.rounds, x.wait_since))
+            targets = [self._lifecycle_of(ev.peer_tid, page, ev.ctx), self.ended.of_thread(ev.peer_tid, page)]
+        else:
+            candidates = [lc for lc in self.open.on_page(ev.ctx, page) if message_fits(lc, ev)]
+            targets = [min(candidates, key=lambda x: (x.reads - x.rounds, x.wait_since)) if candidates else None,
+                       self.ended.of_page(ev.ctx, page)]
+        return next((lc for lc in targets if lc is not None and message_fits(lc, ev)), None)
 
     @staticmethod
     def _covers(ev: Event, lc: Lifecycle) -> bool:

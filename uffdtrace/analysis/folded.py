@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from ..events import UFFD_EVENT_PAGEFAULT, Event, Folded, Kind, op_name
+from ..events import PAGEFAULT_FLAG_WP, UFFD_EVENT_PAGEFAULT, Event, Folded, Kind, op_name
 from .model import Attempt, Counters, Lifecycle
-from .rules import Thresholds
+from .rules import Thresholds, message_fits
 from .tables import PAGE_SIZE, EndedTable, OpenTable
 
 REFAULT_NOTE = "raised again: the page was gone when the kernel retried the fault after its wake-up"
@@ -114,7 +114,7 @@ class FoldedFaults:
         key = (lc.uffd, lc.page)
         waiting = self._orphan_reads.pop(key, [])
         for ev in waiting:
-            if ev.peer_tid in (0, lc.tid):
+            if ev.peer_tid in (0, lc.tid) and message_fits(lc, ev):
                 self.steps.attach_read(lc, ev)
             else:
                 self._orphan_reads.setdefault(key, []).append(ev)
@@ -143,9 +143,13 @@ class FoldedFaults:
             self.claim_orphan_reads(lc)
         if f.slept_ns:
             lc.note_slept(f.slept_ns)
+        # The kernel counted these messages for this fault, as message_fits
+        # allows (it does not send their flags): a write-protect fault's are WP.
+        flags = PAGEFAULT_FLAG_WP if lc.reason == "wp" else 0
         for _ in range(f.messages - lc.round_reads):
             steps.on_read(Event(ts_ns=f.read_ns, kind=Kind.READ_MSG, cpu=ev.cpu, tgid=ev.tgid, tid=f.reader_tid,
-                                comm=ev.comm, ctx=ev.ctx, addr=page, mode=UFFD_EVENT_PAGEFAULT, peer_tid=ev.tid))
+                                comm=ev.comm, ctx=ev.ctx, addr=page, flags=flags, mode=UFFD_EVENT_PAGEFAULT,
+                                peer_tid=ev.tid))
         if f.woken_ns and lc.t_woken != f.woken_ns:
             if f.by_closer and lc.waiting and lc.closer is None:
                 lc.closer = f.waker_tid

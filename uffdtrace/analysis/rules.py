@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from ..escape import printable
 from ..events import (
+    PAGEFAULT_FLAG_WP,
     REGISTER_MODE_MINOR,
     REGISTER_MODE_MISSING,
     VM_FAULT_SIGBUS,
@@ -80,6 +81,14 @@ def fault_reason(ev: Event, sees_returns: bool, register_modes: int) -> str | No
     if register_modes & REGISTER_MODE_MINOR:
         return None if register_modes & REGISTER_MODE_MISSING else "minor"
     return "missing"
+
+
+def message_fits(lc: Lifecycle, msg: Event) -> bool:
+    """Whether the page-fault message can be the lifecycle's. A fault on a
+    present page (wp: in tracepoint mode, the error code's protection bit)
+    queues only write-protect messages; a missing or minor message on its
+    page is another fault's, one this mode may not see (get_user_pages)."""
+    return lc.reason != "wp" or bool(msg.flags & PAGEFAULT_FLAG_WP)
 
 
 def resolves(op: int, mode: int, reason: str | None) -> bool:
