@@ -133,9 +133,34 @@ def test_a_thread_moved_to_another_cpu_asleep_has_no_last_run(tmp_path: Path) ->
     assert procscan.exec_start_ns(task) == 1_234_500_000
 
 
+def test_a_wait_of_unknown_start_is_long_once_the_thread_sleeps_through_a_second(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """6.12 CI, the `killed` hang: its waiter's exec_start was 0 at every ask,
+    so `why` never concluded its reader gone. Now a thread whose start is
+    unknown and that is not switched in once for STUCK_NS has waited that
+    long; one that runs meanwhile has not. Real threads: one asleep, one busy."""
+    stop = threading.Event()
+    asleep = threading.Thread(target=stop.wait)
+    busy = threading.Thread(target=lambda: [time.sleep(0.001) for _ in iter(stop.is_set, True)])
+    asleep.start()
+    busy.start()
+    try:
+        pid = os.getpid()
+        waiting = [(pid, procscan.BlockedTask(t.native_id or 0, "t", None)) for t in (asleep, busy)]
+        monkeypatch.setattr(procscan, "thread_state", lambda _pid, _tid: "uffd")  # as if in handle_userfault
+        monkeypatch.setattr(hang, "STUCK_NS", 300_000_000)
+        assert hang.asleep_for_stuck(waiting) == {asleep.native_id}
+        known = [(pid, procscan.BlockedTask(asleep.native_id or 0, "t", time.monotonic_ns()))]
+        assert hang.asleep_for_stuck(known) == set()  # its start is known: nothing to wait for
+    finally:
+        stop.set()
+        asleep.join()
+        busy.join()
+
+
 def test_a_process_gone_during_the_walk_is_no_traceback() -> None:
     gone = 2**31 - 1
-    assert hang.explain([gone], {}) == []
+    assert hang.explain([gone], dict) == []
     view = hang.holder_view(gone, [3], 5)
     assert view.threads == [] and view.comm == "?"
     assert hang.waits_on(gone, gone, 5) is None

@@ -98,6 +98,7 @@ def run_all(uffdtrace: str, workloads: Path, hang_ms: int, settle_s: float) -> d
         procs[case.name] = subprocess.Popen([str(workloads / case.command[0]), *args], stdout=subprocess.PIPE,
                                             text=True)
     seen: dict[str, Found] = {}
+    last: dict[str, Found] = {}  # what the last ask said, kept for a case that never got its verdict
     deadline = time.monotonic() + settle_s
     while time.monotonic() < deadline and len(seen) < len(CASES):
         done = subprocess.run([uffdtrace, "why", "-j"], capture_output=True, text=True, timeout=600,
@@ -109,12 +110,14 @@ def run_all(uffdtrace: str, workloads: Path, hang_ms: int, settle_s: float) -> d
                     for b in found if b["pid"] == procs[case.name].pid]
             if any(b["verdict"] == case.verdict for b in mine):
                 seen.setdefault(case.name, mine)
+            last[case.name] = mine
         time.sleep(0.3)
     out = {}
     for case in CASES:
         stdout, _ = procs[case.name].communicate(timeout=hang_ms / 1000 + 120)
         assert procs[case.name].returncode == 0, (case.name, stdout)
-        out[case.name] = {"found": seen.get(case.name, []), "workload": json.loads(stdout.splitlines()[-1])}
+        out[case.name] = {"found": seen.get(case.name, last.get(case.name, [])),
+                          "workload": json.loads(stdout.splitlines()[-1])}
     return out
 
 

@@ -62,7 +62,7 @@ def watch(found: list[hang.Blocked], seconds: float, mode: str) -> dict[int, dic
     seen = Watched(found)
     session.run(LiveSource(Options(pids=pids, duration=seconds, every_record=True), mode), seen, Thresholds(),
                 raw_events=True)
-    after = {b.tid: b for b in hang.explain(pids, uffd_state.snapshot())}
+    after = {b.tid: b for b in hang.explain(pids, uffd_state.snapshot)}
     for tid, s in seen.seen.items():
         s["seconds"] = seconds
         s["still_blocked"] = after[tid].verdict if tid in after else None
@@ -91,7 +91,7 @@ def command(ctx: click.Context, pids: tuple[int, ...], as_json: bool, watch_s: f
     when nothing is blocked, 3 when something is."""
     check_bpf(kernel.probe())  # the uffds' queues are walked by a BPF program
     check_pids(pids)
-    found = hang.explain(list(pids), uffd_state.snapshot())
+    found = hang.explain(list(pids), uffd_state.snapshot)
     watched = watch(found, watch_s, ctx.obj["mode"]) if watch_s and found else {}
     if as_json:
         for b in found:

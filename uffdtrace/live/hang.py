@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..analysis.verdicts import verdict
@@ -192,10 +194,33 @@ def _describe(b: Blocked, meaning: str) -> str:
     return "; ".join(parts)
 
 
-def explain(pids: list[int], uffds: dict[int, Uffd]) -> list[Blocked]:
-    """One Blocked per thread of ``pids`` (every process when empty) waiting on userfaultfd."""
-    now = time.monotonic_ns()
+def asleep_for_stuck(waiting: list[tuple[int, procscan.BlockedTask]]) -> set[int]:
+    """The threads whose last run the kernel does not say (procscan.exec_start_ns)
+    that stay asleep on userfaultfd, never switched in, for STUCK_NS from now:
+    a wait that long is known without its start. It costs `why` that second
+    only when such a thread waits."""
+    unknown = [(pid, t.tid) for pid, t in waiting if t.last_ran_ns is None]
+    if not unknown:
+        return set()
+    before = {tid: procscan.switches(_task(pid, tid)) for pid, tid in unknown}
+    time.sleep(STUCK_NS / 1e9)
+    return {tid for pid, tid in unknown
+            if before[tid] is not None and procscan.switches(_task(pid, tid)) == before[tid]
+            and procscan.thread_state(pid, tid) in ("uffd", "event")}
+
+
+def _task(pid: int, tid: int) -> Path:
+    return procscan.PROC / str(pid) / "task" / str(tid)
+
+
+def explain(pids: list[int], snapshot: Callable[[], dict[int, Uffd]]) -> list[Blocked]:
+    """One Blocked per thread of ``pids`` (every process when empty) waiting
+    on userfaultfd; the uffds' queues (``snapshot``) are read once it is
+    known which waits are long."""
+    long_asleep = asleep_for_stuck(blocked_threads(pids))
+    uffds = snapshot()
     waiting = blocked_threads(pids)
+    now = time.monotonic_ns()
     blocked_tids = {task.tid for _, task in waiting}
     out = []
     for pid, task in waiting:
@@ -214,7 +239,7 @@ def explain(pids: list[int], uffds: dict[int, Uffd]) -> list[Blocked]:
         can_read = any(not t.asleep_on_uffd and t.tid not in blocked_tids for t in threads) if threads else None
         # Its reader gone is concluded only of a wait longer than --stuck-ms's default: a handler of
         # its own process may be busy with the page for a moment, waiting on nothing of the uffd.
-        waited = last_ran is not None and now - last_ran > STUCK_NS
+        waited = (last_ran is not None and now - last_ran > STUCK_NS) or tid in long_asleep
         handled = not waited or any(h.pid != pid for h in holders) or any(t.on_this_uffd for t in threads)
         b = Blocked(pid, tid, comm, kind, u.ino if u else None, addr, event, length,
                     None if last_ran is None else round(max(0, now - last_ran) / 1e9, 3), message,

@@ -126,6 +126,14 @@ def exec_start_ns(task: Path) -> int | None:
     return None
 
 
+def switches(task: Path) -> int | None:
+    """How many times the thread was switched out, voluntarily or not: the
+    count does not move while it sleeps. None when the kernel does not say."""
+    counts = [int(line.split(":")[1]) for line in (read_text(task / "status") or "").splitlines()
+              if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"))]
+    return sum(counts) if len(counts) == 2 else None
+
+
 def last_ran_ns(task: Path) -> int | None:
     """When the thread last ran, on CLOCK_MONOTONIC. The scheduler clock
     does not count like it (2.9 s behind on this project's VM): the reading
