@@ -333,12 +333,16 @@ class Correlator:
         else the least-read waiter on this page of this uffd; open first, then
         ended. None when none of them can have queued it (message_fits)."""
         if ev.peer_tid:
-            targets = [self._lifecycle_of(ev.peer_tid, page, ev.ctx), self.ended.of_thread(ev.peer_tid, page)]
+            lc = self._lifecycle_of(ev.peer_tid, page, ev.ctx)
+            if lc is not None and message_fits(lc, ev):
+                return lc
+            ended = self.ended.of_thread(ev.peer_tid, page)
         else:
             candidates = [lc for lc in self.open.on_page(ev.ctx, page) if message_fits(lc, ev)]
-            targets = [min(candidates, key=lambda x: (x.reads - x.rounds, x.wait_since)) if candidates else None,
-                       self.ended.of_page(ev.ctx, page)]
-        return next((lc for lc in targets if lc is not None and message_fits(lc, ev)), None)
+            if candidates:
+                return min(candidates, key=lambda x: (x.reads - x.rounds, x.wait_since))
+            ended = self.ended.of_page(ev.ctx, page)
+        return ended if ended is not None and message_fits(ended, ev) else None
 
     @staticmethod
     def _covers(ev: Event, lc: Lifecycle) -> bool:

@@ -84,9 +84,9 @@ def fault_reason(ev: Event, sees_returns: bool, register_modes: int) -> str | No
 
 
 def message_fits(lc: Lifecycle, msg: Event) -> bool:
-    """Whether the page-fault message can be the lifecycle's. A fault on a
-    present page (wp: in tracepoint mode, the error code's protection bit)
-    queues only write-protect messages; a missing or minor message on its
+    """Whether the page-fault message can be the lifecycle's. A write to a
+    present page (wp: in tracepoint mode, the error code's protection and
+    write bits) queues only write-protect messages; a missing or minor message on its
     page is another fault's, one this mode may not see (get_user_pages)."""
     return lc.reason != "wp" or bool(msg.flags & PAGEFAULT_FLAG_WP)
 

@@ -12,7 +12,6 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..analysis.verdicts import verdict
@@ -130,7 +129,7 @@ def _epoll_fds(pid: int, epfd: int) -> list[int]:
 
 def waits_on(pid: int, tid: int, ino: int) -> str | None:
     """The call the thread sleeps in, when it waits for uffd ``ino``."""
-    words = (procscan.read_text(PROC / str(pid) / "task" / str(tid) / "syscall") or "").split()
+    words = (procscan.read_text(procscan.task_dir(pid, tid) / "syscall") or "").split()
     if len(words) < 3 or not words[0].lstrip("-").isdigit():
         return None  # running, or not in a system call
     nr, args = int(words[0]), [int(w, 16) for w in words[1:7]]
@@ -152,7 +151,7 @@ def holder_view(pid: int, fds: list[int], ino: int) -> HolderView:
     except OSError:
         return view  # exited during the walk
     for tid in tids:
-        task = PROC / str(pid) / "task" / str(tid)
+        task = procscan.task_dir(pid, tid)
         where = procscan.wchan(task)
         if where is None:
             continue
@@ -202,24 +201,22 @@ def asleep_for_stuck(waiting: list[tuple[int, procscan.BlockedTask]]) -> set[int
     unknown = [(pid, t.tid) for pid, t in waiting if t.last_ran_ns is None]
     if not unknown:
         return set()
-    before = {tid: procscan.switches(_task(pid, tid)) for pid, tid in unknown}
+    before = {tid: procscan.switches(procscan.task_dir(pid, tid)) for pid, tid in unknown}
     time.sleep(STUCK_NS / 1e9)
     return {tid for pid, tid in unknown
-            if before[tid] is not None and procscan.switches(_task(pid, tid)) == before[tid]
+            if before[tid] is not None and procscan.switches(procscan.task_dir(pid, tid)) == before[tid]
             and procscan.thread_state(pid, tid) in ("uffd", "event")}
-
-
-def _task(pid: int, tid: int) -> Path:
-    return procscan.PROC / str(pid) / "task" / str(tid)
 
 
 def explain(pids: list[int], snapshot: Callable[[], dict[int, Uffd]]) -> list[Blocked]:
     """One Blocked per thread of ``pids`` (every process when empty) waiting
     on userfaultfd; the uffds' queues (``snapshot``) are read once it is
     known which waits are long."""
-    long_asleep = asleep_for_stuck(blocked_threads(pids))
-    uffds = snapshot()
     waiting = blocked_threads(pids)
+    long_asleep = asleep_for_stuck(waiting)
+    if any(t.last_ran_ns is None for _, t in waiting):  # it waited a second: the threads as they are now
+        waiting = blocked_threads(pids)
+    uffds = snapshot()
     now = time.monotonic_ns()
     blocked_tids = {task.tid for _, task in waiting}
     out = []

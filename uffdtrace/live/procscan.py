@@ -103,12 +103,17 @@ def wchan(task: Path) -> str | None:
     return (read_text(task / "wchan") or "").strip()
 
 
+def task_dir(pid: int, tid: int) -> Path:
+    """/proc/PID/task/TID."""
+    return PROC / str(pid) / "task" / str(tid)
+
+
 def thread_state(pid: int, tid: int) -> TaskState:
     """``uffd`` when the thread waits in handle_userfault, ``event`` when it
     waits for its uffd event to be read, ``aio`` when it sleeps in
     io_getevents, ``gone`` when it no longer exists (or is a zombie),
     ``other`` otherwise."""
-    where = wchan(PROC / str(pid) / "task" / str(tid))
+    where = wchan(task_dir(pid, tid))
     if where is None:
         return "gone"
     return THREAD_STATES.get(where, "other")
@@ -157,7 +162,7 @@ def blocked_tasks(pid: int, events: bool = False) -> list[BlockedTask]:
     except OSError:
         return []
     for tid in tids:
-        task = PROC / str(pid) / "task" / str(tid)
+        task = task_dir(pid, tid)
         kind = waits.get((read_text(task / "wchan") or "").strip())
         if kind is not None:
             out.append(BlockedTask(tid, (read_text(task / "comm") or "?").strip(), last_ran_ns(task), kind))
